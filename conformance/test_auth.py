@@ -1,0 +1,146 @@
+"""auth: every key that cannot be used is refused with 401 and a clear, distinct message
+(F15, F5), before anything reaches the upstream."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaygate.directives import directive
+from relaygate.provision import KeyState
+from relaygate.suite.checks import check_error, check_not_forwarded, key_in_state
+from relaygate.suite.client import chat_body
+from relaygate.suite.failures import require
+
+UNKNOWN_KEY = "sk-relaygateUnknownKey000000000000000000000000000000"
+
+
+def _refused_key_request(kind, client, provision, tag):
+    """Send one chat request authenticated the ``kind`` way; return (exchange, key used)."""
+    body = chat_body(directive=directive(tag=tag))
+    if kind == "missing_key":
+        return client.chat(body, key=None), None
+    if kind == "malformed_key":
+        ex = client.request(
+            "POST",
+            "/v1/chat/completions",
+            json=body,
+            key=None,
+            headers={"Authorization": "Basic cmVsYXlnYXRlOnNlY3JldA=="},
+        )
+        return ex, None
+    if kind == "invalid_key":
+        return client.chat(body, key=UNKNOWN_KEY), UNKNOWN_KEY
+    state = {"expired_key": KeyState.EXPIRED, "disabled_key": KeyState.DISABLED}[kind]
+    key = key_in_state(lambda: provision.key_with(state))
+    return client.chat(body, key=key.key), key.key
+
+
+REFUSALS = {
+    "missing_key": "a request without an Authorization header is refused with 401",
+    "malformed_key": "an Authorization header that is not 'Bearer <key>' is refused with 401",
+    "invalid_key": "an unknown key is refused with 401",
+    "expired_key": "an expired key is refused with 401 saying it expired",
+    "disabled_key": "a disabled key is refused with 401 saying it is disabled",
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSALS))
+@pytest.mark.case("auth.refused", title="Unusable keys are refused with 401", area="auth",
+                  faq=("F15", "F5"))  # fmt: skip
+def test_refused(kind, client, provision, profile, tag, relay):
+    ex, key = _refused_key_request(kind, client, provision, tag)
+    check_error(ex, profile, kind, REFUSALS[kind], secrets=(*relay.secrets, key))
+
+
+@pytest.mark.parametrize("kind", list(REFUSALS))
+@pytest.mark.case("auth.refused-before-upstream", title="A refused key never reaches the upstream",
+                  area="auth", faq=("F15",))  # fmt: skip
+def test_refused_before_upstream(kind, client, provision, upstream, tag):
+    ex, _ = _refused_key_request(kind, client, provision, tag)
+    require(
+        400 <= ex.status < 500,
+        "a request with an unusable key is refused",
+        "HTTP 4xx",
+        ex.describe(),
+        ex.curl,
+    )
+    check_not_forwarded(upstream, tag, "a request with an unusable key is not sent upstream", ex.curl)
+
+
+@pytest.mark.case("auth.distinct-messages", title="Each auth failure says what is wrong",
+                  area="auth", faq=("F15",))  # fmt: skip
+def test_distinct_messages(client, provision, profile, tag, relay):
+    messages: dict[str, str] = {}
+    for kind in REFUSALS:
+        ex, _ = _refused_key_request(kind, client, provision, tag)
+        error = ex.error
+        if error is None or ex.status != 401:
+            continue
+        messages[kind] = str(error.get("message", ""))
+    if len(messages) < 3:
+        pytest.skip(f"only {len(messages)} auth refusals could be produced ({sorted(messages)})")
+    seen: dict[str, str] = {}
+    for kind, message in messages.items():
+        require(
+            message not in seen,
+            "F15: missing, unknown, expired and disabled keys get distinct messages",
+            "a different message for each cause",
+            f"{kind} and {seen.get(message)} both say {message!r}",
+            secrets=relay.secrets,
+        )
+        seen[message] = kind
+    deviation = profile.deviation("auth.distinct_messages")
+    if deviation:
+        pytest.xfail("deviation: " + deviation)
+
+
+@pytest.mark.case("auth.bearer-scheme-case", title="The Bearer scheme is matched case-insensitively",
+                  area="auth", faq=("F15",), level="SHOULD", spec="RFC 7235 §2.1")  # fmt: skip
+def test_bearer_case(client, relay, profile, tag):
+    if not relay.key:
+        pytest.skip("needs a funded key (--relay-key)")
+    ex = client.request(
+        "POST",
+        "/v1/chat/completions",
+        json=chat_body(directive=directive(tag=tag)),
+        key=None,
+        headers={"Authorization": f"bearer {relay.key}"},
+    )
+    if profile.auth.bearer_case_insensitive:
+        require(
+            ex.status == 200,
+            "the auth scheme is case-insensitive (RFC 7235): 'bearer sk-…' works",
+            "HTTP 200",
+            ex.describe(),
+            ex.curl,
+            relay.secrets,
+        )
+    else:
+        require(
+            ex.status == 401,
+            "the profile documents that lowercase 'bearer' is refused",
+            "HTTP 401",
+            ex.describe(),
+            ex.curl,
+            relay.secrets,
+        )
+        pytest.xfail(
+            "deviation: "
+            + (profile.deviation("auth.bearer_case_insensitive") or "lowercase bearer refused")
+        )
+
+
+@pytest.mark.case("auth.funded-key-works", title="A funded key gets an answer", area="auth",
+                  faq=("F15", "F6"))  # fmt: skip
+def test_funded_key_works(client, relay, tag):
+    if not relay.key:
+        pytest.skip("needs a funded key (--relay-key)")
+    ex = client.chat(chat_body(directive=directive(tag=tag)))
+    require(
+        ex.status == 200 and isinstance((ex.json() or {}).get("choices"), list),
+        "a funded key on an existing model gets a chat completion",
+        "HTTP 200 with choices",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )

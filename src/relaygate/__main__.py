@@ -1,0 +1,5 @@
+import sys
+
+from relaygate.cli import main
+
+sys.exit(main())

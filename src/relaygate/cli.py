@@ -1,0 +1,56 @@
+"""The ``relaygate`` command. Each subcommand lives in its own module; this file only routes.
+
+Subcommand modules expose ``add_arguments(parser)`` and ``run(args) -> int`` and are imported
+only when their subcommand runs (no import-time cost for the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from relaygate import __version__
+
+__all__ = ["main"]
+
+# name -> (module, help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("relaygate.stack", "start the mock upstream + reference relay, provision a key, wait"),
+    "mock-upstream": ("relaygate.mock.cli", "run the mock OpenAI-compatible upstream"),
+    "reference-relay": ("relaygate.relay.cli", "run the reference relay (FAQ semantics)"),
+    "bench": ("relaygate.bench", "benchmark the mock upstream (streams held, events/s, jitter)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relaygate",
+        description="Conformance and load-testing harness for OpenAI-compatible API relays.",
+    )
+    parser.add_argument("--version", action="version", version=f"relaygate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+        # Argument definitions are cheap to import; the heavy imports happen inside run().
+        importlib.import_module(module).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

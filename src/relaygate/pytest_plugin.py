@@ -1,0 +1,402 @@
+"""pytest plugin (``pytest11`` entry point): the conformance suite's options, marker, fixtures
+and reports. Hooks and fixtures only; the logic lives in :mod:`relaygate.suite`.
+
+Options (each also an ini key and an environment variable; CLI > env > ini):
+
+==========================  ================================  ==========================
+option                      env var                           meaning
+==========================  ================================  ==========================
+``--relay-url``             ``RELAYGATE_RELAY_URL``           relay base URL (± ``/v1``);
+                                                              absent: embedded stack
+``--relay-key``             ``RELAYGATE_RELAY_KEY``           a funded key
+``--relay-admin-token``     ``RELAYGATE_RELAY_ADMIN_TOKEN``   enables provisioning
+``--relay-profile``         ``RELAYGATE_RELAY_PROFILE``       profile name or TOML path
+``--upstream-url``          ``RELAYGATE_UPSTREAM_URL``        our mock upstream (ground truth)
+``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``)
+``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       seconds per request (30)
+``--relay-fuzz-examples``   ``RELAYGATE_RELAY_FUZZ_EXAMPLES`` property-case examples (25)
+``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
+==========================  ================================  ==========================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from relaygate.keys import mask_key, mask_secrets
+from relaygate.suite.failures import DEVIATION_PREFIX
+from relaygate.suite.results import CaseMeta, CaseResult, write_reports
+from relaygate.suite.target import RelayOptions, RelayTarget, normalize_base_url
+
+if TYPE_CHECKING:
+    from relaygate.profiles import Profile
+    from relaygate.provision import Provisioner
+    from relaygate.suite.client import RelayClient, UpstreamJournal
+
+# (option, dest, env var, default, help)
+_OPTIONS: tuple[tuple[str, str, str, str | None, str], ...] = (
+    ("--relay-url", "relay_url", "RELAYGATE_RELAY_URL", None,
+     "base URL of the relay under test (with or without /v1); absent: start the embedded "
+     "mock upstream + reference relay"),
+    ("--relay-key", "relay_key", "RELAYGATE_RELAY_KEY", None, "a funded key of that relay"),
+    ("--relay-admin-token", "relay_admin_token", "RELAYGATE_RELAY_ADMIN_TOKEN", None,
+     "admin token: lets the suite provision the other keys a case needs"),
+    ("--relay-profile", "relay_profile", "RELAYGATE_RELAY_PROFILE", "faq",
+     "shipped profile name (faq, strict-openai, one-api, new-api) or a TOML path"),
+    ("--upstream-url", "upstream_url", "RELAYGATE_UPSTREAM_URL", None,
+     "URL of the relaygate mock upstream the relay's channels point at (enables ground-truth "
+     "cases); absent with --relay-url: live mode"),
+    ("--report-dir", "report_dir", "RELAYGATE_REPORT_DIR", "reports",
+     "directory for conformance.json and conformance.html"),
+    ("--relay-timeout", "relay_timeout", "RELAYGATE_RELAY_TIMEOUT", "30",
+     "timeout in seconds for every request the suite sends"),
+    ("--relay-fuzz-examples", "relay_fuzz_examples", "RELAYGATE_RELAY_FUZZ_EXAMPLES", "25",
+     "examples per property-based case (seeded, bounded)"),
+    ("--relay-fault", "relay_faults", "RELAYGATE_RELAY_FAULTS", None,
+     "embedded stack only: start the reference relay with this fault switch (comma list)"),
+)  # fmt: skip
+
+_RESULTS = pytest.StashKey[dict[str, CaseResult]]()
+_META = pytest.StashKey[dict[str, CaseMeta]]()
+_STARTED = pytest.StashKey[tuple[dt.datetime, float]]()
+_TARGET = pytest.StashKey[RelayTarget]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("relaygate", "relaygate conformance suite")
+    for option, dest, env, default, help_text in _OPTIONS:
+        group.addoption(option, dest=dest, default=None, help=f"{help_text} [env {env}]")
+        parser.addini(dest, help=help_text, default=default)
+
+
+def _option(config: pytest.Config, dest: str, env: str) -> str | None:
+    value = config.getoption(dest)
+    if value is None:
+        value = os.environ.get(env) or None
+    if value is None:
+        value = config.getini(dest) or None
+    return str(value) if value is not None else None
+
+
+def relay_options(config: pytest.Config) -> RelayOptions:
+    values = {dest: _option(config, dest, env) for _, dest, env, _, _ in _OPTIONS}
+    try:
+        timeout_s = float(values["relay_timeout"] or 30)
+        fuzz = int(values["relay_fuzz_examples"] or 25)
+    except ValueError as exc:
+        raise pytest.UsageError(f"relaygate: bad numeric option: {exc}") from None
+    url = values["relay_url"]
+    if url:
+        try:
+            url = normalize_base_url(url)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    faults = tuple(f.strip() for f in (values["relay_faults"] or "").split(",") if f.strip())
+    if faults and url:
+        raise pytest.UsageError("--relay-fault applies to the embedded stack, not --relay-url")
+    return RelayOptions(
+        relay_url=url,
+        relay_key=values["relay_key"],
+        admin_token=values["relay_admin_token"],
+        profile=values["relay_profile"] or "faq",
+        upstream_url=values["upstream_url"],
+        report_dir=values["report_dir"] or "reports",
+        timeout_s=timeout_s,
+        fuzz_examples=fuzz,
+        faults=faults,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "case(id, *, title, area, faq=(), level='MUST', spec=None): a conformance case with "
+        "a permanent id, the FAQ clauses or spec it checks, and its level (MUST/SHOULD)",
+    )
+    config.stash[_RESULTS] = {}
+    config.stash[_META] = {}
+    config.stash[_STARTED] = (dt.datetime.now(dt.UTC), time.perf_counter())
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    opts = relay_options(config)
+    if opts.relay_url:
+        where = f"{opts.relay_url} (key {mask_key(opts.relay_key)})"
+        mode = "mock (ground truth)" if opts.upstream_url else "live (ground-truth cases skip)"
+    else:
+        where = "embedded stack (mock upstream + reference relay, started on first use)"
+        mode = "mock (ground truth)"
+        if opts.faults:
+            where += f" with faults {', '.join(opts.faults)}"
+    return [f"relaygate: relay {where}", f"relaygate: profile {opts.profile}, mode {mode}"]
+
+
+def _case_meta(item: pytest.Item) -> CaseMeta | None:
+    marker = item.get_closest_marker("case")
+    if marker is None:
+        return None
+    if len(marker.args) != 1:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.case takes exactly one id")
+    case_id = str(marker.args[0])
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        case_id += f"[{callspec.id}]"
+    kwargs = dict(marker.kwargs)
+    faq = kwargs.pop("faq", ())
+    try:
+        return CaseMeta(
+            id=case_id,
+            faq=(faq,) if isinstance(faq, str) else tuple(faq),
+            **kwargs,
+        )
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{item.nodeid}: bad case marker: {exc}") from None
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    metas = config.stash[_META]
+    seen: dict[str, str] = {}
+    for item in items:
+        meta = _case_meta(item)
+        if meta is None:
+            continue
+        if meta.id in seen:
+            raise pytest.UsageError(f"case id {meta.id} used twice: {seen[meta.id]}, {item.nodeid}")
+        seen[meta.id] = item.nodeid
+        metas[item.nodeid] = meta
+        item.user_properties += [
+            ("case_id", meta.id),
+            ("area", meta.area),
+            ("faq", ",".join(meta.faq)),
+            ("level", meta.level),
+        ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None] | Any:
+    report = yield
+    meta = item.config.stash[_META].get(item.nodeid)
+    if meta is None:
+        return report
+    results = item.config.stash[_RESULTS]
+    previous = results.get(item.nodeid)
+    duration = report.duration + (previous.duration_s if previous else 0.0)
+    outcome: str | None = None
+    reason = ""
+    details = ""
+    wasxfail = getattr(report, "wasxfail", None)
+    if wasxfail is not None:
+        outcome = "deviation" if wasxfail.startswith(DEVIATION_PREFIX) else "skipped"
+        reason = wasxfail.removeprefix(DEVIATION_PREFIX)
+    elif report.skipped:
+        outcome = "skipped"
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+    elif report.failed:
+        outcome = "failed"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        details = str(getattr(crash, "message", "") or report.longreprtext)
+        reason = details.splitlines()[0] if details else "failed"
+        if report.when != "call":
+            reason = f"error in {report.when}: {reason}"
+    elif report.when == "call":
+        outcome = "passed"
+    if outcome is None:
+        if previous is not None:
+            previous.duration_s = duration
+        return report
+    if previous is not None and previous.outcome == "failed":
+        return report
+    target = item.config.stash.get(_TARGET, None)
+    secrets = target.secrets if target is not None else ()
+    results[item.nodeid] = CaseResult(
+        meta=meta,
+        outcome=outcome,
+        reason=mask_secrets(reason, *secrets),
+        duration_s=duration,
+        details=mask_secrets(details, *secrets),
+    )
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    results = list(config.stash[_RESULTS].values())
+    if not results or hasattr(config, "workerinput"):
+        return
+    opts = relay_options(config)
+    started_at, started = config.stash[_STARTED]
+    target = config.stash.get(_TARGET, None)
+    relay_url = target.base_url if target is not None else (opts.relay_url or "embedded")
+    mode = target.mode if target is not None else ("live" if opts.relay_url and not opts.upstream_url else "mock")
+    path = write_reports(
+        Path(opts.report_dir),
+        results,
+        relay_url=relay_url,
+        profile=opts.profile,
+        mode=mode,
+        started_at=started_at,
+        duration_s=time.perf_counter() - started,
+        secrets=target.secrets if target is not None else (opts.relay_key, opts.admin_token),
+    )
+    config.stash[_REPORT_PATH] = path
+
+
+_REPORT_PATH = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    path = config.stash.get(_REPORT_PATH, None)
+    if path is None:
+        return
+    results = list(config.stash[_RESULTS].values())
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    terminalreporter.write_sep("-", "relaygate conformance")
+    terminalreporter.write_line(f"{len(results)} cases: {summary}")
+    for result in results:
+        if result.outcome == "deviation":
+            terminalreporter.write_line(f"DEVIATION {result.meta.id}: {result.reason}")
+    terminalreporter.write_line(f"report: {path} (+ conformance.html)")
+
+
+# -- fixtures -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
+    """The relay under test; starts the embedded stack when no ``--relay-url`` is given."""
+    opts = relay_options(request.config)
+    if opts.relay_url:
+        target = RelayTarget(
+            base_url=opts.relay_url,
+            key=opts.relay_key,
+            admin_token=opts.admin_token,
+            upstream_url=opts.upstream_url.rstrip("/") if opts.upstream_url else None,
+            mode="mock" if opts.upstream_url else "live",
+            embedded=False,
+            timeout_s=opts.timeout_s,
+        )
+        request.config.stash[_TARGET] = target
+        yield target
+        return
+    from relaygate.stack import EmbeddedStack, StackError
+
+    stack = EmbeddedStack(faults=opts.faults)
+    try:
+        info = stack.start()
+    except StackError as exc:
+        pytest.fail(f"relaygate: the embedded stack did not start: {exc}", pytrace=False)
+    target = RelayTarget(
+        base_url=info.relay_url,
+        key=info.relay_key,
+        admin_token=info.admin_token,
+        upstream_url=info.upstream_url,
+        mode="mock",
+        embedded=True,
+        timeout_s=opts.timeout_s,
+        stack=stack,
+    )
+    request.config.stash[_TARGET] = target
+    try:
+        yield target
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def profile(request: pytest.FixtureRequest) -> Profile:
+    """The relay's dialect (``--relay-profile``)."""
+    from relaygate.profiles import ProfileError, load_profile
+
+    name = relay_options(request.config).profile
+    try:
+        return load_profile(name)
+    except ProfileError as exc:
+        raise pytest.UsageError(f"relaygate: {exc}") from None
+
+
+@pytest.fixture(scope="session")
+def client(relay: RelayTarget, profile: Profile) -> Iterator[RelayClient]:
+    """HTTP client to the relay, sending the funded key by default."""
+    from relaygate.suite.client import RelayClient
+
+    http = RelayClient(relay.base_url, relay.key, relay.timeout_s, profile.http.extra_headers)
+    try:
+        yield http
+    finally:
+        http.close()
+
+
+@pytest.fixture(scope="session")
+def _journal(relay: RelayTarget) -> Iterator[UpstreamJournal | None]:
+    from relaygate.suite.client import UpstreamJournal
+
+    if relay.upstream_url is None:
+        yield None
+        return
+    journal = UpstreamJournal(relay.upstream_url, relay.timeout_s)
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+@pytest.fixture
+def upstream(_journal: UpstreamJournal | None) -> UpstreamJournal:
+    """The mock upstream's journal; skips the case in live mode (no ground truth)."""
+    if _journal is None:
+        pytest.skip("needs ground truth: pass --upstream-url (the relaygate mock upstream)")
+    return _journal
+
+
+@pytest.fixture
+def funded_key(relay: RelayTarget) -> str:
+    if not relay.key:
+        pytest.skip("needs a funded key: pass --relay-key or RELAYGATE_RELAY_KEY")
+    return relay.key
+
+
+@pytest.fixture(scope="session")
+def _provisioner(relay: RelayTarget, profile: Profile) -> Iterator[Provisioner]:
+    from relaygate.provision import make_provisioner
+
+    prov = make_provisioner(
+        profile, relay.base_url, relay.admin_token, static_keys=None, timeout_s=relay.timeout_s
+    )
+    try:
+        yield prov
+    finally:
+        prov.close()
+
+
+@pytest.fixture
+def provision(_provisioner: Provisioner) -> Provisioner:
+    """Creates keys in given states; a state it cannot make skips the case with the reason."""
+    return _provisioner
+
+
+@pytest.fixture
+def case_id(request: pytest.FixtureRequest) -> str:
+    meta = request.config.stash[_META].get(request.node.nodeid)
+    return meta.id if meta is not None else request.node.name
+
+
+@pytest.fixture
+def tag(case_id: str) -> str:
+    """A tag unique to this case run, for the upstream journal."""
+    from relaygate.suite.client import new_tag
+
+    return new_tag(case_id)

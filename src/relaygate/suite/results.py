@@ -1,0 +1,158 @@
+"""Per-case results and the report files: ``conformance.json`` and ``conformance.html``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from relaygate.keys import mask_secrets
+
+__all__ = ["AREAS", "CaseMeta", "CaseResult", "write_reports"]
+
+# Categories are data (STYLE.md): area id -> title, in report order.
+AREAS: dict[str, str] = {
+    "auth": "Authentication (F15, F5)",
+    "quota": "Quota and billing (F6, F9, F11, F14, F20, F21)",
+    "models": "Model names and routing (F8, F17)",
+    "max_tokens": "max_tokens and context limits (F22)",
+    "streaming": "Streaming (F4)",
+    "errors": "Error statuses and bodies (F5, F7, F12, F18)",
+    "rate_limits": "Rate limits (429)",
+    "security": "Security (keys never leak)",
+    "sdk": "Official OpenAI SDK",
+    "properties": "Generated requests (property-based)",
+}
+LEVELS = ("MUST", "SHOULD")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseMeta:
+    """What a case checks: its permanent id, title, area, FAQ clauses and level."""
+
+    id: str
+    title: str
+    area: str
+    faq: tuple[str, ...] = ()
+    level: str = "MUST"
+    spec: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.area not in AREAS:
+            raise ValueError(f"case {self.id}: unknown area {self.area!r}; known: {list(AREAS)}")
+        if self.level not in LEVELS:
+            raise ValueError(f"case {self.id}: level must be one of {LEVELS}")
+
+
+@dataclasses.dataclass
+class CaseResult:
+    meta: CaseMeta
+    outcome: str  # passed | failed | skipped | deviation
+    reason: str
+    duration_s: float
+    details: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.meta.id,
+            "title": self.meta.title,
+            "area": self.meta.area,
+            "faq": list(self.meta.faq),
+            "level": self.meta.level,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "duration_s": round(self.duration_s, 4),
+            **({"spec": self.meta.spec} if self.meta.spec else {}),
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+def _summary(results: list[CaseResult]) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "deviations": 0}
+    for result in results:
+        key = "deviations" if result.outcome == "deviation" else result.outcome
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def write_reports(
+    report_dir: Path,
+    results: list[CaseResult],
+    *,
+    relay_url: str,
+    profile: str,
+    mode: str,
+    started_at: dt.datetime,
+    duration_s: float,
+    secrets: tuple[str | None, ...] = (),
+) -> Path:
+    """Write ``conformance.json`` and ``conformance.html``; return the JSON path."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(results, key=lambda r: (list(AREAS).index(r.meta.area), r.meta.id))
+    doc = {
+        "relay_url": mask_secrets(relay_url, *secrets),
+        "profile": profile,
+        "mode": mode,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 3),
+        "summary": _summary(ordered),
+        "cases": [r.to_json() for r in ordered],
+    }
+    text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+    text = mask_secrets(text, *secrets)
+    json_path = report_dir / "conformance.json"
+    json_path.write_text(text + "\n", encoding="utf-8")
+    (report_dir / "conformance.html").write_text(
+        mask_secrets(_html(doc), *secrets), encoding="utf-8"
+    )
+    return json_path
+
+
+_COLORS = {"passed": "#1a7f37", "failed": "#cf222e", "skipped": "#9a6700", "deviation": "#8250df"}
+
+
+def _html(doc: dict[str, Any]) -> str:
+    esc = html.escape
+    rows = []
+    order = {"failed": 0, "deviation": 1, "skipped": 2, "passed": 3}
+    by_area: dict[str, list[dict[str, Any]]] = {}
+    for case in doc["cases"]:
+        by_area.setdefault(case["area"], []).append(case)
+    for area, cases in by_area.items():
+        rows.append(f'<tr class="area"><th colspan="5">{esc(AREAS.get(area, area))}</th></tr>')
+        for case in sorted(cases, key=lambda c: (order.get(c["outcome"], 9), c["id"])):
+            color = _COLORS.get(case["outcome"], "#000")
+            detail = case.get("details") or case.get("reason") or ""
+            rows.append(
+                "<tr>"
+                f"<td><code>{esc(case['id'])}</code></td>"
+                f"<td>{esc(case['title'])}</td>"
+                f"<td>{esc(', '.join(case['faq']))} {esc(case['level'])}</td>"
+                f'<td style="color:{color};font-weight:600">{esc(case["outcome"])}</td>'
+                f"<td><pre>{esc(detail)}</pre></td>"
+                "</tr>"
+            )
+    s = doc["summary"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>relaygate conformance</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}}
+table{{border-collapse:collapse;width:100%}}
+td,th{{border-bottom:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}}
+tr.area th{{background:#f6f8fa;font-size:1.05rem}}
+pre{{white-space:pre-wrap;margin:0;font-size:.8rem}}
+</style></head><body>
+<h1>relaygate conformance</h1>
+<p>Relay <code>{esc(doc["relay_url"])}</code> &middot; profile <code>{esc(doc["profile"])}</code>
+&middot; mode {esc(doc["mode"])} &middot; {esc(doc["started_at"])} &middot; {doc["duration_s"]} s</p>
+<p><b>{s["passed"]}</b> passed &middot; <b>{s["failed"]}</b> failed &middot;
+<b>{s["deviations"]}</b> deviations &middot; <b>{s["skipped"]}</b> skipped</p>
+<table><thead><tr><th>case</th><th>title</th><th>source</th><th>outcome</th><th>details</th>
+</tr></thead><tbody>
+{"".join(rows)}
+</tbody></table></body></html>
+"""
