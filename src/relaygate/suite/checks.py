@@ -55,6 +55,7 @@ def check_error(
     An expectation that carries a ``deviation`` ends the case as an accepted deviation once
     the relay behaved exactly as that (documented) deviation says.
     """
+    __tracebackhide__ = True
     exp = applicable(profile.expect(condition))
     want_status = upstream_status if exp.status_from_upstream else exp.status
     expected = f"HTTP {want_status}" + (f", error.code {exp.code!r}" if exp.code else "")
@@ -151,6 +152,7 @@ def check_not_forwarded(
     upstream: UpstreamJournal, tag: str, requirement: str, curl: str | None = None
 ) -> None:
     """Nothing tagged ``tag`` reached the mock upstream."""
+    __tracebackhide__ = True
     entries = upstream.wait_entries(tag, count=1, timeout_s=0.3)
     require(
         not entries,
@@ -184,6 +186,7 @@ def settled_balance(
     With ``expect_change_from``, keep polling (bounded by the profile's settle timeout) until
     the balance differs from it or the bound is reached; without, until two reads agree.
     """
+    __tracebackhide__ = True
     rules = profile.billing
     deadline = time.monotonic() + rules.settle_timeout_s
     reading = provision.balance(key)
@@ -213,6 +216,7 @@ def settled_balance(
 
 def charged(before: Balance, after: Balance) -> int:
     """Quota charged between two balance readings (used grows, or remaining shrinks)."""
+    __tracebackhide__ = True
     if before.used_quota is not None and after.used_quota is not None:
         return int(after.used_quota - before.used_quota)
     if before.remain_quota is not None and after.remain_quota is not None:

@@ -37,6 +37,7 @@ def fail(
     curl: str | None = None,
     secrets: tuple[str | None, ...] = (),
 ) -> NoReturn:
+    __tracebackhide__ = True
     lines = [
         f"-> {requirement}",
         f"   Expected: {_fmt(expected)}",
@@ -57,6 +58,7 @@ def require(
     secrets: tuple[str | None, ...] = (),
 ) -> None:
     """Fail the case with a readable message unless ``condition`` holds."""
+    __tracebackhide__ = True
     if not condition:
         fail(requirement, expected, actual, curl, secrets)
 

@@ -1,0 +1,53 @@
+"""SSE decoding is independent of how the bytes were split into reads."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relaygate.sse import SSEDecoder, encode_event
+
+
+def _decode(chunks: list[bytes]) -> list[str]:
+    decoder = SSEDecoder()
+    out = [e.data for c in chunks for e in decoder.feed(c)]
+    return out + [e.data for e in decoder.flush()]
+
+
+def test_line_endings_and_space_variants() -> None:
+    raw = b'data: {"a":1}\n\ndata:{"b":2}\r\n\r\ndata: x\rdata: y\r\r: comment\n\ndata: [DONE]\n\n'
+    assert _decode([raw]) == ['{"a":1}', '{"b":2}', "x\ny", "[DONE]"]
+
+
+def test_final_event_without_blank_line_is_flushed() -> None:
+    assert _decode([b"data: last"]) == ["last"]
+
+
+def test_unknown_field_counts_as_malformed() -> None:
+    decoder = SSEDecoder()
+    list(decoder.feed(b"garbage line\n\n"))
+    assert decoder.malformed_lines == 1
+
+
+def test_encode_event() -> None:
+    assert encode_event("x") == b"data: x\n\n"
+
+
+_payloads = st.lists(
+    st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), min_size=1, max_size=30),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(_payloads, st.sampled_from([b"\n", b"\r\n", b"\r"]), st.data())
+def test_any_split_decodes_the_same(payloads: list[str], eol: bytes, data: st.DataObject) -> None:
+    raw = b"".join(b"data: " + p.encode() + eol + eol for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+    chunks, last = [], 0
+    for cut in cuts:
+        chunks.append(raw[last:cut])
+        last = cut
+    chunks.append(raw[last:])
+    expected = [p[1:] if p.startswith(" ") else p for p in payloads]
+    assert _decode(chunks) == expected

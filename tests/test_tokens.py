@@ -1,0 +1,46 @@
+"""Token counts are OpenAI's, offline: reference ids, pinned vocab hashes, edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaygate import tokens
+
+
+def test_reference_counts_cl100k() -> None:
+    enc = tokens.get_encoding("cl100k_base")
+    assert enc.encode("tiktoken is great!") == [83, 1609, 5963, 374, 2294, 0]
+    assert tokens.count_text("hello world", "gpt-4") == 2
+
+
+def test_reference_counts_o200k() -> None:
+    assert tokens.get_encoding("o200k_base").encode("hello world") == [24912, 2375]
+
+
+def test_model_to_encoding() -> None:
+    assert tokens.encoding_name_for_model("gpt-4o-mini") == "o200k_base"
+    assert tokens.encoding_name_for_model("gpt-3.5-turbo") == "cl100k_base"
+    assert tokens.encoding_name_for_model("gpt-4") == "cl100k_base"
+
+
+def test_lone_surrogate_and_special_text_count_like_tiktoken() -> None:
+    assert tokens.get_encoding("cl100k_base").encode_ordinary("\ud800 x") == [5809, 865]
+    assert tokens.count_text("<|endoftext|>", "gpt-4") > 1
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4"])
+def test_mock_token_word_is_one_token(model: str) -> None:
+    assert tokens.count_text(" tok" * 37, model) == 37
+
+
+def test_chat_prompt_rule() -> None:
+    messages = [{"role": "user", "content": "hello world"}]
+    # 3 per message + role (1) + content (2) + 3 reply priming
+    assert tokens.count_chat_prompt(messages, "gpt-4") == 3 + 1 + 2 + 3
+    named = [{"role": "user", "name": "bob", "content": "hello world"}]
+    assert tokens.count_chat_prompt(named, "gpt-4") == 3 + 1 + 1 + 1 + 2 + 3
+
+
+def test_unknown_encoding_is_a_clear_error() -> None:
+    with pytest.raises(tokens.TokenizerError, match="unknown encoding"):
+        tokens.get_encoding("p50k_base")
