@@ -45,16 +45,21 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("kind", list(REFUSALS))
-@pytest.mark.case("auth.refused", title="Unusable keys are refused with 401", area="auth",
-                  faq=("F15", "F5"))  # fmt: skip
+@pytest.mark.case(
+    "auth.refused", title="Unusable keys are refused with 401", area="auth", faq=("F15", "F5")
+)
 def test_refused(kind, client, provision, profile, tag, relay):
     ex, key = _refused_key_request(kind, client, provision, tag)
     check_error(ex, profile, kind, REFUSALS[kind], secrets=(*relay.secrets, key))
 
 
 @pytest.mark.parametrize("kind", list(REFUSALS))
-@pytest.mark.case("auth.refused-before-upstream", title="A refused key never reaches the upstream",
-                  area="auth", faq=("F15",))  # fmt: skip
+@pytest.mark.case(
+    "auth.refused-before-upstream",
+    title="A refused key never reaches the upstream",
+    area="auth",
+    faq=("F15",),
+)
 def test_refused_before_upstream(kind, client, provision, upstream, tag):
     ex, _ = _refused_key_request(kind, client, provision, tag)
     require(
@@ -64,11 +69,17 @@ def test_refused_before_upstream(kind, client, provision, upstream, tag):
         ex.describe(),
         ex.curl,
     )
-    check_not_forwarded(upstream, tag, "a request with an unusable key is not sent upstream", ex.curl)
+    check_not_forwarded(
+        upstream, tag, "a request with an unusable key is not sent upstream", ex.curl
+    )
 
 
-@pytest.mark.case("auth.distinct-messages", title="Each auth failure says what is wrong",
-                  area="auth", faq=("F15",))  # fmt: skip
+@pytest.mark.case(
+    "auth.distinct-messages",
+    title="Each auth failure says what is wrong",
+    area="auth",
+    faq=("F15",),
+)
 def test_distinct_messages(client, provision, profile, tag, relay):
     messages: dict[str, str] = {}
     for kind in REFUSALS:
@@ -94,8 +105,14 @@ def test_distinct_messages(client, provision, profile, tag, relay):
         pytest.xfail("deviation: " + deviation)
 
 
-@pytest.mark.case("auth.bearer-scheme-case", title="The Bearer scheme is matched case-insensitively",
-                  area="auth", faq=("F15",), level="SHOULD", spec="RFC 7235 §2.1")  # fmt: skip
+@pytest.mark.case(
+    "auth.bearer-scheme-case",
+    title="The Bearer scheme is matched case-insensitively",
+    area="auth",
+    faq=("F15",),
+    level="SHOULD",
+    spec="RFC 7235 §2.1",
+)
 def test_bearer_case(client, relay, profile, tag):
     if not relay.key:
         pytest.skip("needs a funded key (--relay-key)")
@@ -130,8 +147,9 @@ def test_bearer_case(client, relay, profile, tag):
         )
 
 
-@pytest.mark.case("auth.funded-key-works", title="A funded key gets an answer", area="auth",
-                  faq=("F15", "F6"))  # fmt: skip
+@pytest.mark.case(
+    "auth.funded-key-works", title="A funded key gets an answer", area="auth", faq=("F15", "F6")
+)
 def test_funded_key_works(client, relay, tag):
     if not relay.key:
         pytest.skip("needs a funded key (--relay-key)")

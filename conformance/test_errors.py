@@ -11,53 +11,99 @@ from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
 
-@pytest.mark.case("errors.invalid-json", title="Malformed JSON is a 400 JSON error, not forwarded",
-                  area="errors", faq=("F5",))  # fmt: skip
+@pytest.mark.case(
+    "errors.invalid-json",
+    title="Malformed JSON is a 400 JSON error, not forwarded",
+    area="errors",
+    faq=("F5",),
+)
 def test_invalid_json(client, profile, tag, relay, _journal):
-    ex = client.request("POST", "/v1/chat/completions", content=b'{"model": "gpt-4o", "messages": [',
-                        headers={"Content-Type": "application/json"})  # fmt: skip
-    check_error(ex, profile, "invalid_json", "F5: a body that is not JSON is a 400 bad request",
-                secrets=relay.secrets)  # fmt: skip
+    ex = client.request(
+        "POST",
+        "/v1/chat/completions",
+        content=b'{"model": "gpt-4o", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
+    check_error(
+        ex,
+        profile,
+        "invalid_json",
+        "F5: a body that is not JSON is a 400 bad request",
+        secrets=relay.secrets,
+    )
 
 
-@pytest.mark.case("errors.missing-model", title="A request without a model is refused",
-                  area="errors", faq=("F5",))  # fmt: skip
+@pytest.mark.case(
+    "errors.missing-model", title="A request without a model is refused", area="errors", faq=("F5",)
+)
 def test_missing_model(client, profile, tag, relay, _journal):
     body = {"messages": [{"role": "user", "content": "hi " + directive(tag=tag)}]}
     ex = client.request("POST", "/v1/chat/completions", json=body)
     if _journal is not None:
-        check_not_forwarded(_journal, tag, "a request without a model is not sent upstream", ex.curl)
-    check_error(ex, profile, "model_missing", "F5: a request without 'model' is a bad request",
-                secrets=relay.secrets)  # fmt: skip
+        check_not_forwarded(
+            _journal, tag, "a request without a model is not sent upstream", ex.curl
+        )
+    check_error(
+        ex,
+        profile,
+        "model_missing",
+        "F5: a request without 'model' is a bad request",
+        secrets=relay.secrets,
+    )
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completion", "/v1/relaygate-nothing", "/v1/engines/x/y"])
-@pytest.mark.case("errors.unknown-path", title="An unknown path is a 404 JSON error (never HTML)",
-                  area="errors", faq=("F5", "F12", "F18"))  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completion", "/v1/relaygate-nothing", "/v1/engines/x/y"]
+)
+@pytest.mark.case(
+    "errors.unknown-path",
+    title="An unknown path is a 404 JSON error (never HTML)",
+    area="errors",
+    faq=("F5", "F12", "F18"),
+)
 def test_unknown_path(path, client, profile, relay):
     ex = client.request("POST", path, json=chat_body())
-    check_error(ex, profile, "unknown_path", f"F12/F18: POST {path} is a JSON 404",
-                secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex, profile, "unknown_path", f"F12/F18: POST {path} is a JSON 404", secrets=relay.secrets
+    )
 
 
-@pytest.mark.case("errors.wrong-method", title="A wrong method is a JSON error (never HTML)",
-                  area="errors", faq=("F5", "F18"))  # fmt: skip
+@pytest.mark.case(
+    "errors.wrong-method",
+    title="A wrong method is a JSON error (never HTML)",
+    area="errors",
+    faq=("F5", "F18"),
+)
 def test_wrong_method(client, profile, relay):
     ex = client.request("GET", "/v1/chat/completions")
-    check_error(ex, profile, "wrong_method", "F18: GET /v1/chat/completions is a JSON error",
-                secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        "wrong_method",
+        "F18: GET /v1/chat/completions is a JSON error",
+        secrets=relay.secrets,
+    )
 
 
-@pytest.mark.case("errors.body-too-large", title="An oversized body is a 413 JSON error",
-                  area="errors", faq=("F5",))  # fmt: skip
+@pytest.mark.case(
+    "errors.body-too-large",
+    title="An oversized body is a 413 JSON error",
+    area="errors",
+    faq=("F5",),
+)
 def test_body_too_large(client, profile, relay):
     limit = profile.http.body_limit_bytes
     if profile.http.body_limit_status is None or limit is None:
         pytest.skip("profile: this relay documents no request body limit")
     text = "x" * (limit + 1024)
     ex = client.request("POST", "/v1/chat/completions", json=chat_body(text=text))
-    check_error(ex, profile, "body_too_large",
-                f"F5: a body over {limit} bytes is refused with 413", secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        "body_too_large",
+        f"F5: a body over {limit} bytes is refused with 413",
+        secrets=relay.secrets,
+    )
 
 
 UPSTREAM = {
@@ -65,34 +111,58 @@ UPSTREAM = {
     "503-json": ("upstream_5xx_json", {"error": 503}),
     "5xx-html": ("upstream_5xx_html", {"error": 500, "error_body": "html"}),
     "401-channel-key": ("upstream_auth", {"error": 401, "error_code": "invalid_api_key"}),
-    "200-error-body": ("upstream_200_error", {"error": 200, "error_type": "server_error",
-                                              "error_message": "upstream overloaded"}),
-}  # fmt: skip
+    "200-error-body": (
+        "upstream_200_error",
+        {"error": 200, "error_type": "server_error", "error_message": "upstream overloaded"},
+    ),
+}
 
 
 @pytest.mark.parametrize("kind", list(UPSTREAM))
-@pytest.mark.case("errors.upstream-error", title="Upstream errors reach the client with the right status, as JSON",
-                  area="errors", faq=("F5", "F7", "F18"))  # fmt: skip
+@pytest.mark.case(
+    "errors.upstream-error",
+    title="Upstream errors reach the client with the right status, as JSON",
+    area="errors",
+    faq=("F5", "F7", "F18"),
+)
 def test_upstream_error(kind, client, profile, upstream, tag, relay):
     condition, fields = UPSTREAM[kind]
     ex = client.chat(chat_body(directive=directive(tag=tag, **fields)))
     status = int(fields["error"])
-    check_error(ex, profile, condition, f"F5/F18: an upstream {kind} answer is relayed as the profile says",
-                upstream_status=status, secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        condition,
+        f"F5/F18: an upstream {kind} answer is relayed as the profile says",
+        upstream_status=status,
+        secrets=relay.secrets,
+    )
 
 
-@pytest.mark.case("errors.cors-preflight", title="A CORS preflight is answered for browser clients",
-                  area="errors", faq=("F12",))  # fmt: skip
+@pytest.mark.case(
+    "errors.cors-preflight",
+    title="A CORS preflight is answered for browser clients",
+    area="errors",
+    faq=("F12",),
+)
 def test_cors(client, profile, relay):
     if not profile.http.cors:
         pytest.skip("profile: this relay documents no CORS support")
-    ex = client.request("OPTIONS", "/v1/chat/completions", key=None, headers={
-        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})  # fmt: skip
+    ex = client.request(
+        "OPTIONS",
+        "/v1/chat/completions",
+        key=None,
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     allow = ex.headers.get("access-control-allow-origin")
     headers = ex.headers.get("access-control-allow-headers", "").lower()
     require(
-        200 <= ex.status < 300 and allow in ("*", "http://localhost:3000")
+        200 <= ex.status < 300
+        and allow in ("*", "http://localhost:3000")
         and ("authorization" in headers or headers == "*"),
         "F12: browser clients (ChatGPT Next Web) get a CORS preflight answer",
         "2xx with Access-Control-Allow-Origin and Authorization among the allowed headers",

@@ -16,11 +16,17 @@ CASE_VARIANTS = ("GPT-4o", "Gpt-4O", "GPT-4O", "gpt-4O", "GPT-3.5-TURBO")
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.case("models.exact-name-forwarded", title="The upstream receives exactly the model asked for",
-                  area="models", faq=("F8",))  # fmt: skip
+@pytest.mark.case(
+    "models.exact-name-forwarded",
+    title="The upstream receives exactly the model asked for",
+    area="models",
+    faq=("F8",),
+)
 def test_exact_name_forwarded(model, client, upstream, tag, relay):
     ex = client.chat(chat_body(model, directive=directive(tag=tag)))
-    require(ex.status == 200, f"{model} is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    require(
+        ex.status == 200, f"{model} is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+    )
     entries = upstream.wait_entries(tag)
     forwarded = [e.get("body", {}).get("model") for e in entries if isinstance(e.get("body"), dict)]
     require(
@@ -43,15 +49,24 @@ def test_exact_name_forwarded(model, client, upstream, tag, relay):
 
 
 @pytest.mark.parametrize("variant", CASE_VARIANTS)
-@pytest.mark.case("models.case-variant-refused", title="A case variant of a model name is refused, not remapped",
-                  area="models", faq=("F8", "F17"))  # fmt: skip
+@pytest.mark.case(
+    "models.case-variant-refused",
+    title="A case variant of a model name is refused, not remapped",
+    area="models",
+    faq=("F8", "F17"),
+)
 def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
     ex = client.chat(chat_body(variant, directive=directive(tag=tag)))
     if _journal is not None:
         check_not_forwarded(_journal, tag, f"F8: {variant!r} is not routed upstream", ex.curl)
-    error = check_error(ex, profile, "no_channel",
-                        f"F8: {variant!r} matches no channel (names are case-sensitive)",
-                        secrets=relay.secrets)  # fmt: skip
+    error = check_error(
+        ex,
+        profile,
+        "no_channel",
+        f"F8: {variant!r} matches no channel (names are case-sensitive)",
+        secrets=relay.secrets,
+        values={"model": variant, "group": "default"},
+    )
     if error is not None and profile.expect("no_channel").status == 503:
         message = str(error.get("message", ""))
         require(
@@ -64,8 +79,12 @@ def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
         )
 
 
-@pytest.mark.case("models.case-variant-not-billed", title="A refused case variant is not billed",
-                  area="models", faq=("F8",))  # fmt: skip
+@pytest.mark.case(
+    "models.case-variant-not-billed",
+    title="A refused case variant is not billed",
+    area="models",
+    faq=("F8",),
+)
 def test_case_variant_not_billed(client, provision, profile, tag, relay):
     from relaygate.suite.checks import charged, settled_balance
 
@@ -73,7 +92,9 @@ def test_case_variant_not_billed(client, provision, profile, tag, relay):
         pytest.skip(f"profile: {profile.billing.skip_reason}")
     key = key_in_state(lambda: provision.funded_key())
     before = settled_balance(provision, key, profile)
-    ex = client.chat(chat_body("GPT-4o", directive=directive(tag=tag, usage="100/100")), key=key.key)
+    ex = client.chat(
+        chat_body("GPT-4o", directive=directive(tag=tag, usage="100/100")), key=key.key
+    )
     after = settled_balance(provision, key, profile)
     require(
         charged(before, after) == 0,
@@ -85,18 +106,42 @@ def test_case_variant_not_billed(client, provision, profile, tag, relay):
     )
 
 
-@pytest.mark.case("models.list-usable", title="/v1/models lists models, and every listed id works",
-                  area="models", faq=("F8", "F17"), spec="RELAY_SPEC §10.10")  # fmt: skip
+@pytest.mark.case(
+    "models.list-usable",
+    title="/v1/models lists models, and every listed id works",
+    area="models",
+    faq=("F8", "F17"),
+    spec="RELAY_SPEC §10.10",
+)
 def test_models_list(client, profile, tag, relay):
     ex = client.request("GET", "/v1/models")
-    require(ex.status == 200, "GET /v1/models answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    require(
+        ex.status == 200,
+        "GET /v1/models answers",
+        "HTTP 200",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )
     data = ex.json() or {}
     ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-    require(bool(ids), "the list names the usable models", "at least one model id", ex.describe(),
-            ex.curl, relay.secrets)  # fmt: skip
+    require(
+        bool(ids),
+        "the list names the usable models",
+        "at least one model id",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )
     if profile.models.list_shape == "object_list":
-        require(data.get("object") == "list", "the list is OpenAI-shaped", '"object": "list"',
-                repr(data.get("object")), ex.curl, relay.secrets)  # fmt: skip
+        require(
+            data.get("object") == "list",
+            "the list is OpenAI-shaped",
+            '"object": "list"',
+            repr(data.get("object")),
+            ex.curl,
+            relay.secrets,
+        )
     for model_id in ids[:12]:
         answer = client.chat(chat_body(model_id, directive=directive(tag=tag)))
         require(
@@ -111,13 +156,17 @@ def test_models_list(client, profile, tag, relay):
         pytest.xfail("deviation: " + (profile.deviation("models.list_shape") or "list shape"))
 
 
-@pytest.mark.case("models.list-exact", title="/v1/models lists exactly the models the key can use",
-                  area="models", faq=("F17",))  # fmt: skip
+@pytest.mark.case(
+    "models.list-exact",
+    title="/v1/models lists exactly the models the key can use",
+    area="models",
+    faq=("F17",),
+)
 def test_models_list_exact(client, provision, profile, relay):
-    key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED))
+    allowed = ["gpt-4o-mini"]
+    key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED, models=allowed))
     ex = client.request("GET", "/v1/models", key=key.key)
     ids = sorted(m.get("id") for m in (ex.json() or {}).get("data", []) if isinstance(m, dict))
-    allowed = sorted(key.models or [])
     require(
         ids == allowed,
         "a key with a model allow-list sees exactly those models",
@@ -128,27 +177,55 @@ def test_models_list_exact(client, provision, profile, relay):
     )
 
 
-@pytest.mark.case("models.allow-list", title="A key's model allow-list is enforced (403), before the upstream",
-                  area="models", faq=("F8",), spec="RELAY_SPEC §10.8")  # fmt: skip
+@pytest.mark.case(
+    "models.allow-list",
+    title="A key's model allow-list is enforced (403), before the upstream",
+    area="models",
+    faq=("F8",),
+    spec="RELAY_SPEC §10.8",
+)
 def test_allow_list(client, provision, profile, tag, relay, _journal):
-    key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED))
-    allowed = list(key.models or [])
+    allowed = ["gpt-4o-mini"]
+    key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED, models=allowed))
     forbidden = next((m for m in MODELS if m not in allowed), None)
     if not allowed or forbidden is None:
         pytest.skip("the restricted key allows no model or every model")
     ok = client.chat(chat_body(allowed[0], directive=directive(tag=tag + ".ok")), key=key.key)
-    require(ok.status == 200, "an allowed model works", "HTTP 200", ok.describe(), ok.curl,
-            (*relay.secrets, key.key))  # fmt: skip
+    require(
+        ok.status == 200,
+        "an allowed model works",
+        "HTTP 200",
+        ok.describe(),
+        ok.curl,
+        (*relay.secrets, key.key),
+    )
     ex = client.chat(chat_body(forbidden, directive=directive(tag=tag)), key=key.key)
     if _journal is not None:
-        check_not_forwarded(_journal, tag, "a model outside the allow-list is not sent upstream", ex.curl)
-    check_error(ex, profile, "model_not_allowed", f"a key limited to {allowed} may not use {forbidden}",
-                secrets=(*relay.secrets, key.key))  # fmt: skip
+        check_not_forwarded(
+            _journal, tag, "a model outside the allow-list is not sent upstream", ex.curl
+        )
+    check_error(
+        ex,
+        profile,
+        "model_not_allowed",
+        f"a key limited to {allowed} may not use {forbidden}",
+        secrets=(*relay.secrets, key.key),
+    )
 
 
-@pytest.mark.case("models.unknown-id", title="GET /v1/models/{unknown} is a model_not_found error",
-                  area="models", faq=("F17", "F5"), spec="RELAY_SPEC §10.12")  # fmt: skip
+@pytest.mark.case(
+    "models.unknown-id",
+    title="GET /v1/models/{unknown} is a model_not_found error",
+    area="models",
+    faq=("F17", "F5"),
+    spec="RELAY_SPEC §10.12",
+)
 def test_unknown_model_id(client, profile, relay):
     ex = client.request("GET", "/v1/models/relaygate-no-such-model")
-    check_error(ex, profile, "models_unknown_id", "an unknown model id is a model_not_found error",
-                secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        "models_unknown_id",
+        "an unknown model id is a model_not_found error",
+        secrets=relay.secrets,
+    )

@@ -20,8 +20,12 @@ from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
 # Known usage per model: prompt, completion (the mock reports exactly these).
-USAGE = {"gpt-4o": (1234, 567), "gpt-4o-mini": (3001, 999), "gpt-4": (101, 37),
-         "gpt-3.5-turbo": (10, 20)}  # fmt: skip
+USAGE = {
+    "gpt-4o": (1234, 567),
+    "gpt-4o-mini": (3001, 999),
+    "gpt-4": (101, 37),
+    "gpt-3.5-turbo": (10, 20),
+}
 
 
 @pytest.fixture
@@ -32,8 +36,12 @@ def billing(profile):
 
 
 @pytest.mark.parametrize("model", list(USAGE))
-@pytest.mark.case("quota.formula", title="Charge = group × model × (prompt + completion × completion ratio)",
-                  area="quota", faq=("F9", "F14", "F6"))  # fmt: skip
+@pytest.mark.case(
+    "quota.formula",
+    title="Charge = group × model × (prompt + completion × completion ratio)",
+    area="quota",
+    faq=("F9", "F14", "F6"),
+)
 def test_formula(model, client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.funded_key())
     prompt, completion = USAGE[model]
@@ -56,8 +64,12 @@ def test_formula(model, client, provision, profile, billing, upstream, tag, rela
     )
 
 
-@pytest.mark.case("quota.stream-billed-from-usage", title="A streamed request is billed from its streamed usage",
-                  area="quota", faq=("F4", "F9"))  # fmt: skip
+@pytest.mark.case(
+    "quota.stream-billed-from-usage",
+    title="A streamed request is billed from its streamed usage",
+    area="quota",
+    faq=("F4", "F9"),
+)
 def test_stream_billed(client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.funded_key())
     prompt, completion = 321, 12
@@ -70,7 +82,9 @@ def test_stream_billed(client, provision, profile, billing, upstream, tag, relay
         ),
         key=key.key,
     )
-    require(ex.status == 200, "the stream answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    require(
+        ex.status == 200, "the stream answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+    )
     after = settled_balance(provision, key, profile, expect_change_from=before)
     expected = profile.quota_for("gpt-4o", key.group, prompt, completion)
     require(
@@ -83,34 +97,60 @@ def test_stream_billed(client, provision, profile, billing, upstream, tag, relay
     )
 
 
-@pytest.mark.case("quota.token-exhausted", title="An exhausted token is refused (403), nothing forwarded or billed",
-                  area="quota", faq=("F20", "F11", "F5"))  # fmt: skip
+@pytest.mark.case(
+    "quota.token-exhausted",
+    title="An exhausted token is refused (403), nothing forwarded or billed",
+    area="quota",
+    faq=("F20", "F11", "F5"),
+)
 def test_token_exhausted(client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
     check_not_forwarded(upstream, tag, "F20: an exhausted token makes no upstream call", ex.curl)
     after = settled_balance(provision, key, profile)
-    require(charged(before, after) == 0, "F20: a refused request is not billed", "0 quota",
-            f"{charged(before, after)} quota", ex.curl, relay.secrets)  # fmt: skip
-    check_error(ex, profile, "token_quota_exhausted",
-                "F20: a token whose quota is used up is refused with 403 '该令牌额度已用尽'",
-                secrets=(*relay.secrets, key.key))  # fmt: skip
+    require(
+        charged(before, after) == 0,
+        "F20: a refused request is not billed",
+        "0 quota",
+        f"{charged(before, after)} quota",
+        ex.curl,
+        relay.secrets,
+    )
+    check_error(
+        ex,
+        profile,
+        "token_quota_exhausted",
+        "F20: a token whose quota is used up is refused with 403 '该令牌额度已用尽'",
+        secrets=(*relay.secrets, key.key),
+    )
 
 
-@pytest.mark.case("quota.user-exhausted", title="An exhausted wallet is refused (403), distinct from the token's",
-                  area="quota", faq=("F21", "F11", "F5"))  # fmt: skip
+@pytest.mark.case(
+    "quota.user-exhausted",
+    title="An exhausted wallet is refused (403), distinct from the token's",
+    area="quota",
+    faq=("F21", "F11", "F5"),
+)
 def test_user_exhausted(client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.key_with(KeyState.USER_EXHAUSTED))
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
     check_not_forwarded(upstream, tag, "F21: an exhausted wallet makes no upstream call", ex.curl)
-    check_error(ex, profile, "user_quota_exhausted",
-                "F21: a user whose wallet is empty is refused with 403 'user quota is not enough'",
-                secrets=(*relay.secrets, key.key))  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        "user_quota_exhausted",
+        "F21: a user whose wallet is empty is refused with 403 'user quota is not enough'",
+        secrets=(*relay.secrets, key.key),
+    )
 
 
-@pytest.mark.case("quota.token-vs-user-distinct", title="Token and wallet exhaustion are told apart",
-                  area="quota", faq=("F20", "F21", "F11"))  # fmt: skip
+@pytest.mark.case(
+    "quota.token-vs-user-distinct",
+    title="Token and wallet exhaustion are told apart",
+    area="quota",
+    faq=("F20", "F21", "F11"),
+)
 def test_token_vs_user_distinct(client, provision, billing, tag, relay):
     token = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
     user = key_in_state(lambda: provision.key_with(KeyState.USER_EXHAUSTED))
@@ -127,66 +167,133 @@ def test_token_vs_user_distinct(client, provision, billing, tag, relay):
     )
 
 
-@pytest.mark.case("quota.unlimited-bounded-by-user", title="An unlimited token is still bounded by its wallet",
-                  area="quota", faq=("F6", "F21"))  # fmt: skip
+@pytest.mark.case(
+    "quota.unlimited-bounded-by-user",
+    title="An unlimited token is still bounded by its wallet",
+    area="quota",
+    faq=("F6", "F21"),
+)
 def test_unlimited_bounded(client, provision, profile, billing, upstream, tag, relay):
-    key = key_in_state(lambda: provision.key_with(KeyState.UNLIMITED_USER_EXHAUSTED))
+    key = key_in_state(lambda: provision.key_with(KeyState.UNLIMITED, user_quota=0))
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
-    check_not_forwarded(upstream, tag, "an unlimited token of an empty wallet makes no upstream call", ex.curl)
-    check_error(ex, profile, "user_quota_exhausted",
-                "F6/F21: an unlimited token whose user has no quota is refused",
-                secrets=(*relay.secrets, key.key))  # fmt: skip
+    check_not_forwarded(
+        upstream, tag, "an unlimited token of an empty wallet makes no upstream call", ex.curl
+    )
+    check_error(
+        ex,
+        profile,
+        "user_quota_exhausted",
+        "F6/F21: an unlimited token whose user has no quota is refused",
+        secrets=(*relay.secrets, key.key),
+    )
 
 
 @pytest.mark.parametrize("status", [400, 500, 503])
-@pytest.mark.case("quota.refund-on-upstream-error", title="Upstream errors are not billed",
-                  area="quota", faq=("F9", "F5"))  # fmt: skip
-def test_refund_on_upstream_error(status, client, provision, profile, billing, upstream, tag, relay):
+@pytest.mark.case(
+    "quota.refund-on-upstream-error",
+    title="Upstream errors are not billed",
+    area="quota",
+    faq=("F9", "F5"),
+)
+def test_refund_on_upstream_error(
+    status, client, provision, profile, billing, upstream, tag, relay
+):
     key = key_in_state(lambda: provision.funded_key())
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(error=status, tag=tag)), key=key.key)
-    require(ex.status >= 400, "the upstream error reaches the client as an error",
-            f"HTTP {status}", ex.describe(), ex.curl, relay.secrets)  # fmt: skip
-    require(len(upstream.wait_entries(tag)) >= 1, "the request reached the upstream",
-            "one upstream request", "none", ex.curl)  # fmt: skip
+    require(
+        ex.status >= 400,
+        "the upstream error reaches the client as an error",
+        f"HTTP {status}",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )
+    require(
+        len(upstream.wait_entries(tag)) >= 1,
+        "the request reached the upstream",
+        "one upstream request",
+        "none",
+        ex.curl,
+    )
     after = settled_balance(provision, key, profile)
-    require(charged(before, after) == 0,
-            f"an upstream {status} answer is not billed (pre-consumed quota is refunded)",
-            "0 quota", f"{charged(before, after)} quota ({before} -> {after})", ex.curl, relay.secrets)  # fmt: skip
+    require(
+        charged(before, after) == 0,
+        f"an upstream {status} answer is not billed (pre-consumed quota is refunded)",
+        "0 quota",
+        f"{charged(before, after)} quota ({before} -> {after})",
+        ex.curl,
+        relay.secrets,
+    )
 
 
-@pytest.mark.case("quota.refund-on-transport-failure", title="A dropped upstream connection is not billed",
-                  area="quota", faq=("F9", "F5"), spec="RELAY_SPEC §2 refunds")  # fmt: skip
+@pytest.mark.case(
+    "quota.refund-on-transport-failure",
+    title="A dropped upstream connection is not billed",
+    area="quota",
+    faq=("F9", "F5"),
+    spec="RELAY_SPEC §2 refunds",
+)
 def test_refund_on_transport_failure(client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.funded_key())
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(disconnect_after=0, tag=tag)), key=key.key)
-    require(ex.status >= 500, "a transport failure upstream is an error to the client",
-            "HTTP 5xx", ex.describe(), ex.curl, relay.secrets)  # fmt: skip
+    require(
+        ex.status >= 500,
+        "a transport failure upstream is an error to the client",
+        "HTTP 5xx",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )
     after = settled_balance(provision, key, profile)
-    require(charged(before, after) == 0, "a request that failed upstream in transport is refunded",
-            "0 quota", f"{charged(before, after)} quota", ex.curl, relay.secrets)  # fmt: skip
+    require(
+        charged(before, after) == 0,
+        "a request that failed upstream in transport is refunded",
+        "0 quota",
+        f"{charged(before, after)} quota",
+        ex.curl,
+        relay.secrets,
+    )
 
 
-@pytest.mark.case("quota.billing-endpoints", title="Billing endpoints agree with the charges (500000 quota = 1 USD)",
-                  area="quota", faq=("F6",), spec="RELAY_SPEC §2 billing endpoints")  # fmt: skip
+@pytest.mark.case(
+    "quota.billing-endpoints",
+    title="Billing endpoints agree with the charges (500000 quota = 1 USD)",
+    area="quota",
+    faq=("F6",),
+    spec="RELAY_SPEC §2 billing endpoints",
+)
 def test_billing_endpoints(client, provision, profile, billing, upstream, tag, relay):
     if billing.balance_source != "billing_endpoints":
         pytest.skip(f"profile reads balances from {billing.balance_source}, not billing endpoints")
     key = key_in_state(lambda: provision.funded_key())
+
     def read():
         sub = client.request("GET", "/v1/dashboard/billing/subscription", key=key.key)
         use = client.request("GET", "/v1/dashboard/billing/usage", key=key.key)
         return sub, use
+
     sub0, use0 = read()
-    require(sub0.status == 200 and use0.status == 200, "billing endpoints answer a key holder",
-            "HTTP 200 twice", f"{sub0.describe()} / {use0.describe()}", sub0.curl, relay.secrets)  # fmt: skip
+    require(
+        sub0.status == 200 and use0.status == 200,
+        "billing endpoints answer a key holder",
+        "HTTP 200 twice",
+        f"{sub0.describe()} / {use0.describe()}",
+        sub0.curl,
+        relay.secrets,
+    )
     prompt, completion = 500, 250
-    ex = client.chat(chat_body("gpt-4", directive=directive(usage=f"{prompt}/{completion}", tag=tag)), key=key.key)
+    ex = client.chat(
+        chat_body("gpt-4", directive=directive(usage=f"{prompt}/{completion}", tag=tag)),
+        key=key.key,
+    )
     require(ex.status == 200, "the chat answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
     expected = profile.quota_for("gpt-4", key.group, prompt, completion)
     sub1, use1 = read()
-    delta_cents = (use1.json() or {}).get("total_usage", 0) - (use0.json() or {}).get("total_usage", 0)
+    delta_cents = (use1.json() or {}).get("total_usage", 0) - (use0.json() or {}).get(
+        "total_usage", 0
+    )
     want_cents = expected / billing.quota_per_usd * 100
     require(
         abs(delta_cents - want_cents) < 1e-6,
@@ -200,7 +307,8 @@ def test_billing_endpoints(client, provision, profile, billing, upstream, tag, r
     hard1 = (sub1.json() or {}).get("hard_limit_usd")
     require(
         isinstance(hard1, (int, float)) and hard0 == hard1,
-        "hard_limit_usd is the token's total grant (remain + used) / 500000: a charge does not change it",
+        "hard_limit_usd is the token's total grant (remain + used) / 500000: "
+        "a charge does not change it",
         f"{hard0}",
         f"{hard1}",
         sub1.curl,
@@ -208,15 +316,23 @@ def test_billing_endpoints(client, provision, profile, billing, upstream, tag, r
     )
 
 
-@pytest.mark.case("quota.parallel-no-overdraw", title="Parallel requests on a nearly empty token never overdraw",
-                  area="quota", faq=("F20", "F6"), spec="RELAY_SPEC §10.21")  # fmt: skip
+@pytest.mark.case(
+    "quota.parallel-no-overdraw",
+    title="Parallel requests on a nearly empty token never overdraw",
+    area="quota",
+    faq=("F20", "F6"),
+    spec="RELAY_SPEC §10.21",
+)
 def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag, relay):
     prompt, completion = 100, 100
     one = profile.quota_for("gpt-4", "default", prompt, completion)
     calls = 4
     key = key_in_state(lambda: provision.funded_key(quota=one * calls + one // 2))
-    body = chat_body("gpt-4", directive=directive(usage=f"{prompt}/{completion}", ttft_ms=150, tag=tag),
-                     max_tokens=completion)  # fmt: skip
+    body = chat_body(
+        "gpt-4",
+        directive=directive(usage=f"{prompt}/{completion}", ttft_ms=150, tag=tag),
+        max_tokens=completion,
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda _: client.chat(body, key=key.key), range(calls * 4)))
     ok = sum(1 for a in answers if a.status == 200)
@@ -239,19 +355,29 @@ def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag
     )
 
 
-@pytest.mark.case("quota.client-disconnect-billed-at-most-full", title="A client that leaves mid-stream is billed at most the full charge",
-                  area="quota", faq=("F4",))  # fmt: skip
+@pytest.mark.case(
+    "quota.client-disconnect-billed-at-most-full",
+    title="A client that leaves mid-stream is billed at most the full charge",
+    area="quota",
+    faq=("F4",),
+)
 def test_client_disconnect_billing(client, provision, profile, billing, upstream, tag, relay):
     key = key_in_state(lambda: provision.funded_key())
     prompt, completion = 50, 40
     before = settled_balance(provision, key, profile)
     ex = client.stream(
-        chat_body("gpt-4o", directive=directive(usage=f"{prompt}/{completion}", chunks=completion,
-                                                itl_ms=20, tag=tag)),
+        chat_body(
+            "gpt-4o",
+            directive=directive(
+                usage=f"{prompt}/{completion}", chunks=completion, itl_ms=20, tag=tag
+            ),
+        ),
         key=key.key,
         stop_after_events=4,
-    )  # fmt: skip
-    require(ex.status == 200, "the stream starts", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    )
+    require(
+        ex.status == 200, "the stream starts", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+    )
     full = profile.quota_for("gpt-4o", key.group, prompt, completion)
     after = settled_balance(provision, key, profile, expect_change_from=before)
     got = charged(before, after)

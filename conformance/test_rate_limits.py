@@ -32,43 +32,84 @@ def limited_key(provision, profile):
     return key_in_state(lambda: provision.key_with(KeyState.RATE_LIMITED))
 
 
-@pytest.mark.case("rate_limits.429-shape", title="Over the limit: 429 with an OpenAI error body and Retry-After",
-                  area="rate_limits", faq=("F5",))  # fmt: skip
+@pytest.mark.case(
+    "rate_limits.429-shape",
+    title="Over the limit: 429 with an OpenAI error body and Retry-After",
+    area="rate_limits",
+    faq=("F5",),
+)
 def test_429_shape(client, profile, limited_key, tag, relay):
     answers, refused = _until_429(client, limited_key.key, tag)
-    require(refused is not None, "a key over its rate limit is refused with 429", "a 429",
-            f"{len(answers)} answers, statuses {sorted({a.status for a in answers})}",
-            answers[-1].curl, (*relay.secrets, limited_key.key))  # fmt: skip
+    require(
+        refused is not None,
+        "a key over its rate limit is refused with 429",
+        "a 429",
+        f"{len(answers)} answers, statuses {sorted({a.status for a in answers})}",
+        answers[-1].curl,
+        (*relay.secrets, limited_key.key),
+    )
     assert refused is not None
     if profile.rate_limit.retry_after_header:
         value = refused.headers.get("retry-after", "")
-        require(value.isdigit() and int(value) >= 1, "a 429 says when to retry (Retry-After, seconds)",
-                "Retry-After: <integer >= 1>", repr(value), refused.curl, relay.secrets)  # fmt: skip
-    check_error(refused, profile, "rate_limited", "F5: too many requests is a 429",
-                secrets=(*relay.secrets, limited_key.key))  # fmt: skip
+        require(
+            value.isdigit() and int(value) >= 1,
+            "a 429 says when to retry (Retry-After, seconds)",
+            "Retry-After: <integer >= 1>",
+            repr(value),
+            refused.curl,
+            relay.secrets,
+        )
+    check_error(
+        refused,
+        profile,
+        "rate_limited",
+        "F5: too many requests is a 429",
+        secrets=(*relay.secrets, limited_key.key),
+    )
 
 
-@pytest.mark.case("rate_limits.refused-before-upstream", title="A 429 is refused before the upstream and billed nothing",
-                  area="rate_limits", faq=("F5",))  # fmt: skip
+@pytest.mark.case(
+    "rate_limits.refused-before-upstream",
+    title="A 429 is refused before the upstream and billed nothing",
+    area="rate_limits",
+    faq=("F5",),
+)
 def test_refused_before_upstream(client, profile, provision, upstream, limited_key, tag, relay):
     answers, refused = _until_429(client, limited_key.key, tag)
     if refused is None:
         pytest.fail("no 429 was produced; see rate_limits.429-shape")
     refused_tag = f"{tag}.{len(answers) - 1}"
     entries = upstream.wait_entries(refused_tag, timeout_s=0.3)
-    require(not entries, "a rate-limited request never reaches the upstream", "no upstream request",
-            f"{len(entries)} upstream request(s)", refused.curl, relay.secrets)  # fmt: skip
+    require(
+        not entries,
+        "a rate-limited request never reaches the upstream",
+        "no upstream request",
+        f"{len(entries)} upstream request(s)",
+        refused.curl,
+        relay.secrets,
+    )
     if profile.billing.applicable:
         before = settled_balance(provision, limited_key, profile)
         again = client.chat(chat_body(directive=directive(tag=tag + ".again")), key=limited_key.key)
         after = settled_balance(provision, limited_key, profile)
         if again.status == 429:
-            require(charged(before, after) == 0, "a 429 is not billed", "0 quota",
-                    f"{charged(before, after)} quota", again.curl, relay.secrets)  # fmt: skip
+            require(
+                charged(before, after) == 0,
+                "a 429 is not billed",
+                "0 quota",
+                f"{charged(before, after)} quota",
+                again.curl,
+                relay.secrets,
+            )
 
 
-@pytest.mark.case("rate_limits.retry-after-honest", title="Retry-After is right: before it refused, after it served",
-                  area="rate_limits", faq=("F5",), level="SHOULD")  # fmt: skip
+@pytest.mark.case(
+    "rate_limits.retry-after-honest",
+    title="Retry-After is right: before it refused, after it served",
+    area="rate_limits",
+    faq=("F5",),
+    level="SHOULD",
+)
 def test_retry_after_honest(client, profile, limited_key, tag, relay):
     if not profile.rate_limit.retry_after_header:
         pytest.skip("profile: this relay sends no Retry-After")
@@ -80,20 +121,49 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     if wait_s > 5:
         pytest.skip(f"Retry-After {wait_s:.1f} s is too long for this bounded check")
     early = client.chat(chat_body(directive=directive(tag=tag + ".early")), key=limited_key.key)
-    require(early.status == 429, "a retry before Retry-After is still refused", "HTTP 429",
-            early.describe(), early.curl, relay.secrets)  # fmt: skip
+    require(
+        early.status == 429,
+        "a retry before Retry-After is still refused",
+        "HTTP 429",
+        early.describe(),
+        early.curl,
+        relay.secrets,
+    )
     time.sleep(wait_s + 0.05)
     late = client.chat(chat_body(directive=directive(tag=tag + ".late")), key=limited_key.key)
-    require(late.status == 200, f"a retry after Retry-After ({wait_s:.3f} s) is served", "HTTP 200",
-            late.describe(), late.curl, relay.secrets)  # fmt: skip
+    require(
+        late.status == 200,
+        f"a retry after Retry-After ({wait_s:.3f} s) is served",
+        "HTTP 200",
+        late.describe(),
+        late.curl,
+        relay.secrets,
+    )
 
 
-@pytest.mark.case("rate_limits.upstream-429-passthrough", title="An upstream 429 reaches the client as 429 with its Retry-After",
-                  area="rate_limits", faq=("F5",), spec="RELAY_SPEC §10.25")  # fmt: skip
+@pytest.mark.case(
+    "rate_limits.upstream-429-passthrough",
+    title="An upstream 429 reaches the client as 429 with its Retry-After",
+    area="rate_limits",
+    faq=("F5",),
+    spec="RELAY_SPEC §10.25",
+)
 def test_upstream_429(client, profile, upstream, tag, relay):
     ex = client.chat(chat_body(directive=directive(error=429, retry_after="7", tag=tag)))
-    check_error(ex, profile, "upstream_429", "an upstream 429 stays a 429 (not 500)",
-                upstream_status=429, secrets=relay.secrets)  # fmt: skip
+    check_error(
+        ex,
+        profile,
+        "upstream_429",
+        "an upstream 429 stays a 429 (not 500)",
+        upstream_status=429,
+        secrets=relay.secrets,
+    )
     if profile.rate_limit.upstream_retry_after_forwarded:
-        require(ex.headers.get("retry-after") == "7", "the upstream's Retry-After is passed on",
-                "Retry-After: 7", repr(ex.headers.get("retry-after")), ex.curl, relay.secrets)  # fmt: skip
+        require(
+            ex.headers.get("retry-after") == "7",
+            "the upstream's Retry-After is passed on",
+            "Retry-After: 7",
+            repr(ex.headers.get("retry-after")),
+            ex.curl,
+            relay.secrets,
+        )

@@ -10,12 +10,18 @@ from relaygate.provision import KeyState
 from relaygate.suite.checks import key_in_state
 from relaygate.suite.failures import require
 
-openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install openai)")
+openai = pytest.importorskip(
+    "openai", reason="the openai SDK is not installed (pip install openai)"
+)
 
 
 def _sdk(relay, key):
-    return openai.OpenAI(base_url=relay.base_url + "/v1", api_key=key or "sk-none",
-                         max_retries=0, timeout=relay.timeout_s)  # fmt: skip
+    return openai.OpenAI(
+        base_url=relay.base_url + "/v1",
+        api_key=key or "sk-none",
+        max_retries=0,
+        timeout=relay.timeout_s,
+    )
 
 
 def _msg(tag, **fields):
@@ -25,80 +31,134 @@ def _msg(tag, **fields):
 @pytest.mark.case("sdk.chat", title="SDK: chat.completions.create works", area="sdk", faq=("F15",))
 def test_chat(relay, funded_key, tag):
     answer = _sdk(relay, funded_key).chat.completions.create(model="gpt-4o", messages=_msg(tag))
-    require(bool(answer.choices) and answer.choices[0].message.content is not None,
-            "the SDK parses the relay's answer", "a message", answer, secrets=relay.secrets)  # fmt: skip
+    require(
+        bool(answer.choices) and answer.choices[0].message.content is not None,
+        "the SDK parses the relay's answer",
+        "a message",
+        answer,
+        secrets=relay.secrets,
+    )
 
 
 @pytest.mark.case("sdk.stream", title="SDK: a stream iterates to the end", area="sdk", faq=("F4",))
 def test_stream(relay, funded_key, tag):
     stream = _sdk(relay, funded_key).chat.completions.create(
-        model="gpt-4o", messages=_msg(tag, chunks=4), stream=True,
-        stream_options={"include_usage": True})  # fmt: skip
+        model="gpt-4o",
+        messages=_msg(tag, chunks=4),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text, usage, finish = "", None, None
     for chunk in stream:
         usage = chunk.usage or usage
         for choice in chunk.choices:
             text += choice.delta.content or ""
             finish = choice.finish_reason or finish
-    require(bool(text) and finish == "stop" and usage is not None,
-            "the SDK streams text, a finish_reason and the usage", "text, stop, usage",
-            f"{text!r}, {finish!r}, {usage!r}", secrets=relay.secrets)  # fmt: skip
+    require(
+        bool(text) and finish == "stop" and usage is not None,
+        "the SDK streams text, a finish_reason and the usage",
+        "text, stop, usage",
+        f"{text!r}, {finish!r}, {usage!r}",
+        secrets=relay.secrets,
+    )
 
 
 def _raises(cls, call, requirement, relay):
     try:
         call()
     except openai.APIStatusError as exc:
-        require(isinstance(exc, cls), requirement, cls.__name__,
-                f"{type(exc).__name__} (HTTP {exc.status_code})", secrets=relay.secrets)  # fmt: skip
+        require(
+            isinstance(exc, cls),
+            requirement,
+            cls.__name__,
+            f"{type(exc).__name__} (HTTP {exc.status_code})",
+            secrets=relay.secrets,
+        )
         return
     except openai.APIError as exc:
-        require(False, requirement, cls.__name__, f"{type(exc).__name__}: {exc}", secrets=relay.secrets)
+        require(
+            False, requirement, cls.__name__, f"{type(exc).__name__}: {exc}", secrets=relay.secrets
+        )
     require(False, requirement, cls.__name__, "no error", secrets=relay.secrets)
 
 
-@pytest.mark.case("sdk.authentication-error", title="SDK: a bad key raises AuthenticationError", area="sdk",
-                  faq=("F15",))  # fmt: skip
+@pytest.mark.case(
+    "sdk.authentication-error",
+    title="SDK: a bad key raises AuthenticationError",
+    area="sdk",
+    faq=("F15",),
+)
 def test_authentication_error(relay, tag):
     sdk = _sdk(relay, "sk-relaygateUnknownKey000000000000000000000000000000")
-    _raises(openai.AuthenticationError,
-            lambda: sdk.chat.completions.create(model="gpt-4o", messages=_msg(tag)),
-            "a 401 surfaces as openai.AuthenticationError", relay)  # fmt: skip
+    _raises(
+        openai.AuthenticationError,
+        lambda: sdk.chat.completions.create(model="gpt-4o", messages=_msg(tag)),
+        "a 401 surfaces as openai.AuthenticationError",
+        relay,
+    )
 
 
-@pytest.mark.case("sdk.permission-denied-error", title="SDK: an exhausted token raises PermissionDeniedError",
-                  area="sdk", faq=("F20",))  # fmt: skip
+@pytest.mark.case(
+    "sdk.permission-denied-error",
+    title="SDK: an exhausted token raises PermissionDeniedError",
+    area="sdk",
+    faq=("F20",),
+)
 def test_permission_denied(relay, provision, profile, tag):
     if profile.expect("token_quota_exhausted").status != 403:
         pytest.skip("profile: exhausted tokens are not refused with 403 by this relay")
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
-    _raises(openai.PermissionDeniedError,
-            lambda: _sdk(relay, key.key).chat.completions.create(model="gpt-4o", messages=_msg(tag)),
-            "a 403 surfaces as openai.PermissionDeniedError", relay)  # fmt: skip
+    _raises(
+        openai.PermissionDeniedError,
+        lambda: _sdk(relay, key.key).chat.completions.create(model="gpt-4o", messages=_msg(tag)),
+        "a 403 surfaces as openai.PermissionDeniedError",
+        relay,
+    )
 
 
-@pytest.mark.case("sdk.not-found-error", title="SDK: an unknown model id raises NotFoundError", area="sdk",
-                  faq=("F17",))  # fmt: skip
+@pytest.mark.case(
+    "sdk.not-found-error",
+    title="SDK: an unknown model id raises NotFoundError",
+    area="sdk",
+    faq=("F17",),
+)
 def test_not_found(relay, funded_key, profile):
     if profile.expect("models_unknown_id").status != 404:
         pytest.skip("profile: unknown model ids are not answered with 404 by this relay")
-    _raises(openai.NotFoundError,
-            lambda: _sdk(relay, funded_key).models.retrieve("relaygate-no-such-model"),
-            "a 404 surfaces as openai.NotFoundError", relay)  # fmt: skip
+    _raises(
+        openai.NotFoundError,
+        lambda: _sdk(relay, funded_key).models.retrieve("relaygate-no-such-model"),
+        "a 404 surfaces as openai.NotFoundError",
+        relay,
+    )
 
 
-@pytest.mark.case("sdk.rate-limit-error", title="SDK: a 429 raises RateLimitError", area="sdk", faq=("F5",))
+@pytest.mark.case(
+    "sdk.rate-limit-error", title="SDK: a 429 raises RateLimitError", area="sdk", faq=("F5",)
+)
 def test_rate_limit(relay, funded_key, upstream, tag):
-    _raises(openai.RateLimitError,
-            lambda: _sdk(relay, funded_key).chat.completions.create(
-                model="gpt-4o", messages=_msg(tag, error=429, retry_after="1")),
-            "a 429 surfaces as openai.RateLimitError", relay)  # fmt: skip
+    _raises(
+        openai.RateLimitError,
+        lambda: _sdk(relay, funded_key).chat.completions.create(
+            model="gpt-4o", messages=_msg(tag, error=429, retry_after="1")
+        ),
+        "a 429 surfaces as openai.RateLimitError",
+        relay,
+    )
 
 
-@pytest.mark.case("sdk.bad-request-error", title="SDK: an over-cap max_tokens raises BadRequestError",
-                  area="sdk", faq=("F22",))  # fmt: skip
+@pytest.mark.case(
+    "sdk.bad-request-error",
+    title="SDK: an over-cap max_tokens raises BadRequestError",
+    area="sdk",
+    faq=("F22",),
+)
 def test_bad_request(relay, funded_key, upstream, tag):
-    _raises(openai.BadRequestError,
-            lambda: _sdk(relay, funded_key).chat.completions.create(
-                model="gpt-4", messages=_msg(tag), max_tokens=9000),
-            "a 400 surfaces as openai.BadRequestError", relay)  # fmt: skip
+    _raises(
+        openai.BadRequestError,
+        lambda: _sdk(relay, funded_key).chat.completions.create(
+            model="gpt-4", messages=_msg(tag), max_tokens=9000
+        ),
+        "a 400 surfaces as openai.BadRequestError",
+        relay,
+    )

@@ -7,15 +7,21 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.keys import mask_key
-from relaygate.suite.client import chat_body
+from relaygate.suite.client import chat_body, header_pairs
 from relaygate.suite.failures import require
 
 
-@pytest.mark.case("security.client-key-not-forwarded", title="The client's key never reaches the upstream",
-                  area="security", spec="relay design; RELAY_SPEC §10.28")  # fmt: skip
+@pytest.mark.case(
+    "security.client-key-not-forwarded",
+    title="The client's key never reaches the upstream",
+    area="security",
+    spec="relay design; RELAY_SPEC §10.28",
+)
 def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay):
     ex = client.chat(chat_body(directive=directive(tag=tag)))
-    require(ex.status == 200, "the request is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    require(
+        ex.status == 200, "the request is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+    )
     for entry in upstream.wait_entries(tag):
         dump = repr(entry.get("headers")) + repr(entry.get("body")) + repr(entry.get("query"))
         require(
@@ -28,21 +34,34 @@ def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay):
         )
 
 
-@pytest.mark.case("security.channel-key-not-leaked", title="The channel key never appears in any answer",
-                  area="security", spec="relay design")  # fmt: skip
+@pytest.mark.case(
+    "security.channel-key-not-leaked",
+    title="The channel key never appears in any answer",
+    area="security",
+    spec="relay design",
+)
 def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay):
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     entries = upstream.wait_entries(tag)
-    auth = next((v for e in entries for k, v in (e.get("headers") or {}).items()
-                 if k.lower() == "authorization"), "")  # fmt: skip
+    auth = next(
+        (v for e in entries for k, v in header_pairs(e) if k.lower() == "authorization"), ""
+    )
     channel_key = auth.partition(" ")[2] or auth
     if not channel_key:
         pytest.skip("the relay sent no Authorization upstream: no channel key to look for")
     answers = [ex]
-    for i, fields in enumerate([{"error": 401, "error_code": "invalid_api_key"}, {"error": 500},
-                                {"error": 400}, {"error": 429}]):  # fmt: skip
+    for i, fields in enumerate(
+        [
+            {"error": 401, "error_code": "invalid_api_key"},
+            {"error": 500},
+            {"error": 400},
+            {"error": 429},
+        ]
+    ):
         answers.append(client.chat(chat_body(directive=directive(tag=f"{tag}.{i}", **fields))))
-    answers.append(client.stream(chat_body(directive=directive(tag=f"{tag}.s", stream_error_after=1))))
+    answers.append(
+        client.stream(chat_body(directive=directive(tag=f"{tag}.s", stream_error_after=1)))
+    )
     for answer in answers:
         dump = answer.body.decode("utf-8", "replace") + repr(dict(answer.headers))
         require(
@@ -55,11 +74,19 @@ def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay):
         )
 
 
-@pytest.mark.case("security.query-key-rejected", title="A key in the query string is not accepted",
-                  area="security", spec="relay design")  # fmt: skip
+@pytest.mark.case(
+    "security.query-key-rejected",
+    title="A key in the query string is not accepted",
+    area="security",
+    spec="relay design",
+)
 def test_query_key_rejected(client, funded_key, tag, relay):
-    ex = client.request("POST", f"/v1/chat/completions?key={funded_key}&api_key={funded_key}",
-                        json=chat_body(directive=directive(tag=tag)), key=None)  # fmt: skip
+    ex = client.request(
+        "POST",
+        f"/v1/chat/completions?key={funded_key}&api_key={funded_key}",
+        json=chat_body(directive=directive(tag=tag)),
+        key=None,
+    )
     require(
         ex.status == 401,
         "keys travel in the Authorization header only: a key in the URL (logged by every proxy) "

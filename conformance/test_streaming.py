@@ -3,6 +3,7 @@ tool calls, no buffering, and upstream failures surfaced honestly (F4)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 
@@ -22,74 +23,160 @@ def _finish_reasons(ex):
     return reasons
 
 
-@pytest.mark.case("streaming.event-stream", title="A stream is text/event-stream of well-formed data: frames ending in one [DONE]",
-                  area="streaming", faq=("F4",))  # fmt: skip
+@pytest.mark.case(
+    "streaming.event-stream",
+    title="A stream is text/event-stream of well-formed data: frames ending in one [DONE]",
+    area="streaming",
+    faq=("F4",),
+)
 def test_event_stream(client, profile, tag, relay):
     ex = client.stream(chat_body(directive=directive(chunks=5, tag=tag)))
-    require(ex.status == 200, "the stream answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
-    require(ex.content_type == "text/event-stream", "streams are served as text/event-stream",
-            "Content-Type text/event-stream", ex.content_type, ex.curl, relay.secrets)  # fmt: skip
+    require(
+        ex.status == 200, "the stream answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+    )
+    require(
+        ex.content_type == "text/event-stream",
+        "streams are served as text/event-stream",
+        "Content-Type text/event-stream",
+        ex.content_type,
+        ex.curl,
+        relay.secrets,
+    )
     text = ex.body.decode("utf-8", "replace")
     frames = [f for f in text.split("\n\n") if f.strip()]
     bad = [f for f in frames if not f.startswith("data: ") or "\n" in f.strip("\n")]
-    require(not bad and "\r" not in text, "every frame is 'data: <json>' followed by a blank line",
-            "well-formed data: frames", f"{len(bad)} malformed frame(s): {bad[:2]!r}", ex.curl,
-            relay.secrets)  # fmt: skip
+    require(
+        not bad and "\r" not in text,
+        "every frame is 'data: <json>' followed by a blank line",
+        "well-formed data: frames",
+        f"{len(bad)} malformed frame(s): {bad[:2]!r}",
+        ex.curl,
+        relay.secrets,
+    )
     for event in ex.data_events:
-        require(event.json() is not None, "every data frame but [DONE] is JSON", "JSON",
-                repr(event.data[:200]), ex.curl, relay.secrets)  # fmt: skip
+        require(
+            event.json() is not None,
+            "every data frame but [DONE] is JSON",
+            "JSON",
+            repr(event.data[:200]),
+            ex.curl,
+            relay.secrets,
+        )
     done_last = bool(ex.events) and ex.events[-1].data.strip() == "[DONE]"
-    require(ex.done_count == 1 and done_last, "F4: a stream ends with exactly one data: [DONE]",
-            "one [DONE], last", f"{ex.done_count} [DONE], last event {ex.events[-1].data[:60]!r}"
-            if ex.events else "no events", ex.curl, relay.secrets)  # fmt: skip
+    require(
+        ex.done_count == 1 and done_last,
+        "F4: a stream ends with exactly one data: [DONE]",
+        "one [DONE], last",
+        f"{ex.done_count} [DONE], last event {ex.events[-1].data[:60]!r}"
+        if ex.events
+        else "no events",
+        ex.curl,
+        relay.secrets,
+    )
 
 
 @pytest.mark.parametrize("finish", ["stop", "length", "content_filter"])
-@pytest.mark.case("streaming.finish-reason", title="Every choice of a stream ends with the upstream's finish_reason",
-                  area="streaming", faq=("F4",))  # fmt: skip
+@pytest.mark.case(
+    "streaming.finish-reason",
+    title="Every choice of a stream ends with the upstream's finish_reason",
+    area="streaming",
+    faq=("F4",),
+)
 def test_finish_reason(finish, client, upstream, tag, relay):
     ex = client.stream(chat_body(directive=directive(chunks=3, finish_reason=finish, tag=tag)))
     reasons = _finish_reasons(ex)
-    require(reasons == {0: finish}, "F4: every stream carries the finish_reason the upstream sent",
-            {0: finish}, reasons, ex.curl, relay.secrets)  # fmt: skip
+    require(
+        reasons == {0: finish},
+        "F4: every stream carries the finish_reason the upstream sent",
+        {0: finish},
+        reasons,
+        ex.curl,
+        relay.secrets,
+    )
 
 
 @pytest.mark.parametrize("asked", [True, False], ids=["asked", "not-asked"])
-@pytest.mark.case("streaming.usage-chunk", title="The usage chunk arrives iff stream_options.include_usage asked for it",
-                  area="streaming", faq=("F4", "F9"))  # fmt: skip
+@pytest.mark.case(
+    "streaming.usage-chunk",
+    title="The usage chunk arrives iff stream_options.include_usage asked for it",
+    area="streaming",
+    faq=("F4", "F9"),
+)
 def test_usage_chunk(asked, client, profile, upstream, tag, relay):
     extra = {"stream_options": {"include_usage": True}} if asked else {}
     ex = client.stream(chat_body(directive=directive(chunks=4, usage="77/4", tag=tag), **extra))
     usage_chunks = [c for c in ex.chunks() if c.get("usage")]
     if asked:
-        require(len(usage_chunks) == 1 and usage_chunks[0].get("choices") == [],
-                "with include_usage, exactly one final chunk with choices [] carries the usage",
-                "one usage chunk", f"{len(usage_chunks)}: {usage_chunks[:2]}", ex.curl, relay.secrets)  # fmt: skip
+        require(
+            len(usage_chunks) == 1 and usage_chunks[0].get("choices") == [],
+            "with include_usage, exactly one final chunk with choices [] carries the usage",
+            "one usage chunk",
+            f"{len(usage_chunks)}: {usage_chunks[:2]}",
+            ex.curl,
+            relay.secrets,
+        )
         usage = usage_chunks[0]["usage"]
-        require((usage.get("prompt_tokens"), usage.get("completion_tokens")) == (77, 4),
-                "the streamed usage is the upstream's", "77 prompt / 4 completion", usage,
-                ex.curl, relay.secrets)  # fmt: skip
+        require(
+            (usage.get("prompt_tokens"), usage.get("completion_tokens")) == (77, 4),
+            "the streamed usage is the upstream's",
+            "77 prompt / 4 completion",
+            usage,
+            ex.curl,
+            relay.secrets,
+        )
         data = [e for e in ex.data_events]
-        require(bool(data) and data[-1].json() == usage_chunks[0],
-                "the usage chunk is the last data event before [DONE]", "usage chunk last",
-                data[-1].data[:120] if data else None, ex.curl, relay.secrets)  # fmt: skip
+        require(
+            bool(data) and data[-1].json() == usage_chunks[0],
+            "the usage chunk is the last data event before [DONE]",
+            "usage chunk last",
+            data[-1].data[:120] if data else None,
+            ex.curl,
+            relay.secrets,
+        )
     else:
         policy = profile.stream.usage_chunk
         if policy == "always":
-            require(len(usage_chunks) == 1, "the profile documents an unrequested usage chunk",
-                    "one usage chunk", len(usage_chunks), ex.curl, relay.secrets)  # fmt: skip
-            pytest.xfail("deviation: " + (profile.deviation("stream.usage_chunk") or "usage chunk always sent"))
-        require(not usage_chunks, "without include_usage no usage chunk is sent (OpenAI's contract)",
-                "no usage chunk", usage_chunks[:1], ex.curl, relay.secrets)  # fmt: skip
+            require(
+                len(usage_chunks) == 1,
+                "the profile documents an unrequested usage chunk",
+                "one usage chunk",
+                len(usage_chunks),
+                ex.curl,
+                relay.secrets,
+            )
+            pytest.xfail(
+                "deviation: "
+                + (profile.deviation("stream.usage_chunk") or "usage chunk always sent")
+            )
+        require(
+            not usage_chunks,
+            "without include_usage no usage chunk is sent (OpenAI's contract)",
+            "no usage chunk",
+            usage_chunks[:1],
+            ex.curl,
+            relay.secrets,
+        )
 
 
-@pytest.mark.case("streaming.tool-calls", title="Tool-call streams arrive as OpenAI streams them, ending in tool_calls",
-                  area="streaming", faq=("F4",))  # fmt: skip
+@pytest.mark.case(
+    "streaming.tool-calls",
+    title="Tool-call streams arrive as OpenAI streams them, ending in tool_calls",
+    area="streaming",
+    faq=("F4",),
+)
 def test_tool_calls(client, tag, relay):
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
-    ex = client.stream(chat_body(directive=directive(finish_reason="tool_calls", chunks=4, tag=tag),
-                                 tools=tools))  # fmt: skip
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    ex = client.stream(
+        chat_body(directive=directive(finish_reason="tool_calls", chunks=4, tag=tag), tools=tools)
+    )
     name, args = None, ""
     for chunk in ex.chunks():
         for choice in chunk.get("choices") or []:
@@ -97,29 +184,60 @@ def test_tool_calls(client, tag, relay):
                 fn = call.get("function") or {}
                 name = fn.get("name") or name
                 args += fn.get("arguments") or ""
-    require(name == "get_weather", "F4: a tool-call stream names the function", "get_weather",
-            name, ex.curl, relay.secrets)  # fmt: skip
+    require(
+        name == "get_weather",
+        "F4: a tool-call stream names the function",
+        "get_weather",
+        name,
+        ex.curl,
+        relay.secrets,
+    )
     try:
         json.loads(args)
         parsed = True
     except ValueError:
         parsed = False
-    require(parsed, "the streamed argument fragments join into JSON", "valid JSON arguments",
-            repr(args[:200]), ex.curl, relay.secrets)  # fmt: skip
-    require(_finish_reasons(ex) == {0: "tool_calls"}, "a tool-call stream ends with finish_reason tool_calls",
-            "tool_calls", _finish_reasons(ex), ex.curl, relay.secrets)  # fmt: skip
+    require(
+        parsed,
+        "the streamed argument fragments join into JSON",
+        "valid JSON arguments",
+        repr(args[:200]),
+        ex.curl,
+        relay.secrets,
+    )
+    require(
+        _finish_reasons(ex) == {0: "tool_calls"},
+        "a tool-call stream ends with finish_reason tool_calls",
+        "tool_calls",
+        _finish_reasons(ex),
+        ex.curl,
+        relay.secrets,
+    )
 
 
-@pytest.mark.case("streaming.not-buffered", title="Events arrive when the upstream sends them (no buffering)",
-                  area="streaming", faq=("F4",))  # fmt: skip
+@pytest.mark.case(
+    "streaming.not-buffered",
+    title="Events arrive when the upstream sends them (no buffering)",
+    area="streaming",
+    faq=("F4",),
+)
 def test_not_buffered(client, profile, upstream, tag, relay):
     itl_ms, chunks = 80.0, 6
-    ex = client.stream(chat_body(directive=directive(ttft_ms=60, itl_ms=itl_ms, chunks=chunks,
-                                                     stamp="field", tag=tag)))  # fmt: skip
+    ex = client.stream(
+        chat_body(
+            directive=directive(ttft_ms=60, itl_ms=itl_ms, chunks=chunks, stamp="field", tag=tag)
+        )
+    )
     events = ex.content_events()
-    require(len(events) == chunks, "every content event arrives", f"{chunks} content events",
-            len(events), ex.curl, relay.secrets)  # fmt: skip
-    gaps = [(b.arrived_ns - a.arrived_ns) / 1e6 for a, b in zip(events, events[1:], strict=False)]
+    require(
+        len(events) == chunks,
+        "every content event arrives",
+        f"{chunks} content events",
+        len(events),
+        ex.curl,
+        relay.secrets,
+    )
+    gaps = [(b.arrived_ns - a.arrived_ns) / 1e6 for a, b in itertools.pairwise(events)]
     tolerance = profile.stream.gap_tolerance_ms
     worst = max(abs(g - itl_ms) for g in gaps)
     require(
@@ -133,38 +251,81 @@ def test_not_buffered(client, profile, upstream, tag, relay):
     )
 
 
-@pytest.mark.case("streaming.upstream-error-surfaces", title="An in-stream upstream error reaches the client, with no invented finish_reason",
-                  area="streaming", faq=("F4",), spec="RELAY_SPEC §10.32-33")  # fmt: skip
+@pytest.mark.case(
+    "streaming.upstream-error-surfaces",
+    title="An in-stream upstream error reaches the client, with no invented finish_reason",
+    area="streaming",
+    faq=("F4",),
+    spec="RELAY_SPEC §10.32-33",
+)
 def test_upstream_error_surfaces(client, profile, tag, relay):
     ex = client.stream(chat_body(directive=directive(chunks=6, stream_error_after=2, tag=tag)))
     errors = [c for c in ex.chunks() if isinstance(c.get("error"), dict)]
     reasons = _finish_reasons(ex)
-    require(not reasons, "F4: a stream the upstream broke carries no finish_reason",
-            "no finish_reason", reasons, ex.curl, relay.secrets)  # fmt: skip
-    require(bool(errors), "the upstream's in-stream error event is delivered to the client",
-            'a data: {"error": …} event', f"{len(ex.events)} events, none an error", ex.curl,
-            relay.secrets)  # fmt: skip
+    require(
+        not reasons,
+        "F4: a stream the upstream broke carries no finish_reason",
+        "no finish_reason",
+        reasons,
+        ex.curl,
+        relay.secrets,
+    )
+    require(
+        bool(errors),
+        "the upstream's in-stream error event is delivered to the client",
+        'a data: {"error": …} event',
+        f"{len(ex.events)} events, none an error",
+        ex.curl,
+        relay.secrets,
+    )
 
 
-@pytest.mark.case("streaming.upstream-disconnect-surfaces", title="An upstream that drops mid-stream is not disguised as a finished answer",
-                  area="streaming", faq=("F4",), spec="RELAY_SPEC §10.33")  # fmt: skip
+@pytest.mark.case(
+    "streaming.upstream-disconnect-surfaces",
+    title="An upstream that drops mid-stream is not disguised as a finished answer",
+    area="streaming",
+    faq=("F4",),
+    spec="RELAY_SPEC §10.33",
+)
 def test_upstream_disconnect_surfaces(client, profile, tag, relay):
     ex = client.stream(chat_body(directive=directive(chunks=6, disconnect_after=2, tag=tag)))
     reasons = _finish_reasons(ex)
-    require(not reasons, "F4: a truncated stream carries no finish_reason (no fake 'stop')",
-            "no finish_reason", reasons, ex.curl, relay.secrets)  # fmt: skip
+    require(
+        not reasons,
+        "F4: a truncated stream carries no finish_reason (no fake 'stop')",
+        "no finish_reason",
+        reasons,
+        ex.curl,
+        relay.secrets,
+    )
     signalled = any(isinstance(c.get("error"), dict) for c in ex.chunks()) or ex.done_count == 0
-    require(signalled, "the truncation is visible: an error event or no [DONE]",
-            "an error event or a missing [DONE]", f"{ex.done_count} [DONE], no error event",
-            ex.curl, relay.secrets)  # fmt: skip
+    require(
+        signalled,
+        "the truncation is visible: an error event or no [DONE]",
+        "an error event or a missing [DONE]",
+        f"{ex.done_count} [DONE], no error event",
+        ex.curl,
+        relay.secrets,
+    )
 
 
 @pytest.mark.parametrize("framing", ["nospace", "crlf", "split", "coalesce"])
-@pytest.mark.case("streaming.upstream-framing-tolerated", title="Odd but legal upstream SSE framing still delivers every event",
-                  area="streaming", faq=("F4",), level="SHOULD", spec="WHATWG SSE; RELAY_SPEC §5")  # fmt: skip
+@pytest.mark.case(
+    "streaming.upstream-framing-tolerated",
+    title="Odd but legal upstream SSE framing still delivers every event",
+    area="streaming",
+    faq=("F4",),
+    level="SHOULD",
+    spec="WHATWG SSE; RELAY_SPEC §5",
+)
 def test_upstream_framing(framing, client, profile, upstream, tag, relay):
     ex = client.stream(chat_body(directive=directive(chunks=5, framing=framing, tag=tag)))
     got = len(ex.content_events())
-    require(ex.status == 200 and got == 5 and ex.done_count == 1,
-            f"an upstream stream framed '{framing}' is delivered whole", "5 content events + [DONE]",
-            f"{got} content events, {ex.done_count} [DONE] ({ex.describe()})", ex.curl, relay.secrets)  # fmt: skip
+    require(
+        ex.status == 200 and got == 5 and ex.done_count == 1,
+        f"an upstream stream framed '{framing}' is delivered whole",
+        "5 content events + [DONE]",
+        f"{got} content events, {ex.done_count} [DONE] ({ex.describe()})",
+        ex.curl,
+        relay.secrets,
+    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -184,7 +184,7 @@ def pytest_collection_modifyitems(
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None] | Any:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     meta = item.config.stash[_META].get(item.nodeid)
     if meta is None:
@@ -240,7 +240,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     started_at, started = config.stash[_STARTED]
     target = config.stash.get(_TARGET, None)
     relay_url = target.base_url if target is not None else (opts.relay_url or "embedded")
-    mode = target.mode if target is not None else ("live" if opts.relay_url and not opts.upstream_url else "mock")
+    mode = (
+        target.mode
+        if target is not None
+        else ("live" if opts.relay_url and not opts.upstream_url else "mock")
+    )
     path = write_reports(
         Path(opts.report_dir),
         results,

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -231,7 +230,6 @@ class EmbeddedStack:
     # -- provisioning ----------------------------------------------------------------------
     def admin(self, method: str, path: str, json: Any = None) -> Any:
         """Call the reference relay's admin API; raise :class:`StackError` on failure."""
-        import httpx
 
         info = self.info
         if info is None:

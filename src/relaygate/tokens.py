@@ -26,6 +26,8 @@ __all__ = [
     "count_text",
     "encoding_for_model",
     "encoding_name_for_model",
+    "get_encoding",
+    "warm",
 ]
 
 # sha256 of the decompressed vocab files, as pinned in tiktoken_ext/openai_public.py.
@@ -140,3 +142,9 @@ def count_chat_prompt(
 
         total += len(enc.encode_ordinary(orjson.dumps(tools).decode()))
     return total
+
+
+def warm() -> None:
+    """Load both encodings now (≈0.5 s each), so a server's first request is not slow."""
+    for name in _EXPECTED_SHA256:
+        get_encoding(name)

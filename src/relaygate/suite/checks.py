@@ -47,11 +47,13 @@ def check_error(
     upstream_error: dict[str, Any] | None = None,
     upstream_status: int | None = None,
     secrets: tuple[str | None, ...] = (),
+    values: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """The answer ``ex`` is what the profile expects for ``condition``.
 
     ``upstream_error``/``upstream_status``: what the mock upstream answered, for conditions
-    whose error object or status must pass through intact. Returns the error object.
+    whose error object or status must pass through intact. ``values`` fill the ``{model}`` /
+    ``{group}`` placeholders of the profile's message patterns. Returns the error object.
     An expectation that carries a ``deviation`` ends the case as an accepted deviation once
     the relay behaved exactly as that (documented) deviation says.
     """
@@ -116,7 +118,7 @@ def check_error(
                 secrets,
             )
         require(
-            exp.message_matches(str(message)),
+            exp.message_matches(str(message), **(values or {})),
             requirement,
             f"error.message containing {list(exp.message_patterns)}"
             + (f" matching /{exp.message_regex}/" if exp.message_regex else ""),

@@ -27,6 +27,7 @@ __all__ = [
     "StreamExchange",
     "UpstreamJournal",
     "chat_body",
+    "header_pairs",
     "new_tag",
 ]
 
@@ -47,6 +48,14 @@ def chat_body(
     """A minimal chat completions body; ``directive`` is appended to the user message."""
     content = f"{text} {directive}" if directive else text
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def header_pairs(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A journal entry's headers as (name, value) pairs (the journal keeps duplicates)."""
+    headers = entry.get("headers") or []
+    if isinstance(headers, Mapping):
+        return [(str(k), str(v)) for k, v in headers.items()]
+    return [(str(pair[0]), str(pair[1])) for pair in headers if len(pair) == 2]
 
 
 def _curl(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
@@ -78,7 +87,7 @@ class Exchange:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+        return str(self.headers.get("content-type", "")).split(";")[0].strip().lower()
 
     def json(self) -> Any:
         """The parsed JSON body, or None when the body is not JSON."""
@@ -91,9 +100,8 @@ class Exchange:
     def error(self) -> dict[str, Any] | None:
         """The OpenAI error object ``{"message", "type", "param", "code"}`` if there is one."""
         data = self.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return data["error"]
-        return None
+        error = data.get("error") if isinstance(data, dict) else None
+        return error if isinstance(error, dict) else None
 
     def describe(self) -> str:
         snippet = self.body[:300].decode("utf-8", "replace")
@@ -289,7 +297,9 @@ class UpstreamJournal:
         data = response.json()
         return list(data.get("data", []))
 
-    def wait_entries(self, tag: str, count: int = 1, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+    def wait_entries(
+        self, tag: str, count: int = 1, timeout_s: float = 2.0
+    ) -> list[dict[str, Any]]:
         """Entries for ``tag``, waiting briefly for ``count`` of them (requests race us)."""
         deadline = time.monotonic() + timeout_s
         entries = self.entries(tag)

@@ -15,7 +15,7 @@ import pytest
 
 from relaygate.keys import mask_secrets
 
-__all__ = ["CaseFailure", "DEVIATION_PREFIX", "deviation", "fail", "require"]
+__all__ = ["DEVIATION_PREFIX", "CaseFailure", "deviation", "fail", "require"]
 
 DEVIATION_PREFIX = "deviation: "
 README_FAILURES = "README.md#reading-a-failure"

@@ -148,7 +148,8 @@ pre{{white-space:pre-wrap;margin:0;font-size:.8rem}}
 </style></head><body>
 <h1>relaygate conformance</h1>
 <p>Relay <code>{esc(doc["relay_url"])}</code> &middot; profile <code>{esc(doc["profile"])}</code>
-&middot; mode {esc(doc["mode"])} &middot; {esc(doc["started_at"])} &middot; {doc["duration_s"]} s</p>
+&middot; mode {esc(doc["mode"])} &middot; {esc(doc["started_at"])}
+&middot; {doc["duration_s"]} s</p>
 <p><b>{s["passed"]}</b> passed &middot; <b>{s["failed"]}</b> failed &middot;
 <b>{s["deviations"]}</b> deviations &middot; <b>{s["skipped"]}</b> skipped</p>
 <table><thead><tr><th>case</th><th>title</th><th>source</th><th>outcome</th><th>details</th>

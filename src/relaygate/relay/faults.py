@@ -1,0 +1,56 @@
+"""Fault switches: each one makes the reference relay break exactly one rule.
+
+The registry is data: the suite's self-tests read it to prove that every conformance case
+fails against at least one faulty relay. Switch faults on with ``--fault NAME`` (repeatable)
+or ``PUT /api/admin/settings {"faults": [...]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["FAULTS", "UnknownFaultError", "validate_faults"]
+
+#: fault name -> the rule it breaks (one line).
+FAULTS: dict[str, str] = {
+    "buffer_streams": "streams are collected whole before anything is sent (no pass-through)",
+    "bill_failed": "upstream errors and transport failures are charged the estimate, not refunded",
+    "fold_model_case": "model names are lowercased for routing, forwarding and billing (F8)",
+    "drop_done": "streams never end with data: [DONE]",
+    "html_404": "unknown paths answer text/html instead of a JSON error (F18)",
+    "wrong_quota_status": "exhausted token/user quota answers 429 instead of 403 (F5, F20, F21)",
+    "forward_client_key": "the client's own key is sent upstream instead of the channel key",
+    "ignore_rate_limit": "the per-key rate limit is never enforced",
+    "racy_billing": "balances are read-modified-written across an await: lost updates, overdraw",
+    "fake_finish_reason": "a broken stream gets an invented finish_reason 'stop' and [DONE]",
+    "drop_retry_after": "429 answers lose their Retry-After / retry-after-ms headers",
+    "rewrite_429": "an upstream 429 reaches the client as a 500",
+    "same_auth_message": "every 401 carries one generic message and code (F15)",
+    "ignore_expiry": "expired keys are accepted (F15)",
+    "leak_channel_key": "upstream error messages include the channel's API key",
+    "no_usage_chunk": "the usage chunk is never forwarded, even when the client asked for it",
+    "always_usage_chunk": "the usage chunk is forwarded even when the client did not ask for it",
+    "substitute_model": "gpt-4o requests are forwarded upstream as gpt-4o-mini",
+    "clamp_max_tokens": "max_tokens is capped at 1024 before forwarding",
+    "no_cors": "no CORS headers and no OPTIONS preflight answer (F12)",
+    "no_body_limit": "request bodies of any size are accepted (no 413)",
+    "accept_query_key": "API keys are accepted from the ?key= query parameter",
+    "retry_4xx": "upstream 4xx answers are retried (on another channel or the same one)",
+    "round_billing": "charges are rounded half-to-even instead of rounded up (F9)",
+    "ignore_completion_ratio": "completion tokens are priced like prompt tokens (F9)",
+}
+
+
+class UnknownFaultError(ValueError):
+    """A fault name that is not in :data:`FAULTS`."""
+
+
+def validate_faults(names: Iterable[str]) -> frozenset[str]:
+    """The given fault names as a set; an unknown name raises :class:`UnknownFaultError`."""
+    chosen = frozenset(names)
+    unknown = sorted(chosen - FAULTS.keys())
+    if unknown:
+        raise UnknownFaultError(
+            f"unknown fault(s) {', '.join(unknown)}; known faults: {', '.join(sorted(FAULTS))}"
+        )
+    return chosen

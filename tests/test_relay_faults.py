@@ -1,0 +1,285 @@
+"""Every fault switch of the reference relay breaks the rule its registry entry names.
+
+Parametrised from :data:`relaygate.relay.faults.FAULTS`: a new fault without a check here fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from relay_helpers import (
+    UPSTREAM_KEY,
+    Env,
+    StreamScript,
+    async_test,
+    fail,
+    ok,
+    relay_env,
+    settle,
+    sse_events,
+    stream,
+)
+
+from relaygate.relay.faults import FAULTS, UnknownFaultError, validate_faults
+
+Check = Callable[[Env], Awaitable[None]]
+CHECKS: dict[str, Check] = {}
+#: relay_env options a check needs besides its fault.
+ENV_OPTIONS: dict[str, dict[str, Any]] = {
+    "ignore_rate_limit": {"rate_limit": "1/60s"},
+    "drop_retry_after": {"rate_limit": "1/60s"},
+    "retry_4xx": {"retry_times": 1, "channels": 2},
+    "no_body_limit": {"max_body_bytes": 1000},
+}
+
+
+def check(name: str) -> Callable[[Check], Check]:
+    def register(fn: Check) -> Check:
+        CHECKS[name] = fn
+        return fn
+
+    return register
+
+
+def chunks_of(body: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(e) for e in sse_events(body) if e != "[DONE]"]
+
+
+@check("buffer_streams")
+async def _buffer_streams(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream(StreamScript(pieces=["a", "b", "c"], gap_s=0.15))
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    start = time.monotonic()
+    async with env.session.post(
+        env.url + "/v1/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {token.key}"},
+    ) as resp:
+        first = await resp.content.readany()
+        first_at = time.monotonic() - start
+        rest = await resp.read()
+    assert first_at > 0.4  # nothing arrived until the upstream had finished
+    assert (first + rest).count(b"data: ") >= 5
+
+
+@check("bill_failed")
+async def _bill_failed(env: Env) -> None:
+    user, _token = env.user_token(quota=10**6)
+    env.upstream.behaviour = fail(500, {"error": {"message": "x", "type": "server_error"}})
+    assert (await env.chat(_token.key, max_tokens=10)).status == 500
+    assert user.quota < 10**6 and env.state.logs[-1].quota > 0
+
+
+@check("fold_model_case")
+async def _fold_model_case(env: Env) -> None:
+    user, token = env.user_token(quota=10**6)
+    assert (await env.chat(token.key, "GPT-4o")).status == 200
+    assert env.upstream.requests[-1]["body"]["model"] == "gpt-4o"
+    assert env.state.logs[-1].model == "gpt-4o" and user.used_quota == 225
+
+
+@check("drop_done")
+async def _drop_done(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream()
+    assert "[DONE]" not in sse_events((await env.chat(token.key, stream=True)).body)
+
+
+@check("html_404")
+async def _html_404(env: Env) -> None:
+    reply = await env.request("POST", "/v1/foo")
+    assert reply.status == 404 and reply.headers["Content-Type"].startswith("text/html")
+
+
+@check("wrong_quota_status")
+async def _wrong_quota_status(env: Env) -> None:
+    _, exhausted = env.user_token(remain_quota=0)
+    _, broke = env.user_token(quota=0)
+    assert (await env.chat(exhausted.key)).status == 429
+    assert (await env.chat(broke.key)).status == 429
+
+
+@check("forward_client_key")
+async def _forward_client_key(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key)
+    assert env.upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {token.key}"
+
+
+@check("ignore_rate_limit")
+async def _ignore_rate_limit(env: Env) -> None:
+    _, token = env.user_token()
+    assert [(await env.chat(token.key)).status for _ in range(3)] == [200, 200, 200]
+
+
+@check("racy_billing")
+async def _racy_billing(env: Env) -> None:
+    env.upstream.behaviour = ok((10, 20), delay_s=0.02)
+    _, token = env.user_token(quota=10**6, remain_quota=2250)
+    replies = await asyncio.gather(*(env.chat(token.key, max_tokens=20) for _ in range(30)))
+    await settle(env.state)
+    charged = sum(e.quota for e in env.state.logs)
+    lost_update = charged != 2250 - token.remain_quota
+    assert sum(r.status == 200 for r in replies) > 10 and (lost_update or token.remain_quota < -225)
+
+
+@check("fake_finish_reason")
+async def _fake_finish_reason(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream(drop_after=1)
+    events = sse_events((await env.chat(token.key, stream=True)).body)
+    assert events[-1] == "[DONE]"
+    assert orjson.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
+
+
+@check("drop_retry_after")
+async def _drop_retry_after(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key)
+    refused = await env.chat(token.key)
+    assert refused.status == 429 and "Retry-After" not in refused.headers
+    _, other = env.user_token(rate_limit="100/1s")
+    env.upstream.behaviour = fail(
+        429, {"error": {"message": "x", "type": "r"}}, {"Retry-After": "3"}
+    )
+    passed = await env.chat(other.key)
+    assert passed.status == 429 and "Retry-After" not in passed.headers
+
+
+@check("rewrite_429")
+async def _rewrite_429(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = fail(
+        429, {"error": {"message": "x", "type": "r"}}, {"Retry-After": "3"}
+    )
+    assert (await env.chat(token.key)).status == 500
+
+
+@check("same_auth_message")
+async def _same_auth_message(env: Env) -> None:
+    _, expired = env.user_token(expires_at=int(time.time()) - 1)
+    missing = await env.chat(None)
+    old = await env.chat(expired.key)
+    assert missing.status == old.status == 401 and missing.error == old.error
+
+
+@check("ignore_expiry")
+async def _ignore_expiry(env: Env) -> None:
+    _, expired = env.user_token(expires_at=int(time.time()) - 1)
+    assert (await env.chat(expired.key)).status == 200
+
+
+@check("leak_channel_key")
+async def _leak_channel_key(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = fail(
+        400, {"error": {"message": "bad", "type": "invalid_request_error"}}
+    )
+    assert UPSTREAM_KEY in (await env.chat(token.key)).body.decode()
+
+
+@check("no_usage_chunk")
+async def _no_usage_chunk(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream()
+    reply = await env.chat(token.key, stream=True, stream_options={"include_usage": True})
+    assert not any(c.get("usage") for c in chunks_of(reply.body))
+
+
+@check("always_usage_chunk")
+async def _always_usage_chunk(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream()
+    reply = await env.chat(token.key, stream=True)
+    assert any(c.get("usage") and c["choices"] == [] for c in chunks_of(reply.body))
+
+
+@check("substitute_model")
+async def _substitute_model(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key, "gpt-4o")
+    assert env.upstream.requests[-1]["body"]["model"] == "gpt-4o-mini"
+
+
+@check("clamp_max_tokens")
+async def _clamp_max_tokens(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key, max_tokens=5000)
+    assert env.upstream.requests[-1]["body"]["max_tokens"] == 1024
+
+
+@check("no_cors")
+async def _no_cors(env: Env) -> None:
+    preflight = await env.request("OPTIONS", "/v1/chat/completions")
+    assert preflight.status != 204 and "Access-Control-Allow-Origin" not in preflight.headers
+    assert "Access-Control-Allow-Origin" not in (await env.request("GET", "/v1/models")).headers
+
+
+@check("no_body_limit")
+async def _no_body_limit(env: Env) -> None:
+    _, token = env.user_token()
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "word " * 1000}]}
+    assert (await env.request("POST", "/v1/chat/completions", token.key, big)).status == 200
+
+
+@check("accept_query_key")
+async def _accept_query_key(env: Env) -> None:
+    _, token = env.user_token()
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+    assert (
+        await env.request("POST", f"/v1/chat/completions?key={token.key}", json=payload)
+    ).status == 200
+
+
+@check("retry_4xx")
+async def _retry_4xx(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.script = [
+        fail(400, {"error": {"message": "bad", "type": "invalid_request_error"}}),
+        ok(),
+    ]
+    assert (await env.chat(token.key)).status == 200 and len(env.upstream.requests) == 2
+
+
+@check("round_billing")
+async def _round_billing(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = ok((1, 0))  # 2.5 quota: ceil 3, half-even 2
+    await env.chat(token.key)
+    assert env.state.logs[-1].quota == 2
+
+
+@check("ignore_completion_ratio")
+async def _ignore_completion_ratio(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key)  # usage 10/20 on gpt-4o: 225 correctly, 75 without the ratio
+    assert env.state.logs[-1].quota == 75
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+@async_test
+async def test_fault_breaks_its_rule(name: str) -> None:
+    assert name in CHECKS, f"fault {name!r} has no check in {__name__}"
+    async with relay_env(faults=[name], **ENV_OPTIONS.get(name, {})) as env:
+        await CHECKS[name](env)
+
+
+def test_checks_match_registry_and_unknown_faults_are_refused() -> None:
+    assert set(CHECKS) == set(FAULTS)
+    with pytest.raises(UnknownFaultError, match="no_such"):
+        validate_faults(["drop_done", "no_such"])
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+@async_test
+async def test_check_fails_against_the_correct_relay(name: str) -> None:
+    """Each check detects its fault: without the fault, the same check must fail."""
+    async with relay_env(**ENV_OPTIONS.get(name, {})) as env:
+        with pytest.raises(AssertionError):
+            await CHECKS[name](env)

@@ -1,0 +1,99 @@
+"""``relaygate up --json``: a streamed chat through the relay arrives event by event with the
+directed timing, is billed exactly by the formula, and the stack shuts down cleanly."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from math import ceil
+
+import httpx
+import pytest
+
+from relaygate.directives import directive
+from relaygate.sse import SSEDecoder
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    log = tmp_path_factory.mktemp("up") / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relaygate", "up", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            pytest.fail(f"relaygate up printed nothing: {log.read_text()}")
+        yield json.loads(line)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_up_prints_the_contract(up: dict[str, str]) -> None:
+    assert set(up) == {"relay_url", "upstream_url", "admin_token", "relay_key"}
+    assert up["relay_url"].startswith("http://127.0.0.1:")
+    assert up["upstream_url"].startswith("http://127.0.0.1:")
+    assert up["relay_key"].startswith("sk-")
+
+
+def test_stream_arrives_with_directed_timing_and_exact_bill(up: dict[str, str]) -> None:
+    ttft_ms, itl_ms, chunks = 150.0, 40.0, 6
+    prompt, completion = 1234, 56
+    body = {
+        "model": "gpt-4",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [
+            {
+                "role": "user",
+                "content": "hi "
+                + directive(
+                    ttft_ms=ttft_ms, itl_ms=itl_ms, chunks=chunks, usage=f"{prompt}/{completion}"
+                ),
+            }
+        ],
+    }
+    headers = {"Authorization": f"Bearer {up['relay_key']}"}
+    usage_url = up["relay_url"] + "/v1/dashboard/billing/usage"
+    before = httpx.get(usage_url, headers=headers, timeout=5).json()["total_usage"]
+    arrivals: list[int] = []
+    decoder = SSEDecoder()
+    start = time.monotonic_ns()
+    with httpx.stream("POST", up["relay_url"] + "/v1/chat/completions", json=body,
+                      headers=headers, timeout=10) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for raw in response.iter_raw():
+            now = time.monotonic_ns()
+            for event in decoder.feed(raw):
+                data = event.data
+                if data != "[DONE]" and json.loads(data).get("choices"):
+                    delta = json.loads(data)["choices"][0].get("delta", {})
+                    if delta.get("content"):
+                        arrivals.append(now)
+    assert len(arrivals) == chunks
+    ttft = (arrivals[0] - start) / 1e6
+    gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(arrivals)]
+    assert ttft == pytest.approx(ttft_ms, abs=25)
+    assert all(g == pytest.approx(itl_ms, abs=15) for g in gaps), gaps
+    # F9: ceil(group 1 × gpt-4 15 × (prompt + completion × 2)), in cents of 500000 quota/USD
+    quota = ceil(Fraction(15) * (prompt + completion * 2))
+    after = httpx.get(usage_url, headers=headers, timeout=5).json()["total_usage"]
+    assert after - before == pytest.approx(quota / 500000 * 100, abs=1e-9)
