@@ -35,7 +35,8 @@ Keys (all optional):
 ``retry_after``        Retry-After header value (seconds) on the error answer
 ``headers``            extra response headers (JSON form: object; kv form: ``Name:Value,...``)
 ``stream_error_after`` after k content events, send an in-stream ``data: {"error":...}``
-``disconnect_after``   after k content events, drop the connection (no finish, no [DONE])
+``disconnect_after``   after k content events, drop the connection (no finish, no [DONE]);
+                       on a non-stream request: drop it instead of answering
 ``framing``            comma list of: nospace (``data:{...}``), crlf (``\\r\\n`` line ends),
                        split (each event in two TCP writes), coalesce (all due events in one
                        write)
@@ -306,6 +307,8 @@ def directive(**fields: Any) -> str:
     for key, value in fields.items():
         if value is None:
             continue
-        _coerce(key, value if not isinstance(value, (frozenset, set, tuple)) else _format_value(value))
+        _coerce(
+            key, value if not isinstance(value, (frozenset, set, tuple)) else _format_value(value)
+        )
         parts.append(f"{key}={_format_value(value)}")
     return "[[relaygate " + " ".join(parts) + "]]" if parts else "[[relaygate]]"

@@ -1,0 +1,140 @@
+"""Detection matrix: the conformance suite passes against the reference relay, and every
+fault switch makes exactly the cases that check the broken rule fail.
+
+Each run is the real suite (``pytest conformance``) in a subprocess against its own embedded
+stack started with ``--relay-fault``; runs go four at a time. The table below is the contract:
+a fault that stops being detected, or a case that starts failing for a fault that does not
+touch its rule, fails this test.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relaygate.relay.faults import FAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# fault -> the case ids (without parameters) that check the rule the fault breaks.
+DETECTS: dict[str, set[str]] = {
+    "buffer_streams": {"streaming.not-buffered"},
+    "bill_failed": {
+        "quota.refund-on-upstream-error",
+        "quota.refund-on-transport-failure",
+        "max_tokens.not-billed",
+    },
+    "fold_model_case": {"models.case-variant-refused", "models.case-variant-not-billed"},
+    "drop_done": {"streaming.event-stream", "streaming.upstream-framing-tolerated"},
+    "html_404": {"errors.unknown-path"},
+    "wrong_quota_status": {
+        "quota.token-exhausted",
+        "quota.user-exhausted",
+        "quota.unlimited-bounded-by-user",
+        "sdk.permission-denied-error",
+    },
+    "forward_client_key": {"security.client-key-not-forwarded"},
+    "ignore_rate_limit": {
+        "rate_limits.429-shape",
+        "rate_limits.refused-before-upstream",
+        "rate_limits.retry-after-honest",
+    },
+    "racy_billing": {"quota.parallel-no-overdraw"},
+    "fake_finish_reason": {
+        "streaming.upstream-error-surfaces",
+        "streaming.upstream-disconnect-surfaces",
+    },
+    "drop_retry_after": {
+        "rate_limits.429-shape",
+        "rate_limits.retry-after-honest",
+        "rate_limits.upstream-429-passthrough",
+    },
+    "rewrite_429": {"rate_limits.upstream-429-passthrough", "sdk.rate-limit-error"},
+    "same_auth_message": {"auth.refused", "auth.distinct-messages"},
+    "ignore_expiry": {"auth.refused", "auth.refused-before-upstream"},
+    "leak_channel_key": {"security.channel-key-not-leaked"},
+    "no_usage_chunk": {"streaming.usage-chunk", "sdk.stream"},
+    "always_usage_chunk": {"streaming.usage-chunk"},
+    "substitute_model": {"models.exact-name-forwarded"},
+    "clamp_max_tokens": {
+        "max_tokens.forwarded-unchanged",
+        "max_tokens.upstream-400-intact",
+        "max_tokens.not-billed",
+        "sdk.bad-request-error",
+    },
+    "no_cors": {"errors.cors-preflight"},
+    "no_body_limit": {"errors.body-too-large"},
+    "accept_query_key": {"security.query-key-rejected"},
+    "retry_4xx": {"max_tokens.upstream-400-intact"},
+    "round_billing": {"quota.formula"},
+    "ignore_completion_ratio": {
+        "quota.formula",
+        "quota.stream-billed-from-usage",
+        "quota.billing-endpoints",
+    },
+}
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
+)
+
+
+def _run_suite(fault: str | None, report_dir: Path) -> dict[str, Any]:
+    args = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-q", "-p",
+            "no:cacheprovider", "--report-dir", str(report_dir), "-x" if fault is None else "-q"]  # fmt: skip
+    if fault is not None:
+        args += ["--relay-fault", fault]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    report = report_dir / "conformance.json"
+    if not report.exists():
+        pytest.fail(f"the suite wrote no report (fault {fault}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    doc: dict[str, Any] = json.loads(report.read_text())
+    doc["_stdout"] = proc.stdout
+    return doc
+
+
+def _base(case_id: str) -> str:
+    return case_id.split("[", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str | None, dict[str, Any]]:
+    runs: list[str | None] = [None, *sorted(FAULTS)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            fault: pool.submit(_run_suite, fault, tmp_path_factory.mktemp(fault or "baseline"))
+            for fault in runs
+        }
+        return {fault: future.result() for fault, future in futures.items()}
+
+
+def test_every_fault_has_an_expected_detection() -> None:
+    assert set(DETECTS) == set(FAULTS)
+
+
+def test_reference_relay_passes(matrix: dict[str | None, dict[str, Any]]) -> None:
+    doc = matrix[None]
+    failed = [c["id"] for c in doc["cases"] if c["outcome"] == "failed"]
+    assert not failed, doc["_stdout"][-4000:]
+    skipped = [c for c in doc["cases"] if c["outcome"] == "skipped"]
+    assert all(c["reason"] for c in skipped)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_fault_is_detected_by_exactly_its_cases(
+    fault: str, matrix: dict[str | None, dict[str, Any]]
+) -> None:
+    doc = matrix[fault]
+    failed = {_base(c["id"]) for c in doc["cases"] if c["outcome"] == "failed"}
+    assert failed == DETECTS[fault], (
+        f"fault {fault} ({FAULTS[fault]}): failed {sorted(failed)}, expected "
+        f"{sorted(DETECTS[fault])}"
+    )
