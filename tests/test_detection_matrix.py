@@ -87,15 +87,16 @@ pytestmark = pytest.mark.skipif(
 
 
 def _run_suite(fault: str | None, report_dir: Path) -> dict[str, Any]:
-    args = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-q", "-p",
-            "no:cacheprovider", "--report-dir", str(report_dir), "-x" if fault is None else "-q"]  # fmt: skip
+    args = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-q"]
+    args += ["-p", "no:cacheprovider", "--report-dir", str(report_dir)]
     if fault is not None:
         args += ["--relay-fault", fault]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     report = report_dir / "conformance.json"
     if not report.exists():
-        pytest.fail(f"the suite wrote no report (fault {fault}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+        output = proc.stdout[-3000:] + "\n" + proc.stderr[-2000:]
+        pytest.fail(f"the suite wrote no report (fault {fault}):\n{output}")
     doc: dict[str, Any] = json.loads(report.read_text())
     doc["_stdout"] = proc.stdout
     return doc

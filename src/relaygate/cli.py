@@ -18,6 +18,7 @@ __all__ = ["main"]
 # name -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("relaygate.stack", "start the mock upstream + reference relay, provision a key, wait"),
+    "check": ("relaygate.check", "run the conformance suite against a relay (pytest options)"),
     "mock-upstream": ("relaygate.mock.cli", "run the mock OpenAI-compatible upstream"),
     "reference-relay": ("relaygate.relay.cli", "run the reference relay (FAQ semantics)"),
     "bench": ("relaygate.bench", "benchmark the mock upstream (streams held, events/s, jitter)"),

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 __all__ = [
+    "ServeError",
     "error_body",
     "error_response",
     "json_errors_middleware",
@@ -26,6 +27,10 @@ __all__ = [
     "print_ready",
     "run_app",
 ]
+
+
+class ServeError(RuntimeError):
+    """A server could not start (bad address, port in use, …)."""
 
 
 def error_body(
@@ -117,7 +122,12 @@ async def _serve(
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        await runner.cleanup()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
     sock.listen(4096)
     sock.setblocking(False)
     site = web.SockSite(runner, sock, backlog=4096)
@@ -144,7 +154,10 @@ def run_app(
     on_ready: Callable[[str], None] | None = print_ready,
     use_uvloop: bool = True,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; port 0 picks a free port (see the ready line)."""
+    """Serve ``app`` until SIGINT/SIGTERM; port 0 picks a free port (see the ready line).
+
+    Raises :class:`ServeError` when it cannot listen.
+    """
     if use_uvloop:
         _install_uvloop()
     asyncio.run(_serve(app, host, port, on_ready))

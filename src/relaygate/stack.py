@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from relaygate.argtypes import port_number
+
 __all__ = [
     "DEFAULT_MODELS",
     "EmbeddedStack",
@@ -321,9 +323,11 @@ def _admin_call(relay_url: str, admin_token: str, method: str, path: str, body: 
 # -- relaygate up ----------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
-    parser.add_argument("--relay-port", type=int, default=0, help="relay port (0: a free one)")
     parser.add_argument(
-        "--upstream-port", type=int, default=0, help="mock upstream port (0: a free one)"
+        "--relay-port", type=port_number, default=0, help="relay port (0: a free one)"
+    )
+    parser.add_argument(
+        "--upstream-port", type=port_number, default=0, help="mock upstream port (0: a free one)"
     )
     parser.add_argument(
         "--fault",

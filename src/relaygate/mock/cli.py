@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+from relaygate.argtypes import port_number
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``relaygate mock-upstream`` (light: no heavy imports here)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free port)")
+    parser.add_argument("--port", type=port_number, default=0, help="port (default 0: a free port)")
     parser.add_argument(
         "--key",
         action="append",
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from relaygate.mock.app import create_app
     from relaygate.mock.config import DEFAULT_KEY, DEFAULT_MODELS, MockConfig, load_models_file
-    from relaygate.serve import run_app
+    from relaygate.serve import ServeError, run_app
 
     try:
         models = load_models_file(args.models_file) if args.models_file else dict(DEFAULT_MODELS)
@@ -95,5 +97,9 @@ def run(args: argparse.Namespace) -> int:
             tune_gc()
 
         app.on_startup.append(_freeze)
-    run_app(app, args.host, args.port)
+    try:
+        run_app(app, args.host, args.port)
+    except ServeError as exc:
+        sys.stderr.write(f"relaygate: {exc}\n")
+        return 1
     return 0

@@ -1,0 +1,82 @@
+"""Benchmark helper: minimal asyncio + uvloop control client (not Locust), same measurements.
+
+python _bench_control.py URL KEY PROMPT USERS SECONDS OUT.json
+"""
+
+import asyncio
+import sys
+import time
+from urllib.parse import urlsplit
+
+import orjson
+import uvloop
+
+from relaygate.load.histogram import Histogram
+
+
+async def user(host: str, port: int, request: bytes, deadline: float, out: dict) -> None:
+    """Closed loop; one connection per stream (Connection: close), so framing is trivial:
+    every line starting with ``data: {`` is an event, EOF ends the stream."""
+    while time.monotonic() < deadline:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        first = True
+        last_lag = None
+        while True:
+            line = await reader.readline()
+            now = time.monotonic_ns()
+            if not line:
+                break
+            if not line.startswith(b"data: {"):
+                continue
+            obj = orjson.loads(line[6:])
+            stamp = obj.get("relaygate_emit_ns")
+            choices = obj.get("choices") or [{}]
+            if stamp is None or not (choices[0].get("delta") or {}).get("content"):
+                continue
+            lag = now - stamp
+            out["event"].record(lag / 1e6)
+            out["events"] += 1
+            if first:
+                out["ttft"].record(lag / 1e6)
+                first = False
+            elif last_lag is not None:
+                out["itl"].record(abs(lag - last_lag) / 1e6)
+            last_lag = lag
+        writer.close()
+        out["streams"] += 1
+
+
+async def main(url: str, key: str, prompt: str, users: int, seconds: float, path: str) -> None:
+    parts = urlsplit(url)
+    body = orjson.dumps(
+        {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    )
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    out = {"ttft": Histogram(), "event": Histogram(), "itl": Histogram(), "streams": 0, "events": 0}
+    deadline = time.monotonic() + seconds
+    await asyncio.gather(
+        *(user(parts.hostname, parts.port, request, deadline, out) for _ in range(users))
+    )
+    with open(path, "wb") as handle:
+        handle.write(
+            orjson.dumps(
+                {
+                    "ttft_err": out["ttft"].to_dict(),
+                    "event_err": out["event"].to_dict(),
+                    "itl_err": out["itl"].to_dict(),
+                    "streams": out["streams"],
+                    "events": out["events"],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    uvloop.install()
+    url, key, prompt, users, seconds, path = sys.argv[1:7]
+    asyncio.run(main(url, key, prompt, int(users), float(seconds), path))

@@ -1,0 +1,41 @@
+"""``relaygate check``: run the conformance suite (``pytest conformance``) from anywhere.
+
+In a checkout it runs ``conformance/``; from an installed wheel, the copy shipped inside the
+package. Every argument after ``check`` goes to pytest, e.g.::
+
+    relaygate check --relay-url http://relay:3000 --relay-key sk-… --relay-profile one-api
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "conformance_dir", "run"]
+
+
+def conformance_dir() -> Path:
+    """The conformance suite's folder: the checkout's, else the wheel's bundled copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent / "conformance", here / "_conformance"):
+        if (candidate / "conftest.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the conformance suite is missing: looked in {here.parent.parent / 'conformance'} and "
+        f"{here / '_conformance'}; reinstall relaygate"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="passed to pytest (--relay-url, --relay-key, --relay-profile, --junitxml, -k, …)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import pytest
+
+    suite = conformance_dir()
+    return int(pytest.main([str(suite), "-p", "no:cacheprovider", *args.pytest_args]))

@@ -1,0 +1,695 @@
+"""Locust integration: arguments, event listeners and the user base class.
+
+This is the only module of :mod:`relaygate.load` that imports Locust (and so gevent's
+monkey-patching); only the locustfiles under ``loadtests/`` import it. Importing it registers
+the listeners below on ``locust.events`` - the standard Locust way, and idempotent because a
+module is imported once however many locustfiles use it.
+
+What happens when:
+
+``init_command_line_parser``  our ``--relay-key``, ``--slo``, … (each with an env var)
+``init``                      parse ``--slo`` (fail fast); pick ``StreamingChatUser`` when no
+                              class is named; on the master/local runner only: start the
+                              embedded stack when there is no ``--host``; start the self-check
+``report_to_master``          (worker) attach the registry delta
+``worker_report``             (master) merge it
+``quitting``                  (master/local) summary, CSV, plots, SLO lines, exit code, stack
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import logging
+import time
+import weakref
+from typing import Any
+
+import gevent
+from locust import User, events
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+
+from relaygate.directives import directive
+from relaygate.keys import mask_key
+from relaygate.load import outcomes, selfcheck, slo
+from relaygate.load.client import RequestResult, TimingClient
+from relaygate.load.metrics import Registry, record_result
+from relaygate.load.pacer import Pacer
+from relaygate.load.ratelimit import PHASES, ProbeConfig, RateLimitProber, parse_rate_limit
+from relaygate.load.summary import build_summary, format_table, write_metrics_csv, write_summary
+
+__all__ = ["RelaygateUser", "RunState", "state_of"]
+
+logger = logging.getLogger("relaygate.load")
+
+CHAT_PATH = "/v1/chat/completions"
+DEFAULT_STACK_RATE_LIMIT = "10/1s"
+DEFAULT_MOCK = {"ttft_ms": 100.0, "itl_ms": 10.0, "chunks": 32}
+PROBER_DONE = "relaygate_prober_done"
+_NS_PER_MS = 1_000_000.0
+
+
+class RunState:
+    """Per-Environment state: the registry, the pacer, the embedded stack, timings."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.pacer: Pacer | None = None
+        self.rules: list[slo.SLORule] = []
+        self.stack: Any = None
+        self.started_wall: float | None = None
+        self.stopped_wall: float | None = None
+        self.selfcheck_started = False
+        self.running = True
+        self.written = False
+
+
+_STATES: weakref.WeakKeyDictionary[Environment, RunState] = weakref.WeakKeyDictionary()
+
+
+def state_of(environment: Environment) -> RunState:
+    state = _STATES.get(environment)
+    if state is None:
+        state = _STATES[environment] = RunState()
+    return state
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("relaygate", "relaygate load scenarios (docs/load.md)")
+    arg = group.add_argument
+    arg(
+        "--relay-key",
+        env_var="RELAYGATE_RELAY_KEY",
+        default="",
+        help="API key for the relay (default with no --host: the embedded stack's key)",
+    )
+    arg(
+        "--model",
+        env_var="RELAYGATE_MODEL",
+        default="gpt-4o-mini",
+        help="model name sent in every request",
+    )
+    arg(
+        "--prompt-tokens",
+        env_var="RELAYGATE_PROMPT_TOKENS",
+        type=int,
+        default=64,
+        help="approximate prompt length in tokens (synthetic text)",
+    )
+    arg(
+        "--max-tokens",
+        env_var="RELAYGATE_MAX_TOKENS",
+        type=int,
+        default=128,
+        help="max_tokens of every request",
+    )
+    arg(
+        "--mock-ttft-ms",
+        env_var="RELAYGATE_MOCK_TTFT_MS",
+        type=float,
+        default=None,
+        help="directive to the mock upstream: arrival -> first content event (ms)",
+    )
+    arg(
+        "--mock-itl-ms",
+        env_var="RELAYGATE_MOCK_ITL_MS",
+        type=float,
+        default=None,
+        help="directive to the mock upstream: gap between content events (ms)",
+    )
+    arg(
+        "--mock-output-tokens",
+        env_var="RELAYGATE_MOCK_OUTPUT_TOKENS",
+        type=int,
+        default=None,
+        help="directive to the mock upstream: number of content events (one token each)",
+    )
+    arg(
+        "--target-rps",
+        env_var="RELAYGATE_TARGET_RPS",
+        type=float,
+        default=None,
+        help="open loop: total requests/s over all users and processes (spare users needed)",
+    )
+    arg(
+        "--arrival",
+        env_var="RELAYGATE_ARRIVAL",
+        choices=("constant", "poisson"),
+        default="constant",
+        help="open-loop arrival process for --target-rps",
+    )
+    arg(
+        "--slo",
+        env_var="RELAYGATE_SLO",
+        action="append",
+        default=[],
+        help="repeatable SLO gate, e.g. ttft_p95_ms<=500, error_rate<=0.01, "
+        "rate_limit_accuracy>=0.9; any failure makes the exit code 1",
+    )
+    arg(
+        "--report-dir",
+        env_var="RELAYGATE_REPORT_DIR",
+        default="reports",
+        help="where load-summary.json, load-metrics.csv and the PNG plots go",
+    )
+    arg(
+        "--no-plots",
+        env_var="RELAYGATE_NO_PLOTS",
+        action="store_true",
+        default=False,
+        help="skip the PNG plots (saves the matplotlib import)",
+    )
+    arg(
+        "--stream-timeout",
+        env_var="RELAYGATE_STREAM_TIMEOUT",
+        type=float,
+        default=120.0,
+        help="seconds without a byte before a request counts as timeout",
+    )
+    arg(
+        "--upstream-url",
+        env_var="RELAYGATE_UPSTREAM_URL",
+        default="",
+        help="RelayOverheadUser: the relay's upstream, called directly for comparison",
+    )
+    arg(
+        "--upstream-key",
+        env_var="RELAYGATE_UPSTREAM_KEY",
+        default="",
+        help="RelayOverheadUser: API key for --upstream-url",
+    )
+    arg(
+        "--rate-limit",
+        env_var="RELAYGATE_RATE_LIMIT",
+        default="",
+        help="declared per-key limit N/Ws (e.g. 10/1s) for the 429 analysis; also applied "
+        f"to the embedded stack (default there for RateLimitUser: {DEFAULT_STACK_RATE_LIMIT})",
+    )
+    arg(
+        "--rl-phases",
+        env_var="RELAYGATE_RL_PHASES",
+        default=",".join(PHASES),
+        help=f"RateLimitUser phases, comma list of: {', '.join(PHASES)}",
+    )
+    arg(
+        "--rl-measure-windows",
+        env_var="RELAYGATE_RL_MEASURE_WINDOWS",
+        type=float,
+        default=2.0,
+        help="RateLimitUser: measured windows per offered-load step",
+    )
+    arg(
+        "--rl-steps",
+        env_var="RELAYGATE_RL_STEPS",
+        default="0.5,1,1.5,3",
+        help="RateLimitUser: offered load per step as multiples of the limit rate",
+    )
+    arg(
+        "--fairness-keys",
+        env_var="RELAYGATE_FAIRNESS_KEYS",
+        default="",
+        help="extra relay keys (comma list) for the fairness phase; the embedded stack "
+        "provisions 3 when empty",
+    )
+    arg(
+        "--stack-faults",
+        env_var="RELAYGATE_STACK_FAULTS",
+        default="",
+        help="embedded stack only: reference-relay fault switches, comma list "
+        "(e.g. buffer_streams, ignore_rate_limit)",
+    )
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def _is_worker(environment: Environment) -> bool:
+    return isinstance(environment.runner, WorkerRunner)
+
+
+def _controls_run(environment: Environment) -> bool:
+    return isinstance(environment.runner, (MasterRunner, LocalRunner))
+
+
+def _on_init(environment: Environment, **_kwargs: Any) -> None:
+    options = environment.parsed_options
+    if options is None:  # Environment built by hand (tests, run_single_user without args)
+        return
+    state = state_of(environment)
+    try:
+        state.rules = [slo.parse_rule(text) for text in options.slo]
+        if options.rate_limit:
+            parse_rate_limit(options.rate_limit)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(2) from None
+    _default_user_classes(environment)
+    if _controls_run(environment):
+        options.relaygate_users_total = options.num_users or 1
+        if not environment.host and not options.host:
+            _start_stack(environment, state)
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: _quit_soon(environment))
+
+
+def _default_user_classes(environment: Environment) -> None:
+    """``locust -f loadtests`` without a class name runs ``StreamingChatUser`` only."""
+    options = environment.parsed_options
+    names = [u.__name__ for u in environment.user_classes]
+    only = options is not None and not options.user_classes and len(names) > 1
+    if only and "StreamingChatUser" in names:
+        environment.user_classes[:] = [
+            u for u in environment.user_classes if u.__name__ == "StreamingChatUser"
+        ]
+
+
+def _selected(environment: Environment) -> set[str]:
+    return {u.__name__ for u in environment.user_classes}
+
+
+def _start_stack(environment: Environment, state: RunState) -> None:
+    try:
+        from relaygate.stack import EmbeddedStack
+    except ImportError as exc:
+        logger.error("no --host given and the embedded stack is unavailable (%s)", exc)
+        raise SystemExit(2) from None
+    options = environment.parsed_options
+    assert options is not None
+    rate_limit = options.rate_limit or None
+    if rate_limit is None and "RateLimitUser" in _selected(environment):
+        rate_limit = options.rate_limit = DEFAULT_STACK_RATE_LIMIT
+    faults = tuple(f.strip() for f in options.stack_faults.split(",") if f.strip())
+    stack = EmbeddedStack(faults=faults, rate_limit=rate_limit)
+    info = stack.__enter__()
+    state.stack = stack
+    # Fallback for exits that skip Locust's quit event (e.g. an error during start-up).
+    atexit.register(_stop_stack, state)
+    environment.host = info.relay_url
+    options.host = info.relay_url
+    options.relay_key = options.relay_key or info.relay_key
+    options.upstream_url = options.upstream_url or info.upstream_url
+    options.upstream_key = options.upstream_key or info.upstream_key
+    options.relaygate_embedded = True
+    if "RateLimitUser" in _selected(environment) and not options.fairness_keys:
+        options.fairness_keys = ",".join(stack.new_key(rate_limit=rate_limit) for _ in range(3))
+    # A key of its own, so the warm-up never counts against the relay key's rate limit.
+    _warm_up(info.relay_url, stack.new_key())
+    logger.info(
+        "embedded stack: relay %s, upstream %s, key %s, faults %s, rate limit %s",
+        info.relay_url,
+        info.upstream_url,
+        mask_key(info.relay_key),
+        faults or "none",
+        rate_limit or "none",
+    )
+
+
+def _warm_up(relay_url: str, key: str) -> None:
+    """One request through the fresh stack so one-time costs (imports, tokenizer loading in
+    the mock) do not land in the first measured streams."""
+    client = TimingClient(relay_url, timeout_s=30.0)
+    try:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"warm-up {directive(chunks=2)}"}],
+            "stream": True,
+        }
+        client.post_json(CHAT_PATH, body, {"Authorization": f"Bearer {key}"})
+    finally:
+        client.close()
+
+
+def _quit_soon(environment: Environment) -> None:
+    runner = environment.runner
+    if runner is not None:
+        gevent.spawn_later(0.2, runner.quit)
+
+
+def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    state = state_of(environment)
+    state.started_wall = state.started_wall or time.time()
+    if not isinstance(environment.runner, MasterRunner):
+        # Move start-up objects out of the collector's reach: gen-2 pauses of 15-60 ms
+        # otherwise land inside streams (LOCUST_BASELINE.md, "GC pauses").
+        gc.collect()
+        gc.freeze()
+        if not state.selfcheck_started:
+            state.selfcheck_started = True
+            gevent.spawn(
+                selfcheck.run_probe, state.registry, gevent.sleep, running=lambda: state.running
+            )
+
+
+def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
+    state_of(environment).stopped_wall = time.time()
+
+
+def _on_report_to_master(client_id: str, data: dict[str, Any], **_kwargs: Any) -> None:
+    for environment, state in list(_STATES.items()):
+        if _is_worker(environment):
+            _attach_pacer(state)
+            if not state.registry.is_empty():
+                data["relaygate"] = state.registry.take_delta()
+
+
+def _on_worker_report(client_id: str, data: dict[str, Any], **_kwargs: Any) -> None:
+    snapshot = data.get("relaygate")
+    if not snapshot:
+        return
+    for environment, state in list(_STATES.items()):
+        if isinstance(environment.runner, MasterRunner):
+            state.registry.merge(snapshot)
+
+
+def _attach_pacer(state: RunState) -> None:
+    pacer = state.pacer
+    if pacer is not None and pacer.late:
+        state.registry.count("pacer.late", pacer.late)
+        state.registry.extras["pacer_max_late_ms"] = pacer.max_late_ns / _NS_PER_MS
+        pacer.late = 0
+
+
+def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
+    state = state_of(environment)
+    state.running = False
+    if not _controls_run(environment) or state.written:
+        return
+    state.written = True
+    _write_reports(environment, state)
+
+
+def _on_quit(**_kwargs: Any) -> None:
+    """Stop the embedded stack last: ``quit`` fires after the runner stopped every user, so
+    no user sees the relay vanish (``quitting`` comes before that, e.g. on Ctrl-C)."""
+    for state in list(_STATES.values()):
+        _stop_stack(state)
+
+
+def _stop_stack(state: RunState) -> None:
+    if state.stack is not None:
+        stack, state.stack = state.stack, None
+        with contextlib.suppress(Exception):
+            stack.__exit__(None, None, None)
+
+
+def _write_reports(environment: Environment, state: RunState) -> None:
+    options = environment.parsed_options
+    assert options is not None
+    _attach_pacer(state)
+    registry = state.registry
+    stopped = state.stopped_wall or time.time()
+    duration = stopped - (state.started_wall or stopped)
+    summary = build_summary(
+        registry,
+        host=environment.host,
+        users=options.num_users,
+        duration_s=duration,
+        scenario=sorted(_selected(environment)),
+        target_rps=options.target_rps,
+    )
+    summary["slo"] = slo.evaluate(state.rules, summary, registry.hists)
+    path = write_summary(summary, options.report_dir)
+    write_metrics_csv(registry, f"{options.report_dir}/load-metrics.csv")
+    if options.csv_prefix:
+        write_metrics_csv(registry, f"{options.csv_prefix}_relaygate_metrics.csv")
+    if not options.no_plots:
+        try:
+            from relaygate.load.plots import write_plots
+
+            write_plots(registry, summary, options.report_dir)
+        except Exception as exc:  # a plot must never cost the summary or the exit code
+            logger.warning("plots not written: %s", exc)
+    print(format_table(registry))
+    for reason in summary["self_check"]["reasons"]:
+        logger.warning("self-check: latency percentiles INVALID - %s", reason)
+    logger.info("relaygate summary written to %s", path)
+    failed = False
+    for result in summary["slo"]:
+        observed = "not measured" if result["observed"] is None else f"{result['observed']:g}"
+        verdict = "CHECK PASSED" if result["passed"] else "CHECK FAILED"
+        failed |= not result["passed"]
+        line = (
+            f"{verdict} {result['rule']}: observed {observed} (threshold {result['threshold']:g})"
+        )
+        print(line)
+    if state.rules:
+        environment.process_exit_code = 1 if failed else 0
+
+
+# Registered at import, like any locustfile's listeners; the module is imported once.
+# (Locust's EventHook is untyped, hence the Any.)
+_hooks: Any = events
+_hooks.init_command_line_parser.add_listener(_add_arguments)
+_hooks.init.add_listener(_on_init)
+_hooks.test_start.add_listener(_on_test_start)
+_hooks.test_stop.add_listener(_on_test_stop)
+_hooks.report_to_master.add_listener(_on_report_to_master)
+_hooks.worker_report.add_listener(_on_worker_report)
+_hooks.quitting.add_listener(_on_quitting)
+_hooks.quit.add_listener(_on_quit)
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+class OutcomeError(Exception):
+    """What Locust shows in its failure table: the outcome class and the HTTP status."""
+
+
+class RelaygateUser(User):
+    """Base of the relaygate users: a :class:`TimingClient` and helpers. Not run itself."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.options = options
+        host = self.environment.host or self.host
+        if not host:
+            raise StopUser()
+        self.client = TimingClient(host, timeout_s=options.stream_timeout if options else 120.0)
+        self.state = state_of(self.environment)
+
+    def on_stop(self) -> None:
+        for name in ("client", "direct_client"):
+            client = getattr(self, name, None)
+            if client is not None:
+                client.close()
+
+    # -- request building -----------------------------------------------------------------
+
+    def use_directives(self) -> bool:
+        options = self.options
+        return bool(
+            getattr(options, "relaygate_embedded", False)
+            or options.mock_ttft_ms is not None
+            or options.mock_itl_ms is not None
+            or options.mock_output_tokens is not None
+        )
+
+    def chat_body(self, *, stream: bool = True, **extra_directive: Any) -> dict[str, Any]:
+        options = self.options
+        text = " ".join(["hello"] * max(1, options.prompt_tokens))
+        if self.use_directives() or extra_directive:
+            fields: dict[str, Any] = {}
+            if self.use_directives():
+                fields = {
+                    "ttft_ms": _first(options.mock_ttft_ms, DEFAULT_MOCK["ttft_ms"]),
+                    "itl_ms": _first(options.mock_itl_ms, DEFAULT_MOCK["itl_ms"]),
+                    "chunks": _first(options.mock_output_tokens, DEFAULT_MOCK["chunks"]),
+                    "stamp": "field",
+                }
+            fields.update(extra_directive)
+            text = f"{text} {directive(**fields)}"
+        body: dict[str, Any] = {
+            "model": options.model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": options.max_tokens,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.options.relay_key}"}
+
+    # -- pacing ---------------------------------------------------------------------------
+
+    def next_slot(self) -> int:
+        """Closed loop: now. Open loop: sleep until this process's pacer's next slot."""
+        options = self.options
+        if not options.target_rps:
+            return time.monotonic_ns()
+        state = self.state
+        if state.pacer is None:
+            state.pacer = Pacer(options.target_rps, mode=options.arrival)
+        runner = self.environment.runner
+        total = getattr(options, "relaygate_users_total", None) or options.num_users or 1
+        mine = getattr(runner, "target_user_count", None) or total
+        state.pacer.set_rate(options.target_rps * min(1.0, mine / total))
+        late_before = state.pacer.late
+        slot = state.pacer.claim()
+        if slot is None:
+            gevent.sleep(0.1)
+            return time.monotonic_ns()
+        if state.pacer.late > late_before and state.pacer.late % 100 == 1:
+            logger.warning(
+                "pacer cannot keep --target-rps %.3g: slot %.1f ms late, all users busy; "
+                "add users (-u) so that users > rate x e2e latency",
+                options.target_rps,
+                (time.monotonic_ns() - slot) / _NS_PER_MS,
+            )
+        wait = state.pacer.wait_s(slot)
+        if wait > 0:
+            gevent.sleep(wait)
+        return slot
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def report(self, name: str, res: RequestResult, *, scope: str = "") -> None:
+        """Record into our registry and fire ONE Locust request event (e2e or time to answer)."""
+        record_result(self.state.registry, res, scope=scope)
+        end = res.t_end_ns or res.t_headers_ns or time.monotonic_ns()
+        begin = res.t_sent_ns or res.t_start_ns
+        exception = None
+        if res.outcome != outcomes.OK:
+            exception = OutcomeError(f"{res.outcome} (HTTP {res.status}): {res.error or ''}"[:200])
+        self.environment.events.request.fire(
+            request_type="POST",
+            name=name,
+            response_time=(end - begin) / _NS_PER_MS,
+            response_length=res.bytes_received,
+            exception=exception,
+            context={"outcome": res.outcome},
+            response=None,
+            url=CHAT_PATH,
+            start_time=time.time(),
+        )
+
+    def stream_chat(self, *, name: str = "chat.stream") -> RequestResult:
+        slot = self.next_slot()
+        res = self.client.post_json(
+            CHAT_PATH, self.chat_body(), self.auth(), stream=True, t_intended_ns=slot
+        )
+        self.report(name, res)
+        self._pause_after_refusal(res)
+        return res
+
+    def _pause_after_refusal(self, res: RequestResult) -> None:
+        """Closed loop only: a refused connection fails in microseconds; without a pause a
+        user would spin, flood the stats and starve the other users' timing."""
+        if res.outcome == outcomes.CONNECTION_ERROR and not self.options.target_rps:
+            gevent.sleep(0.1)
+
+    def stream_direct(self, *, name: str = "direct.chat.stream") -> RequestResult | None:
+        """The same stream sent straight to ``--upstream-url`` (scope ``direct.``)."""
+        options = self.options
+        direct = getattr(self, "direct_client", None)
+        if direct is None:
+            if not options.upstream_url:
+                logger.error("RelayOverheadUser needs --upstream-url (or the embedded stack)")
+                raise StopUser()
+            direct = self.direct_client = TimingClient(
+                options.upstream_url, timeout_s=options.stream_timeout
+            )
+        slot = self.next_slot()
+        res = direct.post_json(
+            CHAT_PATH,
+            self.chat_body(),
+            self.auth(options.upstream_key),
+            stream=True,
+            t_intended_ns=slot,
+        )
+        self.report(name, res, scope="direct.")
+        self._pause_after_refusal(res)
+        return res
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class GeventRuntime:
+    """:class:`relaygate.load.ratelimit.Runtime` on gevent."""
+
+    def spawn(self, fn: Any) -> Any:
+        return gevent.spawn(fn)
+
+    def sleep(self, seconds: float) -> None:
+        gevent.sleep(seconds)
+
+    def join(self, handles: Any) -> None:
+        gevent.joinall(list(handles))
+
+
+def run_prober(user: RelaygateUser) -> dict[str, Any]:
+    """The RateLimitUser program: run every phase once, store the analysis, end the run."""
+    options = user.options
+    keys = [options.relay_key] + [k.strip() for k in options.fairness_keys.split(",") if k.strip()]
+    limit = window = None
+    if options.rate_limit:
+        limit, window = parse_rate_limit(options.rate_limit)
+    phases = tuple(p.strip() for p in options.rl_phases.split(",") if p.strip())
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise ValueError(f"--rl-phases: unknown {sorted(unknown)}; known: {', '.join(PHASES)}")
+    client = TimingClient(
+        user.client.scheme + "://" + user.client.host_header,
+        max_idle=512,
+        timeout_s=options.stream_timeout,
+    )
+
+    def send(key: str, label: str, t_intended_ns: int, fields: dict[str, Any]) -> RequestResult:
+        # A fast, tiny answer: the prober measures the limiter, not the upstream.
+        body = user.chat_body(stream=False, chunks=1, ttft_ms=0, itl_ms=0, **fields)
+        body["max_tokens"] = 1
+        res = client.post_json(
+            CHAT_PATH, body, user.auth(key), stream=False, t_intended_ns=t_intended_ns
+        )
+        user.report(label, res, scope="ratelimit.")
+        return res
+
+    def read_usage(key: str) -> float | None:
+        res = client.get("/v1/dashboard/billing/usage", user.auth(key))
+        data = res.json() if res.status == 200 else None
+        if isinstance(data, dict) and isinstance(data.get("total_usage"), (int, float)):
+            return float(data["total_usage"])
+        return None
+
+    config = ProbeConfig(
+        keys=keys,
+        limit=limit,
+        window_s=window,
+        phases=phases,
+        measure_windows=options.rl_measure_windows,
+        multipliers=tuple(float(m) for m in options.rl_steps.split(",") if m.strip()),
+    )
+    prober = RateLimitProber(config, send, GeventRuntime(), read_usage=read_usage, log=logger.info)
+    try:
+        return prober.run()
+    finally:
+        client.close()
+
+
+def finish_prober(user: RelaygateUser) -> None:
+    """Run the prober once, hand its analysis to the master, end the run if it was alone."""
+    state = user.state
+    try:
+        state.registry.extras["rate_limit_analysis"] = run_prober(user)
+    except ValueError as exc:
+        logger.error("429 prober: %s", exc)
+        state.registry.extras["rate_limit_analysis"] = {"error": str(exc)}
+    runner = user.environment.runner
+    if _selected(user.environment) == {"RateLimitUser"}:
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(PROBER_DONE, None)
+        else:
+            _quit_soon(user.environment)
+    raise StopUser()

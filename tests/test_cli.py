@@ -1,0 +1,71 @@
+"""The ``relaygate`` command: help, version, bad input exits 2 with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from relaygate.check import conformance_dir
+from relaygate.cli import SUBCOMMANDS, main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relaygate", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_lists_every_subcommand() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_subcommand_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    assert info.value.code == 0
+    assert "usage: relaygate" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "invalid choice"),
+        (["up", "--relay-port", "x"], "port must be a number"),
+        (["reference-relay", "--fault", "no_such_fault", "--port", "0"], "no_such_fault"),
+        (["mock-upstream", "--port", "-5"], "port must be within 0-65535"),
+        (["reference-relay", "--port", "70000"], "port must be within 0-65535"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    result = _run(*args)
+    assert result.returncode == 2, result
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_conformance_dir_found() -> None:
+    assert (conformance_dir() / "test_auth.py").is_file()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        result = _run("mock-upstream", "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,202 @@
+"""Headless Locust runs of ``loadtests/`` against the embedded stack, each in a subprocess
+(gevent's monkey-patching must never reach the pytest process), each bounded to seconds."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUST = Path(sys.executable).with_name("locust")
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("relaygate.stack") is None,
+    reason="relaygate.stack (the embedded mock upstream + reference relay) is not importable yet",
+)
+
+
+def run_locust(
+    tmp_path: Path, *args: str, timeout_s: float = 60
+) -> tuple[int, str, dict[str, Any]]:
+    cmd = [
+        str(LOCUST),
+        "-f",
+        str(ROOT / "loadtests"),
+        "--headless",
+        "--no-plots",
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--loglevel",
+        "INFO",
+        *args,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    output = proc.stdout + proc.stderr
+    path = tmp_path / "reports" / "load-summary.json"
+    assert path.exists(), f"no summary written; locust said:\n{output[-4000:]}"
+    return proc.returncode, output, json.loads(path.read_text())
+
+
+MOCK = ("--mock-ttft-ms", "150", "--mock-itl-ms", "20", "--mock-output-tokens", "20")
+
+
+def test_directed_timings_are_measured_through_the_relay(tmp_path: Path) -> None:
+    rc, out, summary = run_locust(
+        tmp_path,
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "3s",
+        *MOCK,
+        "--slo",
+        "error_rate<=0",
+        "--slo",
+        "ttft_p50_ms<=200",
+    )
+    assert rc == 0, out[-3000:]
+    assert "CHECK PASSED error_rate<=0" in out
+    assert summary["requests"]["ok"] >= 6 and summary["error_rate"] == 0
+    # TTFT = directed 150 ms + the relay's pass-through; ITL/TPOT = directed 20 ms.
+    assert 149 <= summary["ttft_ms"]["p50"] <= 175, summary["ttft_ms"]
+    assert 18.5 <= summary["itl_ms"]["p50"] <= 21.5, summary["itl_ms"]
+    assert 19 <= summary["tpot_ms"]["p50"] <= 21, summary["tpot_ms"]
+    assert summary["ack_ms"]["p50"] < summary["ttft_ms"]["p50"] - 100  # role chunk != token
+    assert summary["emit_to_recv_ms"]["count"] > 0 and summary["emit_to_recv_ms"]["p50"] < 10
+    assert summary["output_tokens"] == 20 * summary["requests"]["ok"]
+    assert summary["self_check"]["cpu_percent"]["max"] >= 0
+    assert set(summary) >= {
+        "host",
+        "users",
+        "duration_s",
+        "scenario",
+        "requests",
+        "ttft_ms",
+        "ack_ms",
+        "itl_ms",
+        "tpot_ms",
+        "e2e_ms",
+        "output_tokens_per_s",
+        "schedule_lag_ms",
+        "rate_limit",
+        "slo",
+    }
+
+
+def test_buffering_relay_fails_the_ttft_slo(tmp_path: Path) -> None:
+    rc, out, summary = run_locust(
+        tmp_path,
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "2s",
+        *MOCK,
+        "--stack-faults",
+        "buffer_streams",
+        "--slo",
+        "ttft_p95_ms<=300",
+    )
+    assert rc == 1, out[-3000:]
+    assert "CHECK FAILED ttft_p95_ms<=300" in out
+    assert summary["ttft_ms"]["p50"] > 500  # 150 ms + 19 x 20 ms held back by the relay
+    assert summary["slo"][0]["passed"] is False
+
+
+def test_master_and_two_workers_merge_histograms(tmp_path: Path) -> None:
+    rc, out, summary = run_locust(
+        tmp_path,
+        "--processes",
+        "2",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "3s",
+        *MOCK,
+        "--csv",
+        str(tmp_path / "stats"),
+    )
+    assert rc == 0, out[-3000:]
+    with (tmp_path / "stats_stats.csv").open() as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    locust_count = int(rows["chat.stream"]["Request Count"])
+    ok = summary["requests"]["ok"]
+    assert ok >= 6 and summary["requests"]["total"] == locust_count
+    # 20 token events per stream -> 19 gaps each, from both workers together.
+    assert summary["itl_ms"]["count"] == 19 * ok
+    assert summary["ttft_ms"]["count"] == ok
+    assert (tmp_path / "stats_relaygate_metrics.csv").exists()
+
+
+def test_prober_finds_the_configured_limit_and_retry_after(tmp_path: Path) -> None:
+    rc, out, summary = run_locust(
+        tmp_path,
+        "RateLimitUser",
+        "-t",
+        "45s",
+        "--rate-limit",
+        "10/1s",
+        "--rl-phases",
+        "discover,steps,retry_after",
+        "--rl-measure-windows",
+        "1",
+        "--rl-steps",
+        "0.5,3",
+        "--slo",
+        "rate_limit_accuracy>=0.9",
+        "--slo",
+        "rate_limit_retry_after_correct==1",
+        timeout_s=90,
+    )
+    assert rc == 0, out[-3000:]
+    rl = summary["rate_limit"]
+    assert rl["discovered"]["limit"] == 10
+    assert 0.95 <= rl["discovered"]["window_s"] <= 1.2
+    half, triple = rl["steps"]
+    assert half["multiplier"] == 0.5 and half["rate_limited"] == 0 and half["accuracy"] == 1.0
+    assert triple["rate_limited_share"] > 0.5 and triple["accuracy"] >= 0.9
+    assert triple["rate_limited_ms"]["p50"] < triple["ok_ms"]["p50"]  # 429s fail fast
+    ra = rl["retry_after"]
+    assert ra["present"] and ra["early_retry_refused"] and ra["honoured_retry_succeeds"]
+    assert abs(ra["error_s"]) < 0.1
+    assert rl["retry_after_present_share"] == 1.0
+    assert summary["duration_s"] < 30  # the run ended when the prober was done
+
+
+def test_relay_ignoring_its_limit_fails_the_accuracy_slo(tmp_path: Path) -> None:
+    rc, out, summary = run_locust(
+        tmp_path,
+        "RateLimitUser",
+        "-t",
+        "30s",
+        "--rate-limit",
+        "10/1s",
+        "--stack-faults",
+        "ignore_rate_limit",
+        "--rl-phases",
+        "steps",
+        "--rl-steps",
+        "3",
+        "--rl-measure-windows",
+        "1",
+        "--slo",
+        "rate_limit_accuracy>=0.9",
+    )
+    assert rc == 1, out[-3000:]
+    assert "CHECK FAILED rate_limit_accuracy>=0.9" in out
+    assert summary["rate_limit"]["steps"][0]["accepted_rps"] > 25
