@@ -155,9 +155,11 @@ def test_funded_key_works(client, relay, tag):
         pytest.skip("needs a funded key (--relay-key)")
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     require(
-        ex.status == 200 and isinstance((ex.json() or {}).get("choices"), list),
-        "a funded key on an existing model gets a chat completion",
-        "HTTP 200 with choices",
+        ex.status == 200
+        and ex.content_type == "application/json"
+        and isinstance((ex.json() or {}).get("choices"), list),
+        "a funded key on an existing model gets a JSON chat completion (F7: never an HTML page)",
+        "HTTP 200, Content-Type application/json, with choices",
         ex.describe(),
         ex.curl,
         relay.secrets,

@@ -74,6 +74,27 @@ DETECTS: dict[str, set[str]] = {
     "accept_query_key": {"security.query-key-rejected"},
     "retry_4xx": {"max_tokens.upstream-400-intact"},
     "round_billing": {"quota.formula"},
+    "bearer_case_sensitive": {"auth.bearer-scheme-case"},
+    "same_quota_message": {
+        "quota.token-exhausted",
+        "quota.user-exhausted",
+        "quota.token-vs-user-distinct",
+        "quota.unlimited-bounded-by-user",
+    },
+    "list_all_models": {"models.list-exact", "models.list-usable"},
+    "ignore_allow_list": {"models.allow-list"},
+    "unknown_model_200": {"models.unknown-id", "sdk.not-found-error"},
+    "crash_on_bad_json": {"errors.invalid-json", "properties.refusals-are-json"},
+    "missing_model_503": {"errors.missing-model", "properties.refusals-are-json"},
+    "html_405": {"errors.wrong-method"},
+    "passthrough_html_errors": {"errors.upstream-error"},
+    "pass_200_error": {"errors.upstream-error"},
+    "normalize_finish_reason": {"streaming.finish-reason", "streaming.tool-calls"},
+    "drop_tool_calls": {"streaming.tool-calls"},
+    "strict_data_prefix": {"streaming.upstream-framing-tolerated"},
+    "bill_estimate_on_disconnect": {"quota.client-disconnect-billed-at-most-full"},
+    "billing_usage_in_usd": {"quota.billing-endpoints"},
+    "html_content_type": {"auth.funded-key-works", "sdk.chat"},
     "ignore_completion_ratio": {
         "quota.formula",
         "quota.stream-billed-from-usage",
@@ -81,9 +102,13 @@ DETECTS: dict[str, set[str]] = {
     },
 }
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
+    ),
+    # The first test pays for every suite run (the module fixture): about 2-4 minutes.
+    pytest.mark.timeout(900),
+]
 
 
 def _run_suite(fault: str | None, report_dir: Path) -> dict[str, Any]:
@@ -127,6 +152,14 @@ def test_reference_relay_passes(matrix: dict[str | None, dict[str, Any]]) -> Non
     assert not failed, doc["_stdout"][-4000:]
     skipped = [c for c in doc["cases"] if c["outcome"] == "skipped"]
     assert all(c["reason"] for c in skipped)
+
+
+def test_every_case_is_caught_by_some_fault(matrix: dict[str | None, dict[str, Any]]) -> None:
+    """A case that no faulty relay makes fail is a case that cannot fail."""
+    cases = {_base(c["id"]) for c in matrix[None]["cases"]}
+    caught = set().union(*DETECTS.values())
+    assert cases - caught == set(), "cases no fault switch detects"
+    assert caught - cases == set(), "the table names cases the suite does not have"
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

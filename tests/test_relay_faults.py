@@ -12,11 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from relay_helpers import (
     UPSTREAM_KEY,
+    Behaviour,
     Env,
     StreamScript,
     async_test,
+    chunk,
+    completion_body,
     fail,
     ok,
     relay_env,
@@ -48,6 +52,35 @@ def check(name: str) -> Callable[[Check], Check]:
 
 def chunks_of(body: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(e) for e in sse_events(body) if e != "[DONE]"]
+
+
+def sse_frames(*events: Any) -> Behaviour:
+    """An upstream stream sending each event as ``data: <json>`` (``[DONE]`` as is)."""
+
+    async def behave(request: web.Request, _body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            data = event.encode() if isinstance(event, str) else orjson.dumps(event)
+            await response.write(b"data: " + data + b"\n\n")
+        return response
+
+    return behave
+
+
+async def stream_and_leave(env: Env, key: str, pieces: int) -> None:
+    """Start a stream, read until ``pieces`` content chunks arrived, then disconnect."""
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with env.session.post(
+        env.url + "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
+        assert resp.status == 200
+        seen = b""
+        while seen.count(b"tok") < pieces:
+            seen += await resp.content.readany()
+        resp.close()
+    await asyncio.sleep(0.3)
+    await settle(env.state)
 
 
 @check("buffer_streams")
@@ -108,8 +141,10 @@ async def _wrong_quota_status(env: Env) -> None:
 @check("forward_client_key")
 async def _forward_client_key(env: Env) -> None:
     _, token = env.user_token()
-    await env.chat(token.key)
-    assert env.upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {token.key}"
+    assert (await env.chat(token.key)).status == 200
+    headers = env.upstream.requests[-1]["headers"]
+    assert headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert headers.get("X-Api-Key") == token.key
 
 
 @check("ignore_rate_limit")
@@ -260,6 +295,175 @@ async def _ignore_completion_ratio(env: Env) -> None:
     _, token = env.user_token()
     await env.chat(token.key)  # usage 10/20 on gpt-4o: 225 correctly, 75 without the ratio
     assert env.state.logs[-1].quota == 75
+
+
+@check("bearer_case_sensitive")
+async def _bearer_case_sensitive(env: Env) -> None:
+    _, token = env.user_token()
+    assert (await env.chat(token.key)).status == 200  # "Bearer" still works
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+    lower = await env.request(
+        "POST",
+        "/v1/chat/completions",
+        json=payload,
+        headers={"Authorization": f"bearer {token.key}"},
+    )
+    assert lower.status == 401 and lower.error["code"] == "malformed_api_key"
+
+
+@check("same_quota_message")
+async def _same_quota_message(env: Env) -> None:
+    _, exhausted = env.user_token(remain_quota=0)
+    _, broke = env.user_token(quota=0)
+    token_refusal, user_refusal = await env.chat(exhausted.key), await env.chat(broke.key)
+    assert token_refusal.status == user_refusal.status == 403
+    assert token_refusal.error == user_refusal.error
+    assert token_refusal.error["code"] == "insufficient_quota"
+
+
+@check("list_all_models")
+async def _list_all_models(env: Env) -> None:
+    _, token = env.user_token(models=["gpt-4o"])
+    listing = await env.request("GET", "/v1/models", token.key)
+    ids = {m["id"] for m in listing.json()["data"]}
+    assert {"gpt-4o", "gpt-4o-mini", "gpt-4-32k"} <= ids
+    assert (await env.chat(token.key, "gpt-4o-mini")).status == 403  # still enforced
+    assert (await env.request("GET", "/v1/models/gpt-4-32k", token.key)).status == 404
+
+
+@check("ignore_allow_list")
+async def _ignore_allow_list(env: Env) -> None:
+    _, token = env.user_token(models=["gpt-4o"])
+    assert (await env.chat(token.key, "gpt-4o-mini")).status == 200
+    assert env.upstream.requests[-1]["body"]["model"] == "gpt-4o-mini"
+    ids = [m["id"] for m in (await env.request("GET", "/v1/models", token.key)).json()["data"]]
+    assert ids == ["gpt-4o"]  # the listing still honours it
+
+
+@check("unknown_model_200")
+async def _unknown_model_200(env: Env) -> None:
+    _, token = env.user_token()
+    reply = await env.request("GET", "/v1/models/no-such-model", token.key)
+    assert reply.status == 200 and reply.error["code"] == "model_not_found"
+
+
+@check("crash_on_bad_json")
+async def _crash_on_bad_json(env: Env) -> None:
+    _, token = env.user_token()
+    reply = await env.request(
+        "POST",
+        "/v1/chat/completions",
+        token.key,
+        data=b'{"model": "gpt-4o", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status == 500 and reply.error["code"] == "internal_error"
+    assert not env.upstream.requests
+
+
+@check("missing_model_503")
+async def _missing_model_503(env: Env) -> None:
+    _, token = env.user_token()
+    payload = {"messages": [{"role": "user", "content": "x"}]}
+    reply = await env.request("POST", "/v1/chat/completions", token.key, payload)
+    assert reply.status == 503 and reply.error["code"] == "model_not_found"
+    assert not env.upstream.requests
+
+
+@check("html_405")
+async def _html_405(env: Env) -> None:
+    reply = await env.request("GET", "/v1/chat/completions")
+    assert reply.status == 405 and reply.headers["Content-Type"].startswith("text/html")
+    assert "POST" in reply.headers["Allow"]
+    unknown = await env.request("POST", "/v1/foo")  # 404s stay JSON
+    assert unknown.status == 404 and unknown.headers["Content-Type"].startswith("application/json")
+
+
+@check("passthrough_html_errors")
+async def _passthrough_html_errors(env: Env) -> None:
+    _, token = env.user_token()
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    env.upstream.behaviour = fail(502, page, content_type="text/html")
+    reply = await env.chat(token.key)
+    assert reply.status == 502 and reply.headers["Content-Type"].startswith("text/html")
+    assert reply.body == page
+
+
+@check("pass_200_error")
+async def _pass_200_error(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = fail(200, {"error": {"message": "overloaded", "type": "server_error"}})
+    reply = await env.chat(token.key)
+    assert reply.status == 200 and reply.error["message"] == "overloaded"
+    await settle(env.state)
+    assert env.state.logs[-1].quota == 0  # still not billed
+
+
+@check("normalize_finish_reason")
+async def _normalize_finish_reason(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = sse_frames(chunk("a"), chunk(None, "length"), "[DONE]")
+    streamed = chunks_of((await env.chat(token.key, stream=True)).body)
+    assert [c["choices"][0]["finish_reason"] for c in streamed] == [None, "stop"]
+    body = completion_body()
+    body["choices"][0]["finish_reason"] = "content_filter"
+    env.upstream.behaviour = fail(200, body)
+    answer = (await env.chat(token.key)).json()
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+@check("drop_tool_calls")
+async def _drop_tool_calls(env: Env) -> None:
+    _, token = env.user_token()
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    call["function"] = {"name": "f", "arguments": "{}"}
+    tool_delta = chunk()
+    tool_delta["choices"][0]["delta"] = {"role": "assistant", "tool_calls": [call]}
+    env.upstream.behaviour = sse_frames(tool_delta, chunk(None, "tool_calls"), "[DONE]")
+    streamed = chunks_of((await env.chat(token.key, stream=True)).body)
+    assert not any("tool_calls" in c["choices"][0]["delta"] for c in streamed)
+    assert streamed[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@check("strict_data_prefix")
+async def _strict_data_prefix(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = stream(crlf=True)  # "data: " with CRLF framing still works
+    spaced = sse_events((await env.chat(token.key, stream=True)).body)
+    assert spaced[-1] == "[DONE]" and len(spaced) == 6
+    env.upstream.behaviour = stream(nospace=True)  # every "data:{…}" line is lost
+    body = (await env.chat(token.key, stream=True)).body
+    assert "[DONE]" not in sse_events(body)
+    assert [c["error"]["code"] for c in chunks_of(body)] == ["upstream_disconnected"]
+
+
+@check("bill_estimate_on_disconnect")
+async def _bill_estimate_on_disconnect(env: Env) -> None:
+    user, token = env.user_token(quota=10**6)
+    env.upstream.behaviour = stream(StreamScript(pieces=["tok"] * 50, gap_s=0.05, usage=(10, 50)))
+    await stream_and_leave(env, token.key, 3)
+    entry = env.state.logs[-1]
+    # prompt + the default 500 completion tokens, priced for gpt-4o: above the full 50-token bill.
+    assert entry.quota > 2.5 * (10 + 50 * 4) and user.used_quota == entry.quota
+    assert user.reserved_quota == token.reserved_quota == 0
+
+
+@check("billing_usage_in_usd")
+async def _billing_usage_in_usd(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key)  # 225 quota
+    usage = (await env.request("GET", "/v1/dashboard/billing/usage", token.key)).json()
+    assert usage["total_usage"] == 225 / 500_000
+
+
+@check("html_content_type")
+async def _html_content_type(env: Env) -> None:
+    _, token = env.user_token()
+    reply = await env.chat(token.key)
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/html")
+    assert reply.json()["choices"][0]["message"]["content"] == "hello"
+    refused = await env.chat(None)
+    assert refused.headers["Content-Type"].startswith("application/json")
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))

@@ -47,6 +47,10 @@ _LIMITER = web.AppKey("relay_limiter", SlidingWindowLimiter)
 _REQUEST_ID = web.RequestKey("relaygate_request_id", str)
 
 _MODEL_CREATED = 1626777600  # what the one-api family reports for every model
+#: A model no channel serves, listed by the list_all_models fault.
+_UNSERVED_MODEL = "gpt-4-32k"
+#: Routing errors (status -> fault) that a fault answers with an HTML page instead of JSON.
+_HTML_ERROR_FAULTS = {404: "html_404", 405: "html_405"}
 _CORS_ALLOW = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -93,16 +97,18 @@ def _read_state_file(config: RelayConfig) -> dict[str, Any]:
 async def _relay_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Request id, CORS preflight, the html_404 fault, and JSON instead of any crash."""
+    """Request id, CORS preflight, the html_404/html_405 faults, and JSON instead of any crash."""
     request[_REQUEST_ID] = f"{time.time_ns():x}{secrets.token_hex(4)}"
     faults = request.app[STATE].settings.faults
     if request.method == "OPTIONS" and "no_cors" not in faults:
         return web.Response(status=204, headers=_CORS_ALLOW)
-    if "html_404" in faults and isinstance(request.match_info.http_exception, web.HTTPNotFound):
+    routing = request.match_info.http_exception
+    if routing is not None and _HTML_ERROR_FAULTS.get(routing.status, "") in faults:
         return web.Response(
-            status=404,
-            text="<html><body><h1>404 Not Found</h1></body></html>",
+            status=routing.status,
+            text=f"<html><body><h1>{routing.status} {routing.reason}</h1></body></html>",
             content_type="text/html",
+            headers={k: v for k, v in routing.headers.items() if k.lower() == "allow"},
         )
     try:
         return await handler(request)
@@ -216,16 +222,33 @@ _QUOTA_MESSAGES = {
     ),
     "insufficient_user_quota": "user quota is not enough (用户额度不足): top up the wallet",
 }
+#: The one message and code of both exhaustions under the same_quota_message fault.
+_SAME_QUOTA_MESSAGE = {"insufficient_quota": "insufficient quota"}
 
 
 def _quota_refusal(code: str, token: Token, estimate: int, faults: frozenset[str]) -> web.Response:
     available = token.remain_quota - token.reserved_quota
-    message = _QUOTA_MESSAGES.get(code) or (
-        f"该令牌额度不足 (this token's quota is not enough): {available}"
-        f" quota available, this request needs up to {estimate} (prompt + max_tokens); "
-        "top up the token or lower max_tokens"
+    if "same_quota_message" in faults and code in _QUOTA_MESSAGES:
+        code = "insufficient_quota"  # token and user exhaustion made indistinguishable
+    message = (
+        _QUOTA_MESSAGES.get(code)
+        or _SAME_QUOTA_MESSAGE.get(code)
+        or (
+            f"该令牌额度不足 (this token's quota is not enough): {available}"
+            f" quota available, this request needs up to {estimate} (prompt + max_tokens); "
+            "top up the token or lower max_tokens"
+        )
     )
     return relay_error(429 if "wrong_quota_status" in faults else 403, message, code)
+
+
+def _no_channel(group: str, model: str) -> web.Response:
+    return relay_error(
+        503,
+        f"当前分组 {group} 下对于模型 {model} 无可用渠道 "
+        f"(no available channel for model {model} in group {group})",
+        "model_not_found",
+    )
 
 
 def _relay_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -265,12 +288,21 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "crash_on_bad_json" in faults:
+            raise  # the middleware turns it into a 500 internal_error
         return _bad(f"the request body is not valid JSON: {exc}", None, "invalid_json")
+    if (
+        "missing_model_503" in faults
+        and isinstance(payload, dict)
+        and payload.get("model") in (None, "")
+    ):
+        return _no_channel(user.group, "")  # one-api routes a missing model as ""
     problem = _validate(endpoint, payload)
     if problem is not None:
         return problem
     model: str = payload["model"]
-    if token.models is not None and model not in token.models:
+    allow_list = None if "ignore_allow_list" in faults else token.models
+    if allow_list is not None and model not in allow_list:
         return relay_error(
             403,
             f"该令牌无权使用模型 {model} (this key may not use model {model})",
@@ -279,12 +311,7 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
     route_model = model.lower() if "fold_model_case" in faults else model
     channels = state.channels_for(user.group, route_model)
     if not channels:
-        return relay_error(
-            503,
-            f"当前分组 {user.group} 下对于模型 {model} 无可用渠道 "
-            f"(no available channel for model {model} in group {user.group})",
-            "model_not_found",
-        )
+        return _no_channel(user.group, model)
     prompt_tokens = _prompt_tokens(endpoint, payload, route_model)
     if prompt_tokens is None:
         param = "prompt" if endpoint == "completions" else "input"
@@ -346,7 +373,9 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
             charge = quota_for(
                 prompt, completion, group_ratio, model_ratio, completion_ratio, rounding=rounding
             )
-            if outcome.partial:
+            if outcome.client_gone and "bill_estimate_on_disconnect" in faults:
+                charge = estimate
+            elif outcome.partial:
                 charge = min(charge, estimate)
         else:
             prompt = completion = 0
@@ -402,7 +431,9 @@ async def _usage(request: web.Request) -> web.StreamResponse:
         return auth
     token, _user = auth
     # US cents, as the one-api family reports it.
-    return json_response({"object": "list", "total_usage": token.used_quota / QUOTA_PER_USD * 100})
+    cents_per_usd = 1 if "billing_usage_in_usd" in request.app[STATE].settings.faults else 100
+    total = token.used_quota / QUOTA_PER_USD * cents_per_usd
+    return json_response({"object": "list", "total_usage": total})
 
 
 def _model_entry(name: str) -> dict[str, Any]:
@@ -413,7 +444,11 @@ async def _models(request: web.Request) -> web.StreamResponse:
     auth = _authenticate(request)
     if isinstance(auth, web.Response):
         return auth
-    names = request.app[STATE].models_for(auth[0])
+    state = request.app[STATE]
+    if "list_all_models" in state.settings.faults:
+        names = [*state.models_for(auth[0], allow_list=False), _UNSERVED_MODEL]
+    else:
+        names = state.models_for(auth[0])
     return json_response({"object": "list", "data": [_model_entry(n) for n in names]})
 
 
@@ -422,9 +457,10 @@ async def _model(request: web.Request) -> web.StreamResponse:
     if isinstance(auth, web.Response):
         return auth
     name = request.match_info["model"]
-    if name not in request.app[STATE].models_for(auth[0]):
+    state = request.app[STATE]
+    if name not in state.models_for(auth[0]):
         return error_response(
-            404,
+            200 if "unknown_model_200" in state.settings.faults else 404,
             f"The model '{name}' does not exist",
             "invalid_request_error",
             "model_not_found",

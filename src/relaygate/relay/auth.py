@@ -53,7 +53,10 @@ def extract_key(request: web.Request, faults: frozenset[str]) -> str:
             return query_key
         raise AuthError(*MISSING)
     scheme, _, rest = header.partition(" ")
-    if scheme.lower() == "bearer":
+    # RFC 7235: the scheme is case-insensitive (bearer_case_sensitive: only "Bearer" is).
+    if "bearer_case_sensitive" not in faults:
+        scheme = scheme.lower().capitalize()
+    if scheme == "Bearer":
         credential = rest.strip()
         if not credential or " " in credential:
             raise AuthError(*MALFORMED)

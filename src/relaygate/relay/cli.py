@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from relaygate.argtypes import port_number
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``relaygate reference-relay``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--port", type=int, default=0, help="port (0: a free port, see the ready line)"
+        "--port", type=port_number, default=0, help="port (0: a free port, see the ready line)"
     )
     parser.add_argument(
         "--admin-token", help="bearer token of /api/admin (default: random, printed)"
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from relaygate.relay.config import RateLimit, RelayConfig
     from relaygate.relay.faults import UnknownFaultError, validate_faults
     from relaygate.relay.store import FieldError
-    from relaygate.serve import print_ready, run_app
+    from relaygate.serve import ServeError, print_ready, run_app
 
     try:
         config = RelayConfig(
@@ -87,5 +89,9 @@ def run(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print_ready(url, admin_token=admin_token)
 
-    run_app(app, args.host, args.port, on_ready=ready)
+    try:
+        run_app(app, args.host, args.port, on_ready=ready)
+    except ServeError as exc:
+        sys.stderr.write(f"relaygate: {exc}\n")
+        return 1
     return 0

@@ -47,6 +47,8 @@ class Outcome:
     started: bool = False
     #: The stream ended early (upstream dropped, in-stream error, client left).
     partial: bool = False
+    #: The client left before the answer was fully written.
+    client_gone: bool = False
     #: (prompt, completion) as the upstream reported them, when it did.
     usage: tuple[int, int] | None = None
     #: Completion text and tool-call arguments seen, for counting when no usage arrived.
@@ -136,6 +138,15 @@ def upstream_error_response(
         )
         return _raw_json(502, _hide_key(body, channel, faults), {})
     parsed = _json_or_none(raw)
+    if parsed is None and status >= 400 and "passthrough_html_errors" in faults:
+        return web.Response(
+            status=status,
+            body=raw.replace(channel.key.encode(), b"sk-***"),
+            headers={
+                "Content-Type": headers.get("Content-Type", "text/html"),
+                **_passed_headers(headers, status, faults),
+            },
+        )
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict):
         body = {"error": error}
@@ -164,7 +175,8 @@ def _error_in_200(
     """A 2xx that is not a usable answer: an error object, or not what was asked for."""
     parsed = _json_or_none(raw)
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return _raw_json(502, _hide_key({"error": parsed["error"]}, channel, faults), {})
+        status = 200 if "pass_200_error" in faults else 502
+        return _raw_json(status, _hide_key({"error": parsed["error"]}, channel, faults), {})
     what = "without an event stream" if stream else "with a body that is not a JSON object"
     return error_response(
         502, f"upstream answered HTTP 200 {what}", UPSTREAM_ERROR, "bad_response_body"
@@ -183,12 +195,13 @@ async def forward(call: UpstreamCall) -> web.StreamResponse:
         last = attempt == attempts - 1
         channel = _pick(call.channels, tried)
         tried.add(channel.id)
-        key = call.client_key if "forward_client_key" in call.faults else channel.key
         headers = {
-            "Authorization": f"Bearer {key}",
+            "Authorization": f"Bearer {channel.key}",
             "Content-Type": "application/json",
             "X-Relaygate-Request-Id": call.request_id,
         }
+        if "forward_client_key" in call.faults:
+            headers["X-Api-Key"] = call.client_key
         try:
             upstream = await call.session.post(
                 _upstream_url(channel, call.path),
@@ -232,6 +245,10 @@ async def forward(call: UpstreamCall) -> web.StreamResponse:
                 return _error_in_200(raw, channel, call.faults, call.stream)
             call.outcome.started = True
             _record_body_usage(call.outcome, answer)
+            if _rewrite_choices(answer, call.faults):
+                raw = orjson.dumps(answer)
+            if "html_content_type" in call.faults:
+                return web.Response(body=raw, status=200, content_type="text/html")
             return _raw_json(200, raw, {})
         except TimeoutError:
             failure = error_response(
@@ -296,6 +313,24 @@ def _choice_text(choice: Any, parts: list[str]) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
+def _rewrite_choices(body: dict[str, Any], faults: frozenset[str]) -> bool:
+    """Apply the normalize_finish_reason / drop_tool_calls faults; True if ``body`` changed."""
+    changed = False
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict):
+            continue
+        reason = choice.get("finish_reason")
+        if "normalize_finish_reason" in faults and reason is not None and reason != "stop":
+            choice["finish_reason"] = "stop"
+            changed = True
+        delta = choice.get("delta")
+        if "drop_tool_calls" in faults and isinstance(delta, dict) and "tool_calls" in delta:
+            del delta["tool_calls"]
+            changed = True
+    return changed
+
+
 def _record_body_usage(outcome: Outcome, body: dict[str, Any]) -> None:
     outcome.usage = _usage_pair(body.get("usage"))
     if outcome.usage is None:
@@ -348,6 +383,15 @@ async def _watch_client(request: web.Request, task: asyncio.Task[Any]) -> None:
             return
 
 
+class _StrictDataDecoder(SSEDecoder):
+    """one-api's parser (strict_data_prefix fault): a ``data:`` line without the space is lost."""
+
+    def _line(self, raw: bytes) -> SSEEvent | None:
+        if raw.startswith(b"data:") and not raw.startswith(b"data: "):
+            return None
+        return super()._line(raw)
+
+
 class _StreamRelay:
     """Per-stream state: decode upstream events, forward or strip them, note usage/finish."""
 
@@ -386,18 +430,21 @@ class _StreamRelay:
         for choice in choices if isinstance(choices, list) else []:
             if _choice_text(choice, outcome.text_parts) is not None:
                 self.finish_seen = True
+        data: bytes | str = event.data
+        if _rewrite_choices(chunk, self.call.faults):
+            data = orjson.dumps(chunk)
         if "usage" not in chunk:
-            await self.sender.send(event.data)
+            await self.sender.send(data)
             return None
         if not choices and usage is not None:
             if self._forward_usage_chunk():
                 self.usage_sent = True
-                await self.sender.send(event.data)
+                await self.sender.send(data)
             return None
         if self._forward_usage_chunk() and (usage is not None or self.call.client_wants_usage):
             if usage is not None:
                 self.usage_sent = True
-            await self.sender.send(event.data)
+            await self.sender.send(data)
             return None
         # The client did not ask for usage: drop the key (OpenAI's "usage": null included).
         del chunk["usage"]
@@ -438,7 +485,7 @@ class _StreamRelay:
 
     async def pump(self, upstream: aiohttp.ClientResponse) -> tuple[str, str]:
         """Relay events until the stream ends; returns (end kind, message)."""
-        decoder = SSEDecoder()
+        decoder = _StrictDataDecoder() if "strict_data_prefix" in self.call.faults else SSEDecoder()
         while True:
             try:
                 chunk = await upstream.content.readany()
@@ -471,7 +518,7 @@ async def _relay_stream(call: UpstreamCall, upstream: aiohttp.ClientResponse) ->
     try:
         await response.prepare(call.request)
     except (ConnectionError, RuntimeError):
-        call.outcome.partial = True  # the client left before the first byte
+        call.outcome.partial = call.outcome.client_gone = True  # left before the first byte
         return response
     sender = _Sender(response, buffered="buffer_streams" in call.faults)
     relay = _StreamRelay(call, sender)
@@ -488,10 +535,10 @@ async def _relay_stream(call: UpstreamCall, upstream: aiohttp.ClientResponse) ->
             await relay.finish_broken(end, message)
         await sender.close()
     except ClientGone:
-        call.outcome.partial = True
+        call.outcome.partial = call.outcome.client_gone = True
     except asyncio.CancelledError:
         # The client went away (aiohttp or our watcher cancelled the handler).
-        call.outcome.partial = True
+        call.outcome.partial = call.outcome.client_gone = True
         raise
     finally:
         watcher.cancel()

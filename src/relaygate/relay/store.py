@@ -443,7 +443,7 @@ class RelayState:
             if c.status == ENABLED and model in c.models and group in c.groups
         ]
 
-    def models_for(self, token: Token) -> list[str]:
+    def models_for(self, token: Token, allow_list: bool = True) -> list[str]:
         """Models this key can use: its group's channels, narrowed by its allow-list."""
         user = self.users.get(token.user_id)
         if user is None:
@@ -454,7 +454,7 @@ class RelayState:
             if c.status == ENABLED and user.group in c.groups
             for m in c.models
         }
-        if token.models is not None:
+        if allow_list and token.models is not None:
             names &= set(token.models)
         return sorted(names)
 
