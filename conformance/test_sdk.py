@@ -32,10 +32,13 @@ def _msg(tag, **fields):
 def test_chat(relay, funded_key, tag):
     answer = _sdk(relay, funded_key).chat.completions.create(model="gpt-4o", messages=_msg(tag))
     require(
-        bool(answer.choices) and answer.choices[0].message.content is not None,
-        "the SDK parses the relay's answer",
-        "a message",
-        answer,
+        bool(answer.choices)
+        and answer.choices[0].message.content is not None
+        and answer.model == "gpt-4o"
+        and answer.usage is not None,
+        "the SDK parses the relay's answer: a message, the model asked for, the usage",
+        "choices[0].message, model 'gpt-4o', usage",
+        f"model {answer.model!r}, usage {answer.usage!r}, choices {answer.choices!r}"[:500],
         secrets=relay.secrets,
     )
 

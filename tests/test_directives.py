@@ -14,8 +14,10 @@ def test_key_value_and_json_forms_agree() -> None:
     js = find_directive(
         ['[[relaygate {"ttft_ms": 200, "itl_ms": 20.5, "usage": "12/50", "tag": "t1"}]]']
     )
-    assert kv == js == Directive(
-        tag="t1", prompt_tokens=12, completion_tokens=50, ttft_ms=200.0, itl_ms=20.5
+    assert (
+        kv
+        == js
+        == Directive(tag="t1", prompt_tokens=12, completion_tokens=50, ttft_ms=200.0, itl_ms=20.5)
     )
 
 

@@ -86,7 +86,9 @@ def test_failure_reads_like_h2spec(suite: pytest.Pytester) -> None:
     assert "sk-secretsecretsecret123" not in result.stdout.str()
 
 
-def test_env_var_and_ini_and_header(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_and_ini_and_header(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     pytester.makeini("[pytest]\nrelay_profile = one-api\n")
     monkeypatch.setenv("RELAYGATE_RELAY_URL", "http://from-env:3000")
@@ -116,7 +118,9 @@ def test_embedded_header(pytester: pytest.Pytester) -> None:
         (["--relay-url", "http://x", "--relay-fault", "drop_done"], "*embedded stack*"),
     ],
 )
-def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+def test_bad_options_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

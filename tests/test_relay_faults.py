@@ -210,6 +210,11 @@ async def _ignore_expiry(env: Env) -> None:
     assert (await env.chat(expired.key)).status == 200
 
 
+@check("unknown_key_403")
+async def _unknown_key_403(env: Env) -> None:
+    assert (await env.chat("sk-" + "x" * 48)).status == 403
+
+
 @check("leak_channel_key")
 async def _leak_channel_key(env: Env) -> None:
     _, token = env.user_token()

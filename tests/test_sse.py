@@ -34,7 +34,11 @@ def test_encode_event() -> None:
 
 
 _payloads = st.lists(
-    st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), min_size=1, max_size=30),
+    st.text(
+        alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=30,
+    ),
     min_size=1,
     max_size=8,
 )

@@ -74,6 +74,8 @@ def authenticate(request: web.Request, state: RelayState) -> tuple[Token, User]:
         key = extract_key(request, faults)
         token = state.tokens_by_key.get(key)
         if token is None:
+            if "unknown_key_403" in faults:
+                raise AuthError(403, *INVALID[1:])
             raise AuthError(*INVALID)
         if token.status == DISABLED:
             raise AuthError(*DISABLED_TOKEN)

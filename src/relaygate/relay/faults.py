@@ -25,6 +25,7 @@ FAULTS: dict[str, str] = {
     "fake_finish_reason": "a broken stream gets an invented finish_reason 'stop' and [DONE]",
     "drop_retry_after": "429 answers lose their Retry-After / retry-after-ms headers",
     "rewrite_429": "an upstream 429 reaches the client as a 500",
+    "unknown_key_403": "an unknown key is refused with 403 instead of 401 (F15)",
     "same_auth_message": "every 401 carries one generic message and code (F15)",
     "ignore_expiry": "expired keys are accepted (F15)",
     "leak_channel_key": "upstream error messages include the channel's API key",

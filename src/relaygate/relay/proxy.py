@@ -186,7 +186,8 @@ def _error_in_200(
 async def forward(call: UpstreamCall) -> web.StreamResponse:
     """Send the request upstream (with retries) and relay the answer."""
     tried: set[int] = set()
-    attempts = 1 + call.retry_times
+    # The retry_4xx fault retries even with retry_times 0, so a one-channel relay shows it.
+    attempts = 1 + call.retry_times + ("retry_4xx" in call.faults)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=call.timeout_s, sock_read=call.timeout_s
     )
