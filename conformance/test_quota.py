@@ -4,6 +4,8 @@ refusals for token and wallet exhaustion; refunds; no overdraw (F6, F9, F11, F14
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import fractions
 
 import pytest
 
@@ -16,7 +18,7 @@ from relaygate.suite.checks import (
     key_in_state,
     settled_balance,
 )
-from relaygate.suite.client import chat_body
+from relaygate.suite.client import chat_body, header_pairs
 from relaygate.suite.failures import require
 
 # Known usage per model: prompt, completion (the mock reports exactly these).
@@ -59,6 +61,55 @@ def test_formula(model, client, provision, profile, billing, upstream, tag, rela
         f"{billing.rounding}(group × model × (prompt + completion × completion_ratio))",
         f"{expected} quota",
         f"{got} quota (balance {before} -> {after})",
+        ex.curl,
+        relay.secrets,
+    )
+
+
+GROUP = "relaygate-x2"
+
+
+@pytest.mark.case(
+    "quota.formula-group",
+    title="The user's group ratio multiplies the charge",
+    area="quota",
+    faq=("F9",),
+)
+def test_formula_group(client, provision, profile, billing, upstream, tag, relay):
+    put_ratios = getattr(provision, "put_ratios", None)
+    add_channel = getattr(provision, "add_channel", None)
+    if put_ratios is None or add_channel is None:
+        pytest.skip(f"the {provision.name} adapter cannot configure a group ratio and a channel")
+    probe = client.chat(chat_body(directive=directive(tag=tag + ".probe")))
+    auth = next(
+        (v for e in upstream.wait_entries(tag + ".probe") for k, v in header_pairs(e)
+         if k.lower() == "authorization"),
+        "",
+    )  # fmt: skip
+    channel_key = auth.partition(" ")[2]
+    if probe.status != 200 or not channel_key:
+        pytest.skip("could not learn the channel key the relay uses upstream")
+    put_ratios({"group_ratio": {GROUP: "2"}})
+    add_channel({"name": GROUP, "base_url": relay.upstream_url, "key": channel_key,
+                 "models": ["gpt-4o"], "groups": [GROUP]})  # fmt: skip
+    key = key_in_state(lambda: provision.funded_key(group=GROUP))
+    rules = dataclasses.replace(
+        billing, group_ratio={**billing.group_ratio, GROUP: fractions.Fraction(2)}
+    )
+    prompt, completion = 1001, 333
+    before = settled_balance(provision, key, profile)
+    ex = client.chat(
+        chat_body("gpt-4o", directive=directive(usage=f"{prompt}/{completion}", tag=tag)),
+        key=key.key,
+    )
+    require(ex.status == 200, "the chat answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets)
+    after = settled_balance(provision, key, profile, expect_change_from=before)
+    expected = rules.quota_for("gpt-4o", GROUP, prompt, completion)
+    require(
+        charged(before, after) == expected,
+        "F9: a user in a group with ratio 2 pays group × model × (prompt + completion × ratio)",
+        f"{expected} quota",
+        f"{charged(before, after)} quota",
         ex.curl,
         relay.secrets,
     )
@@ -333,10 +384,11 @@ def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag
         directive=directive(usage=f"{prompt}/{completion}", ttft_ms=150, tag=tag),
         max_tokens=completion,
     )
+    before = settled_balance(provision, key, profile)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda _: client.chat(body, key=key.key), range(calls * 4)))
     ok = sum(1 for a in answers if a.status == 200)
-    after = settled_balance(provision, key, profile)
+    after = settled_balance(provision, key, profile, expect_change_from=before if ok else None)
     require(
         after.remain_quota is not None and after.remain_quota >= -one,
         "parallel requests never push a token more than one request below zero",
@@ -350,6 +402,14 @@ def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag
         "a token funded for k requests serves at most k (+1) of them",
         f"<= {calls + 1} served",
         f"{ok} served",
+        answers[0].curl,
+        relay.secrets,
+    )
+    require(
+        charged(before, after) == ok * one,
+        "concurrent charges are neither lost nor doubled: the token pays for each served request",
+        f"{ok} × {one} = {ok * one} quota",
+        f"{charged(before, after)} quota",
         answers[0].curl,
         relay.secrets,
     )

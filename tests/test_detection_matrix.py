@@ -77,7 +77,7 @@ DETECTS: dict[str, set[str]] = {
     "no_body_limit": {"errors.body-too-large"},
     "accept_query_key": {"security.query-key-rejected"},
     "retry_4xx": {"max_tokens.upstream-400-intact"},
-    "round_billing": {"quota.formula", "quota.stream-billed-from-usage"},
+    "round_billing": {"quota.formula", "quota.formula-group", "quota.stream-billed-from-usage"},
     "bearer_case_sensitive": {"auth.bearer-scheme-case"},
     "same_quota_message": {
         "quota.token-exhausted",
@@ -100,6 +100,7 @@ DETECTS: dict[str, set[str]] = {
     "billing_usage_in_usd": {"quota.billing-endpoints"},
     "html_content_type": {"auth.funded-key-works"},
     "unknown_key_403": {"auth.refused", "sdk.authentication-error"},
+    "ignore_group_ratio": {"quota.formula-group"},
     "ignore_completion_ratio": {
         "quota.formula",
         "quota.stream-billed-from-usage",

@@ -302,6 +302,14 @@ async def _ignore_completion_ratio(env: Env) -> None:
     assert env.state.logs[-1].quota == 75
 
 
+@check("ignore_group_ratio")
+async def _ignore_group_ratio(env: Env) -> None:
+    env.state.update_ratios({"group_ratio": {"vip": "2"}})
+    _, token = env.user_token(group="vip")
+    await env.chat(token.key)  # usage 10/20 on gpt-4o: 450 in a ×2 group, 225 without it
+    assert env.state.logs[-1].quota == 225
+
+
 @check("bearer_case_sensitive")
 async def _bearer_case_sensitive(env: Env) -> None:
     _, token = env.user_token()

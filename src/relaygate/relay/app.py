@@ -369,6 +369,8 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
             prompt, completion = count_usage()
             if "ignore_completion_ratio" in faults:
                 completion_ratio = Fraction(1)
+            if "ignore_group_ratio" in faults:
+                group_ratio = Fraction(1)
             rounding = "half_even" if "round_billing" in faults else "ceil"
             charge = quota_for(
                 prompt, completion, group_ratio, model_ratio, completion_ratio, rounding=rounding

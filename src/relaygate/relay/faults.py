@@ -39,6 +39,7 @@ FAULTS: dict[str, str] = {
     "retry_4xx": "upstream 4xx answers are retried (on another channel or the same one)",
     "round_billing": "charges are rounded half-to-even instead of rounded up (F9)",
     "ignore_completion_ratio": "completion tokens are priced like prompt tokens (F9)",
+    "ignore_group_ratio": "the user's group ratio is left out of the charge (F9)",
     "bearer_case_sensitive": "the Bearer scheme is matched case-sensitively, against RFC 7235",
     "same_quota_message": "token- and user-quota exhaustion share one message and code",
     "list_all_models": "/v1/models ignores the allow-list and lists a model no channel serves",
