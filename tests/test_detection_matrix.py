@@ -77,7 +77,7 @@ DETECTS: dict[str, set[str]] = {
     "no_body_limit": {"errors.body-too-large"},
     "accept_query_key": {"security.query-key-rejected"},
     "retry_4xx": {"max_tokens.upstream-400-intact"},
-    "round_billing": {"quota.formula", "quota.formula-group", "quota.stream-billed-from-usage"},
+    "round_billing": {"quota.formula", "quota.stream-billed-from-usage"},
     "bearer_case_sensitive": {"auth.bearer-scheme-case"},
     "same_quota_message": {
         "quota.token-exhausted",
@@ -103,6 +103,8 @@ DETECTS: dict[str, set[str]] = {
     "ignore_group_ratio": {"quota.formula-group"},
     "ignore_completion_ratio": {
         "quota.formula",
+        "quota.formula-group",
+        "quota.parallel-no-overdraw",
         "quota.stream-billed-from-usage",
         "quota.billing-endpoints",
     },
