@@ -34,8 +34,10 @@ _KEY = "sk-relaygate-upstream"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``relaygate bench``."""
     parser.add_argument("--streams", type=int, default=500, help="concurrent streams (2, 3)")
-    parser.add_argument("--itl-ms", type=float, default=20.0, help="gap between events (2, 3)")
-    parser.add_argument("--chunks", type=int, default=50, help="content events per stream")
+    parser.add_argument(
+        "--itl-ms", type=float, default=50.0, help="gap between events (2, 3); 20 saturates it"
+    )
+    parser.add_argument("--chunks", type=int, default=40, help="content events per stream")
     parser.add_argument("--duration-s", type=float, default=8.0, help="measured window (2, 3)")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured ramp-up")
     parser.add_argument(
