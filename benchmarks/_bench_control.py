@@ -4,6 +4,7 @@ python _bench_control.py URL KEY PROMPT USERS SECONDS OUT.json
 """
 
 import asyncio
+import os
 import sys
 import time
 from urllib.parse import urlsplit
@@ -16,11 +17,15 @@ from relaygate.load.histogram import Histogram
 
 async def user(host: str, port: int, request: bytes, deadline: float, out: dict) -> None:
     """Closed loop; one connection per stream (Connection: close), so framing is trivial:
-    every line starting with ``data: {`` is an event, EOF ends the stream."""
+    every line starting with ``data: {`` is an event, EOF ends the stream. Only streams sent
+    inside the measurement window (``$BENCH_FROM_NS``..``$BENCH_UNTIL_NS``) are recorded."""
+    from_ns = int(os.environ.get("BENCH_FROM_NS", "0"))
+    until_ns = int(os.environ.get("BENCH_UNTIL_NS", str(1 << 62)))
     while time.monotonic() < deadline:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(request)
-        first = True
+        measured = from_ns <= time.monotonic_ns() < until_ns
+        first = measured
         last_lag = None
         while True:
             line = await reader.readline()
@@ -34,6 +39,8 @@ async def user(host: str, port: int, request: bytes, deadline: float, out: dict)
             choices = obj.get("choices") or [{}]
             if stamp is None or not (choices[0].get("delta") or {}).get("content"):
                 continue
+            if not measured:
+                continue
             lag = now - stamp
             out["event"].record(lag / 1e6)
             out["events"] += 1
@@ -44,7 +51,7 @@ async def user(host: str, port: int, request: bytes, deadline: float, out: dict)
                 out["itl"].record(abs(lag - last_lag) / 1e6)
             last_lag = lag
         writer.close()
-        out["streams"] += 1
+        out["streams"] += measured
 
 
 async def main(url: str, key: str, prompt: str, users: int, seconds: float, path: str) -> None:

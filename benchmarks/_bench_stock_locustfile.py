@@ -2,7 +2,9 @@
 FastHttpUser + ``response._response.readline(b"\\n")``, timing the mock's stamped events.
 
 Each line is stamped on return from ``readline``; errors vs the mock's ``relaygate_emit_ns``
-go into relaygate histograms, dumped as JSON to ``$BENCH_OUT`` when Locust quits.
+go into relaygate histograms, dumped as JSON to ``$BENCH_OUT`` when Locust quits. Only streams
+sent inside the measurement window (``$BENCH_FROM_NS``..``$BENCH_UNTIL_NS``, CLOCK_MONOTONIC)
+are recorded, as for the other clients.
 """
 
 import os
@@ -17,6 +19,8 @@ TTFT_ERR = Histogram()
 EVENT_ERR = Histogram()
 ITL_ERR = Histogram()
 COUNTS = {"streams": 0, "events": 0}
+FROM_NS = int(os.environ.get("BENCH_FROM_NS", "0"))
+UNTIL_NS = int(os.environ.get("BENCH_UNTIL_NS", str(1 << 62)))
 
 
 class StockReadlineUser(FastHttpUser):
@@ -31,11 +35,13 @@ class StockReadlineUser(FastHttpUser):
             "Authorization": f"Bearer {os.environ['BENCH_KEY']}",
             "Accept-Encoding": "identity",
         }
+        sent = time.monotonic_ns()
+        measured = FROM_NS <= sent < UNTIL_NS
         with self.client.post(
             "/v1/chat/completions", json=body, headers=headers, stream=True, catch_response=True
         ) as resp:
             raw = resp._response
-            first = True
+            first = measured
             last_lag = None
             while True:
                 line = raw.readline(b"\n")
@@ -49,6 +55,8 @@ class StockReadlineUser(FastHttpUser):
                 choices = obj.get("choices") or [{}]
                 if stamp is None or not (choices[0].get("delta") or {}).get("content"):
                     continue
+                if not measured:
+                    continue
                 lag = now - stamp
                 EVENT_ERR.record(lag / 1e6)
                 COUNTS["events"] += 1
@@ -58,7 +66,7 @@ class StockReadlineUser(FastHttpUser):
                 elif last_lag is not None:
                     ITL_ERR.record(abs(lag - last_lag) / 1e6)
                 last_lag = lag
-            COUNTS["streams"] += 1
+            COUNTS["streams"] += measured
             resp.success()
 
 

@@ -23,17 +23,33 @@ upstream uses for its ``relaygate_emit_ns`` stamps, so the two are directly comp
 ``t_last_token_ns``   arrival of the last token event
 ``t_end_ns``        arrival of the end of the response body (terminating chunk / EOF)
 ==================  ========================================================================
+
+"Arrival" is the kernel's receive timestamp of the bytes (``SO_TIMESTAMPNS``, plain HTTP on
+Linux; converted from CLOCK_REALTIME to CLOCK_MONOTONIC at the read), so the time a busy
+client takes to get round to a socket is not added to TTFT/ITL; that delay is measured
+instead (``recv_lag_ns``, kernel arrival -> ``recv`` returned). Without kernel stamps (TLS,
+another OS, ``kernel_stamps=False``) arrival is when ``recv`` returned.
+
+Hot path (one read per SSE event under load): under gevent a ``cooperative`` factory (see
+:mod:`relaygate.load.geventio`) reads the underlying non-blocking socket and waits on its
+read watcher, with one timer per stream for the idle timeout instead of one ``Timeout`` per
+read; SSE frames are split with ``bytes.find``; a plain token chunk is recognised by byte
+search (``_fast_token``), and only the first token, role/finish/usage chunks and anything
+unusual are parsed as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import socket
 import ssl
+import struct
+import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -41,11 +57,51 @@ import orjson
 from relaygate.load import outcomes
 from relaygate.sse import SSEDecoder
 
-__all__ = ["ProtocolError", "RequestResult", "TimingClient"]
+__all__ = [
+    "CooperativeFactory",
+    "CooperativeWait",
+    "ProtocolError",
+    "RequestResult",
+    "TimingClient",
+    "kernel_stamps_supported",
+]
 
-_RECV_BYTES = 65536
+_RECV_BYTES = 262144
 _BODY_KEEP_BYTES = 65536
 _DONE_DRAIN_S = 2.0
+# SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) is 35 on every Linux architecture Python runs on;
+# the stdlib does not export the constant.
+_SO_TIMESTAMPNS: int | None = (
+    getattr(socket, "SO_TIMESTAMPNS", 35) if sys.platform.startswith("linux") else None
+)
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+_ANC_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+_MAX_KERNEL_AGE_NS = 10_000_000_000  # a kernel stamp older than this is not trusted
+_OFFSET_READ_MAX_NS = 20_000  # a realtime/monotonic pair read further apart is not used
+_NS_PER_S = 1_000_000_000
+
+
+def kernel_stamps_supported() -> bool:
+    """True when this platform can stamp received bytes in the kernel (Linux, 64-bit)."""
+    return _SO_TIMESTAMPNS is not None and _ANC_BYTES > 0 and struct.calcsize("@l") == 8
+
+
+class CooperativeWait(Protocol):
+    """Waits until a socket is readable without blocking other users (gevent, …)."""
+
+    timeout_s: float
+
+    def wait(self) -> None:
+        """Return when readable; raise ``TimeoutError`` after ``timeout_s`` with no data."""
+
+    def close(self) -> None:
+        """Stop the idle timer; called once the response is read (or failed)."""
+
+
+# (socket, idle timeout s, last-activity clock) -> (non-blocking raw socket, waiter) or None
+CooperativeFactory = Callable[
+    [socket.socket, float, Callable[[], int]], "tuple[Any, CooperativeWait] | None"
+]
 
 
 class ProtocolError(Exception):
@@ -71,6 +127,9 @@ class RequestResult:
     emit_lag_ns: list[int] = dataclasses.field(default_factory=list)
     token_emit_lag_ns: list[int] = dataclasses.field(default_factory=list)
     first_token_emit_lag_ns: int | None = None
+    # per token event: kernel arrival -> recv returned (only with kernel stamps)
+    recv_lag_ns: list[int] = dataclasses.field(default_factory=list)
+    kernel_stamps: bool = False
     events: int = 0
     malformed_events: int = 0
     saw_done: bool = False
@@ -177,6 +236,8 @@ class TimingClient:
         timeout_s: float = 60.0,
         clock: Callable[[], int] = time.monotonic_ns,
         max_idle: int = 64,
+        kernel_stamps: bool = True,
+        cooperative: CooperativeFactory | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -192,6 +253,15 @@ class TimingClient:
         self._idle: list[_Connection] = []
         self._max_idle = max_idle
         self._ssl = ssl.create_default_context() if self.scheme == "https" else None
+        # Kernel receive stamps are CLOCK_REALTIME, converted with the monotonic clock; a
+        # custom clock (tests) or TLS (no recvmsg on SSL sockets) reads user-space time.
+        self.kernel_stamps = (
+            kernel_stamps
+            and clock is time.monotonic_ns
+            and self._ssl is None
+            and kernel_stamps_supported()
+        )
+        self.cooperative = cooperative
 
     def close(self) -> None:
         while self._idle:
@@ -276,6 +346,8 @@ class TimingClient:
             return self._idle.pop()
         sock = socket.create_connection((self.hostname, self.port), timeout=self.timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.kernel_stamps and _SO_TIMESTAMPNS is not None:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         if self._ssl is not None:
             sock = self._ssl.wrap_socket(sock, server_hostname=self.hostname)
         return _Connection(sock)
@@ -291,14 +363,21 @@ class TimingClient:
     ) -> bool:
         """Send, then read the whole answer into ``res``; True if the connection is reusable."""
         sock = conn.sock
-        clock = self.clock
         sock.settimeout(self.timeout_s)
         sock.sendall(raw)
-        res.t_sent_ns = clock()
+        res.t_sent_ns = self.clock()
+        reader = _Reader(sock, self.clock, self.kernel_stamps, self.cooperative, self.timeout_s)
+        reader.floor = res.t_sent_ns
+        res.kernel_stamps = reader.kernel
+        try:
+            return self._read_answer(reader, method, stream, res)
+        finally:
+            reader.close()
+
+    def _read_answer(self, reader: _Reader, method: str, stream: bool, res: RequestResult) -> bool:
         buf = b""
         while True:
-            data = sock.recv(_RECV_BYTES)
-            now = clock()
+            data = reader.read()
             if not data:
                 if not buf:
                     raise _StaleConnection("connection closed before the status line")
@@ -310,6 +389,7 @@ class TimingClient:
                 break
             if len(buf) > 65536:
                 raise ProtocolError("response headers larger than 64 KiB")
+        now = reader.stamp
         res.t_headers_ns = now
         keep_alive = self._parse_head(buf[:end], res)
         rest = buf[end + 4 :]
@@ -319,7 +399,8 @@ class TimingClient:
             res.outcome = outcomes.classify(status, stream=False)
             return keep_alive
         is_sse = stream and status == 200 and "event-stream" in res.headers.get("content-type", "")
-        sink = _SSESink(res) if is_sse else _BodySink(res)
+        sink: _SSESink | _BodySink = _SSESink(res, reader) if is_sse else _BodySink(res)
+        feed = sink.feed
         dechunker: _Dechunker | None = None
         remaining: int | None = None
         if "chunked" in res.headers.get("transfer-encoding", "").lower():
@@ -330,6 +411,7 @@ class TimingClient:
             keep_alive = False  # body runs until the server closes
         complete = False
         eof = False
+        draining = False
         data = rest
         while True:
             if data:
@@ -343,23 +425,24 @@ class TimingClient:
                 else:
                     payload = data
                 if payload:
-                    sink.feed(payload, now)
+                    feed(payload, now)
             elif remaining == 0:
                 complete = True
             if complete:
                 break
-            if res.saw_done:
+            if res.saw_done and not draining:
                 # [DONE] seen: the terminating chunk should follow at once; do not let a
                 # server that keeps the body open hold this user for the full timeout.
-                sock.settimeout(min(self.timeout_s, _DONE_DRAIN_S))
+                draining = True
+                reader.set_timeout(min(self.timeout_s, _DONE_DRAIN_S))
             try:
-                data = sock.recv(_RECV_BYTES)
+                data = reader.read()
             except TimeoutError:
                 if res.saw_done:
                     keep_alive = False
                     break
                 raise
-            now = clock()
+            now = reader.stamp
             if not data:
                 eof = True
                 keep_alive = False
@@ -405,6 +488,120 @@ class TimingClient:
         return "close" not in connection
 
 
+class _Reader:
+    """Reads one response: ``recv`` (``recvmsg`` with kernel stamps) and when bytes arrived.
+
+    After :meth:`read`, ``stamp`` is the arrival time of the bytes returned (kernel receive
+    stamp of the last segment read, never later than ``now``) and ``now`` the time ``recv``
+    returned. With a cooperative waiter (gevent) the raw non-blocking socket is read and the
+    waiter parks the greenlet until the socket is readable: one wake-up per read, no
+    ``Timeout`` object, no failed ``recv`` first.
+    """
+
+    __slots__ = (
+        "_coop",
+        "_offset",
+        "_raw",
+        "_sock",
+        "clock",
+        "floor",
+        "kernel",
+        "last_ns",
+        "now",
+        "stamp",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        clock: Callable[[], int],
+        kernel: bool,
+        cooperative: CooperativeFactory | None,
+        timeout_s: float,
+    ) -> None:
+        self._sock = sock
+        self.clock = clock
+        self.kernel = kernel
+        self.now = self.stamp = self.last_ns = self.floor = clock()
+        self._offset = _realtime_offset() if kernel else 0
+        self._coop: CooperativeWait | None = None
+        raw: Any = sock
+        if cooperative is not None:
+            io = cooperative(sock, timeout_s, self._last_activity)
+            if io is not None:
+                raw, self._coop = io
+        self._raw = raw
+
+    def _last_activity(self) -> int:
+        return self.last_ns
+
+    def set_timeout(self, seconds: float) -> None:
+        if self._coop is not None:
+            self._coop.timeout_s = seconds
+        else:
+            self._sock.settimeout(seconds)
+
+    def close(self) -> None:
+        if self._coop is not None:
+            self._coop.close()
+            self._coop = None
+
+    def read(self) -> bytes:
+        data: bytes
+        raw = self._raw
+        coop = self._coop
+        if coop is not None:
+            # Under load the socket is empty when we get here (every read drains it): wait
+            # first instead of paying a failed recv + exception per event.
+            coop.wait()
+        while True:
+            try:
+                if self.kernel:
+                    data, anc, _flags, _addr = raw.recvmsg(_RECV_BYTES, _ANC_BYTES)
+                else:
+                    data = raw.recv(_RECV_BYTES)
+                    anc = None
+                break
+            except (BlockingIOError, InterruptedError):
+                if coop is None:
+                    raise
+                coop.wait()
+        now = self.clock()
+        self.now = self.last_ns = now
+        stamp = now
+        if anc:
+            # CLOCK_REALTIME -> CLOCK_MONOTONIC: the offset is re-read when the two clock
+            # reads are close together (not preempted in between), else the last good one.
+            real = time.time_ns()
+            after = time.monotonic_ns()
+            if after - now < _OFFSET_READ_MAX_NS:
+                self._offset = real - ((now + after) >> 1)
+            for level, kind, payload in anc:
+                if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                    sec, nsec = _TIMESPEC.unpack_from(payload)
+                    kernel = sec * _NS_PER_S + nsec - self._offset
+                    if now - _MAX_KERNEL_AGE_NS < kernel < now:
+                        # never before the request was sent: t_sent_ns is read after
+                        # sendall() returned, so it can lag the wire by a few µs
+                        stamp = kernel if kernel > self.floor else self.floor
+        self.stamp = stamp
+        return data
+
+
+def _realtime_offset() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC in ns, from the closest of a few paired reads."""
+    best = None
+    offset = 0
+    for _ in range(5):
+        before = time.monotonic_ns()
+        real = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - before < best:
+            best = after - before
+            offset = real - ((before + after) >> 1)
+    return offset
+
+
 class _StaleConnection(Exception):
     """A reused keep-alive connection was closed by the server before answering."""
 
@@ -428,37 +625,162 @@ class _BodySink:
         self._res.body = b"".join(self._parts)[:_BODY_KEEP_BYTES]
 
 
+_STAMP_RE = re.compile(rb'"relaygate_emit_ns":(\d+)[,}]')
+_CONTENT = b'"content":"'
+
+
+def _fast_token(data: bytes) -> int | None:
+    """Byte-level check for the common token chunk; returns its emit stamp (0 if none).
+
+    ``None`` means "parse it as JSON": anything but exactly one ``delta`` with non-empty
+    ``content`` written ``"content":"…``, no non-null ``finish_reason``/``usage``, no
+    ``error``, ``tool_calls`` or reasoning keys, and at most one well-formed stamp. Key names
+    found this way are real keys: inside JSON strings a quote is always escaped.
+    """
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return None
+    pos = data.find(_CONTENT)
+    if pos < 0 or data[pos + 11 : pos + 12] in (b'"', b""):
+        return None
+    if (
+        data.count(b'"content"') != 1
+        or data.count(b'"delta"') != 1
+        or b'"error"' in data
+        or b'"tool_calls"' in data
+        or b'"reasoning' in data
+        or data.count(b'"finish_reason"') != data.count(b'"finish_reason":null')
+        or data.count(b'"usage"') != data.count(b'"usage":null')
+    ):
+        return None
+    if b'"relaygate_emit_ns"' not in data:
+        return 0
+    match = _STAMP_RE.search(data, pos)
+    if match is None or data.count(b'"relaygate_emit_ns"') != 1:
+        return None
+    return int(match.group(1))
+
+
+class _TokenTemplate:
+    """The bytes around the content of a token chunk that passed :func:`_fast_token`.
+
+    Chunks of one stream differ only in the content string and the stamp (same id,
+    ``created``, model, key order). A chunk that starts with ``head``, has a content string
+    (first unescaped quote ends it) and then exactly ``tail`` (plus stamp digits and ``}``)
+    has the same structure as the validated one, so it is a token chunk too: one
+    ``startswith``, one ``find`` and one compare instead of a dozen scans.
+    """
+
+    __slots__ = ("head", "stamped", "tail")
+
+    def __init__(self, head: bytes, tail: bytes, stamped: bool) -> None:
+        self.head = head
+        self.tail = tail
+        self.stamped = stamped
+
+    @classmethod
+    def of(cls, data: bytes) -> _TokenTemplate | None:
+        pos = data.find(_CONTENT)
+        if pos < 0:
+            return None
+        start = pos + len(_CONTENT)
+        end = _string_end(data, start)
+        if end < 0:
+            return None
+        tail = data[end:]
+        mark = tail.find(b'"relaygate_emit_ns":')
+        if mark < 0:
+            return cls(data[:start], tail, False)
+        digits = tail[mark + 20 : -1]
+        if not digits.isdigit() or tail[-1:] != b"}":
+            return None
+        return cls(data[:start], tail[: mark + 20], True)
+
+    def match(self, data: bytes) -> int | None:
+        """The emit stamp (0 without) if ``data`` fits the template, else None."""
+        head = self.head
+        if not data.startswith(head):
+            return None
+        start = len(head)
+        end = _string_end(data, start)
+        if end <= start:  # no end, or empty content (not a token)
+            return None
+        tail = self.tail
+        if not self.stamped:
+            return 0 if len(data) - end == len(tail) and data.startswith(tail, end) else None
+        if not data.startswith(tail, end) or data[-1:] != b"}":
+            return None
+        digits = data[end + len(tail) : -1]
+        return int(digits) if digits.isdigit() else None
+
+
+def _string_end(data: bytes, start: int) -> int:
+    """Index of the quote ending the JSON string that starts at ``start`` (-1 if none)."""
+    end = data.find(b'"', start)
+    while end > start and data[end - 1] == 0x5C:  # backslash: count the run, odd = escaped
+        run = 1
+        while end - 1 - run >= start and data[end - 1 - run] == 0x5C:
+            run += 1
+        if run % 2 == 0:
+            break
+        end = data.find(b'"', end + 1)
+    return end
+
+
 class _SSESink:
-    """Decodes SSE events and stamps each with the arrival time of the bytes completing it."""
+    """Splits SSE events and stamps each with the arrival of the bytes completing it.
 
-    __slots__ = ("_decoder", "_general", "_res")
+    Fast path (no ``\\r`` in the stream): events are cut at ``\\n\\n`` with ``bytes.find``;
+    a single ``data:`` line is taken as is, any other event (comments, ``event:``, several
+    lines) goes through the WHATWG decoder one whole event at a time, so the decoder never
+    holds a partial event. A stream with a ``\\r`` (CRLF or CR line ends) goes to the decoder
+    from there on.
+    """
 
-    def __init__(self, res: RequestResult) -> None:
+    __slots__ = ("_decoder", "_general", "_pending", "_reader", "_res", "_template")
+
+    def __init__(self, res: RequestResult, reader: _Reader | None = None) -> None:
         self._res = res
+        self._reader = reader
         self._decoder = SSEDecoder()
         self._general = False
+        self._pending = b""
+        self._template: _TokenTemplate | None = None
 
     def feed(self, payload: bytes, now: int) -> None:
-        # Fast path for the common frame ``data: {...}\n\n`` arriving whole: parse the JSON
-        # bytes directly. Anything else (CR, comments, split or coalesced frames, multi-line
-        # data, event names) goes through the general WHATWG decoder.
-        if (
-            payload.startswith(b"data:")
-            and payload.endswith(b"\n\n")
-            and payload.count(b"\n") == 2
-            and b"\r" not in payload
-            and not self._general
-        ):
-            data = payload[5:-2]
-            self._data(data[1:] if data.startswith(b" ") else data, "message", now)
+        if self._general:
+            for event in self._decoder.feed(payload):
+                self._data(event.data.encode(), event.event, now)
             return
-        # Once a frame needed the general decoder it may hold a partial event, so it keeps
-        # every later frame of this stream too.
-        self._general = True
-        for event in self._decoder.feed(payload):
-            self._data(event.data.encode(), event.event, now)
+        buf = self._pending + payload if self._pending else payload
+        if b"\r" in buf:
+            self._general = True
+            self._pending = b""
+            self.feed(buf, now)
+            return
+        end = buf.find(b"\n\n")
+        if end < 0:
+            self._pending = buf
+            return
+        pos = 0
+        while end >= 0:
+            if end > pos:
+                if buf.startswith(b"data:", pos) and buf.find(b"\n", pos, end) < 0:
+                    if buf[pos + 5 : pos + 6] == b" ":
+                        self._data(buf[pos + 6 : end], "message", now)
+                    else:
+                        self._data(buf[pos + 5 : end], "message", now)
+                else:
+                    for event in self._decoder.feed(buf[pos : end + 2]):
+                        self._data(event.data.encode(), event.event, now)
+            pos = end + 2
+            end = buf.find(b"\n\n", pos)
+        self._pending = buf[pos:]
 
     def close(self, now: int) -> None:
+        if self._pending:
+            for event in self._decoder.feed(self._pending):
+                self._data(event.data.encode(), event.event, now)
+            self._pending = b""
         for event in self._decoder.flush():
             self._data(event.data.encode(), event.event, now)
 
@@ -467,6 +789,29 @@ class _SSESink:
         res.events += 1
         if res.t_first_event_ns is None:
             res.t_first_event_ns = now
+        if name == "message" and res.t_first_token_ns is not None:
+            template = self._template
+            stamp = None if template is None else template.match(data)
+            if stamp is None:
+                stamp = _fast_token(data)
+                if stamp is not None and template is None:
+                    self._template = _TokenTemplate.of(data)
+            if stamp is not None:
+                # Token chunk after the first: stamps only, no JSON.
+                res.t_last_token_ns = now
+                res.token_event_ns.append(now)
+                if stamp:
+                    lag = now - stamp
+                    res.emit_lag_ns.append(lag)
+                    res.token_emit_lag_ns.append(lag)
+                reader = self._reader
+                if reader is not None and reader.kernel:
+                    res.recv_lag_ns.append(reader.now - now)
+                return
+        self._parse(data, name, now)
+
+    def _parse(self, data: bytes, name: str, now: int) -> None:
+        res = self._res
         if data.strip() == b"[DONE]":
             res.saw_done = True
             return
@@ -519,6 +864,9 @@ class _SSESink:
             res.token_event_ns.append(now)
             if stamp_lag is not None:
                 res.token_emit_lag_ns.append(stamp_lag)
+            reader = self._reader
+            if reader is not None and reader.kernel:
+                res.recv_lag_ns.append(reader.now - now)
 
 
 def _error_text(res: RequestResult) -> str:

@@ -78,6 +78,38 @@ class Histogram:
         for value in values_ms:
             self.record(value)
 
+    def record_ns(self, values_ns: Iterable[int], *, absolute: bool = False) -> None:
+        """Add nanosecond values (``abs()`` of each when ``absolute``) in one pass.
+
+        Same buckets as :meth:`record` (a stream's 50-odd ITL samples cost one call here
+        instead of 50)."""
+        buckets = self.buckets
+        get = buckets.get
+        count = negative = 0
+        total = 0.0
+        low = self.min
+        high = self.max
+        for value_ns in values_ns:
+            if absolute and value_ns < 0:
+                value_ns = -value_ns
+            value = value_ns / 1e6
+            if value < 0.0:
+                negative += 1
+                value = 0.0
+            index = int(value / LINEAR_STEP_MS) if value < LINEAR_LIMIT_MS else bucket_index(value)
+            buckets[index] = get(index, 0) + 1
+            count += 1
+            total += value
+            if value < low:
+                low = value
+            if value > high:
+                high = value
+        self.count += count
+        self.sum += total
+        self.negative += negative
+        self.min = low
+        self.max = high
+
     def merge(self, other: Histogram) -> None:
         """Add another histogram's observations to this one."""
         for index, count in other.buckets.items():

@@ -27,6 +27,7 @@ import weakref
 from typing import Any
 
 import gevent
+import orjson
 from locust import User, events
 from locust.env import Environment
 from locust.exception import StopUser
@@ -36,6 +37,7 @@ from relaygate.directives import directive
 from relaygate.keys import mask_key
 from relaygate.load import outcomes, selfcheck, slo
 from relaygate.load.client import RequestResult, TimingClient
+from relaygate.load.geventio import cooperative
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
 from relaygate.load.ratelimit import PHASES, ProbeConfig, RateLimitProber, parse_rate_limit
@@ -49,6 +51,7 @@ CHAT_PATH = "/v1/chat/completions"
 DEFAULT_STACK_RATE_LIMIT = "10/1s"
 DEFAULT_MOCK = {"ttft_ms": 100.0, "itl_ms": 10.0, "chunks": 32}
 PROBER_DONE = "relaygate_prober_done"
+GC_THRESHOLDS = (50_000, 20, 20)
 _NS_PER_MS = 1_000_000.0
 
 
@@ -171,6 +174,14 @@ def _add_arguments(parser: Any) -> None:
         type=float,
         default=120.0,
         help="seconds without a byte before a request counts as timeout",
+    )
+    arg(
+        "--rx-stamps",
+        env_var="RELAYGATE_RX_STAMPS",
+        choices=("kernel", "user"),
+        default="kernel",
+        help="arrival time of received bytes: the kernel's receive stamp (SO_TIMESTAMPNS, "
+        "plain HTTP on Linux; default) or when recv() returned in the client",
     )
     arg(
         "--upstream-url",
@@ -339,6 +350,11 @@ def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
         # otherwise land inside streams (LOCUST_BASELINE.md, "GC pauses").
         gc.collect()
         gc.freeze()
+        # Per stream the client allocates a few dozen containers; at the default gen-0
+        # threshold (700) that is a young collection every ~15 streams and a full one
+        # every ~100 young ones. Larger thresholds make collections rarer; after freeze()
+        # each one only walks objects of the run itself, so it stays short.
+        gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
         if not state.selfcheck_started:
             state.selfcheck_started = True
             gevent.spawn(
@@ -473,8 +489,20 @@ class RelaygateUser(User):
         host = self.environment.host or self.host
         if not host:
             raise StopUser()
-        self.client = TimingClient(host, timeout_s=options.stream_timeout if options else 120.0)
+        self.client = self.timing_client(host)
         self.state = state_of(self.environment)
+        self._stream_body: bytes | None = None
+
+    def timing_client(self, base_url: str, **kwargs: Any) -> TimingClient:
+        """A :class:`TimingClient` with the run's timeout, stamps and gevent fast path."""
+        options = self.options
+        kwargs.setdefault("timeout_s", options.stream_timeout if options else 120.0)
+        return TimingClient(
+            base_url,
+            kernel_stamps=getattr(options, "rx_stamps", "kernel") == "kernel",
+            cooperative=cooperative,
+            **kwargs,
+        )
 
     def on_stop(self) -> None:
         for name in ("client", "direct_client"):
@@ -575,9 +603,10 @@ class RelaygateUser(User):
 
     def stream_chat(self, *, name: str = "chat.stream") -> RequestResult:
         slot = self.next_slot()
-        res = self.client.post_json(
-            CHAT_PATH, self.chat_body(), self.auth(), stream=True, t_intended_ns=slot
-        )
+        body = self._stream_body
+        if body is None:  # the same request every time: encode it once per user
+            body = self._stream_body = orjson.dumps(self.chat_body())
+        res = self.client.post_json(CHAT_PATH, body, self.auth(), stream=True, t_intended_ns=slot)
         self.report(name, res)
         self._pause_after_refusal(res)
         return res
@@ -596,9 +625,7 @@ class RelaygateUser(User):
             if not options.upstream_url:
                 logger.error("RelayOverheadUser needs --upstream-url (or the embedded stack)")
                 raise StopUser()
-            direct = self.direct_client = TimingClient(
-                options.upstream_url, timeout_s=options.stream_timeout
-            )
+            direct = self.direct_client = self.timing_client(options.upstream_url)
         slot = self.next_slot()
         res = direct.post_json(
             CHAT_PATH,
@@ -640,11 +667,7 @@ def run_prober(user: RelaygateUser) -> dict[str, Any]:
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise ValueError(f"--rl-phases: unknown {sorted(unknown)}; known: {', '.join(PHASES)}")
-    client = TimingClient(
-        user.client.scheme + "://" + user.client.host_header,
-        max_idle=512,
-        timeout_s=options.stream_timeout,
-    )
+    client = user.timing_client(user.client.scheme + "://" + user.client.host_header, max_idle=512)
 
     def send(key: str, label: str, t_intended_ns: int, fields: dict[str, Any]) -> RequestResult:
         # A fast, tiny answer: the prober measures the limiter, not the upstream.

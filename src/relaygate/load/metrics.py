@@ -12,7 +12,8 @@ dicts of lists/numbers, so msgpack carries them unchanged.
 Histogram names (``scope`` prefixes them, e.g. ``direct.ttft_ms`` for the overhead user):
 ``ttft_ms``, ``ack_ms``, ``itl_ms``, ``tpot_ms``, ``e2e_ms``, ``ttft_intended_ms``,
 ``e2e_intended_ms``, ``schedule_lag_ms``, ``emit_to_recv_ms``, ``first_token_emit_to_recv_ms``,
-``itl_stamp_error_ms``, ``rate_limited_ms``, ``error_ms``, ``loop_lag_ms``, ``cpu_percent``.
+``itl_stamp_error_ms``, ``recv_lag_ms``, ``rate_limited_ms``, ``error_ms``, ``loop_lag_ms``,
+``cpu_percent``.
 """
 
 from __future__ import annotations
@@ -153,10 +154,11 @@ def record_result(
         registry.tick(f"{p}ttft_sum", ttft_ms, second=sec)
         registry.tick(f"{p}ttft_n", 1, second=sec)
         registry.tick_max(f"{p}ttft_max", ttft_ms, second=sec)
-    itl = registry.hist(f"{p}itl_ms")
     times = res.token_event_ns
-    for before, after in itertools.pairwise(times):
-        itl.record((after - before) / _NS_PER_MS)
+    if len(times) > 1:
+        registry.hist(f"{p}itl_ms").record_ns(
+            [after - before for before, after in itertools.pairwise(times)]
+        )
     tokens = res.output_tokens
     if first is not None and res.t_last_token_ns is not None and tokens > 1:
         registry.hist(f"{p}tpot_ms").record(
@@ -168,16 +170,18 @@ def record_result(
         registry.count(f"{p}output_tokens_without_usage")
     registry.tick(f"{p}output_tokens", tokens, second=sec)
     if res.emit_lag_ns:
-        emit = registry.hist(f"{p}emit_to_recv_ms")
-        for lag in res.emit_lag_ns:
-            emit.record(lag / _NS_PER_MS)
+        registry.hist(f"{p}emit_to_recv_ms").record_ns(res.emit_lag_ns)
     lags = res.token_emit_lag_ns
     if len(lags) == len(times) and len(lags) > 1:
         # received gap - emitted gap = how much the path (relay + harness) distorted an ITL
-        distortion = registry.hist(f"{p}itl_stamp_error_ms")
-        for before, after in itertools.pairwise(lags):
-            distortion.record(abs(after - before) / _NS_PER_MS)
+        registry.hist(f"{p}itl_stamp_error_ms").record_ns(
+            [after - before for before, after in itertools.pairwise(lags)], absolute=True
+        )
     if res.first_token_emit_lag_ns is not None:
         registry.hist(f"{p}first_token_emit_to_recv_ms").record(
             res.first_token_emit_lag_ns / _NS_PER_MS
         )
+    if res.recv_lag_ns:
+        # kernel arrival -> the client read it: the harness' own queueing, kept out of the
+        # timings above by the kernel stamps
+        registry.hist(f"{p}recv_lag_ms").record_ns(res.recv_lag_ns)

@@ -8,7 +8,7 @@ Keys of the summary (percentile blocks are ms floats, ``None`` when nothing was 
     error_rate,                      # 1 - ok / total (429s included)
     ttft_ms, ack_ms, itl_ms, tpot_ms, e2e_ms, schedule_lag_ms,
     ttft_intended_ms, e2e_intended_ms, emit_to_recv_ms, first_token_emit_to_recv_ms,
-    itl_stamp_error_ms,
+    itl_stamp_error_ms, recv_lag_ms,
                                      # each {p50, p90, p99, max, mean, count}
     output_tokens_per_s, output_tokens, output_tokens_source,
     pacer: {target_rps, achieved_rps, late_slots, max_late_ms} | None,
@@ -51,6 +51,7 @@ LATENCY_BLOCKS = (
     "emit_to_recv_ms",
     "first_token_emit_to_recv_ms",
     "itl_stamp_error_ms",
+    "recv_lag_ms",
 )
 _QS = (50, 90, 99)
 
