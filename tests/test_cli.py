@@ -69,3 +69,9 @@ def test_port_in_use_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert "cannot listen on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_passes_options_to_pytest() -> None:
+    result = _run("check", "--co", "-q", "-k", "auth and refused")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "10/91 tests collected" in result.stdout

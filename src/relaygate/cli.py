@@ -41,8 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["check"] and args_list[1:2] not in (["-h"], ["--help"]):
+        # Everything after "check" belongs to pytest, options included (argparse's REMAINDER
+        # cannot take a leading option such as "-k").
+        from relaygate.check import run_pytest
+
+        return run_pytest(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
