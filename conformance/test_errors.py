@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from relaygate.directives import directive
-from relaygate.suite.checks import check_error, check_not_forwarded
+from relaygate.suite.checks import applicable, check_error, check_not_forwarded
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
@@ -37,6 +37,7 @@ def test_invalid_json(client, profile, tag, relay, _journal):
     "errors.missing-model", title="A request without a model is refused", area="errors", faq=("F5",)
 )
 def test_missing_model(client, profile, tag, relay, _journal):
+    applicable(profile.expect("model_missing"))
     body = {"messages": [{"role": "user", "content": "hi " + directive(tag=tag)}]}
     ex = client.request("POST", "/v1/chat/completions", json=body)
     if _journal is not None:

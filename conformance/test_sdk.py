@@ -15,13 +15,22 @@ openai = pytest.importorskip(
 )
 
 
-def _sdk(relay, key):
-    return openai.OpenAI(
-        base_url=relay.base_url + "/v1",
-        api_key=key or "sk-none",
-        max_retries=0,
-        timeout=relay.timeout_s,
-    )
+@pytest.fixture
+def sdk(relay, profile):
+    """``sdk(key)``: an OpenAI SDK client for the relay, with the profile's and the run's extra
+    headers (a relay that routes by header, e.g. Portkey, needs them on every request)."""
+    headers = {**profile.http.extra_headers, **relay.extra_headers}
+
+    def make(key):
+        return openai.OpenAI(
+            base_url=relay.base_url + "/v1",
+            api_key=key or "sk-none",
+            max_retries=0,
+            timeout=relay.timeout_s,
+            default_headers=headers,
+        )
+
+    return make
 
 
 def _msg(tag, **fields):
@@ -29,8 +38,8 @@ def _msg(tag, **fields):
 
 
 @pytest.mark.case("sdk.chat", title="SDK: chat.completions.create works", area="sdk", faq=("F15",))
-def test_chat(relay, funded_key, tag):
-    answer = _sdk(relay, funded_key).chat.completions.create(model="gpt-4o", messages=_msg(tag))
+def test_chat(relay, funded_key, tag, sdk):
+    answer = sdk(funded_key).chat.completions.create(model="gpt-4o", messages=_msg(tag))
     require(
         bool(answer.choices)
         and answer.choices[0].message.content is not None
@@ -44,8 +53,8 @@ def test_chat(relay, funded_key, tag):
 
 
 @pytest.mark.case("sdk.stream", title="SDK: a stream iterates to the end", area="sdk", faq=("F4",))
-def test_stream(relay, funded_key, tag):
-    stream = _sdk(relay, funded_key).chat.completions.create(
+def test_stream(relay, funded_key, tag, sdk):
+    stream = sdk(funded_key).chat.completions.create(
         model="gpt-4o",
         messages=_msg(tag, chunks=4),
         stream=True,
@@ -91,8 +100,8 @@ def _raises(cls, call, requirement, relay):
     area="sdk",
     faq=("F15",),
 )
-def test_authentication_error(relay, tag):
-    sdk = _sdk(relay, "sk-relaygateUnknownKey000000000000000000000000000000")
+def test_authentication_error(relay, tag, sdk):
+    sdk = sdk("sk-relaygateUnknownKey000000000000000000000000000000")
     _raises(
         openai.AuthenticationError,
         lambda: sdk.chat.completions.create(model="gpt-4o", messages=_msg(tag)),
@@ -107,13 +116,13 @@ def test_authentication_error(relay, tag):
     area="sdk",
     faq=("F20",),
 )
-def test_permission_denied(relay, provision, profile, tag):
+def test_permission_denied(relay, provision, profile, tag, sdk):
     if profile.expect("token_quota_exhausted").status != 403:
         pytest.skip("profile: exhausted tokens are not refused with 403 by this relay")
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
     _raises(
         openai.PermissionDeniedError,
-        lambda: _sdk(relay, key.key).chat.completions.create(model="gpt-4o", messages=_msg(tag)),
+        lambda: sdk(key.key).chat.completions.create(model="gpt-4o", messages=_msg(tag)),
         "a 403 surfaces as openai.PermissionDeniedError",
         relay,
     )
@@ -125,12 +134,12 @@ def test_permission_denied(relay, provision, profile, tag):
     area="sdk",
     faq=("F17",),
 )
-def test_not_found(relay, funded_key, profile):
+def test_not_found(relay, funded_key, profile, sdk):
     if profile.expect("models_unknown_id").status != 404:
         pytest.skip("profile: unknown model ids are not answered with 404 by this relay")
     _raises(
         openai.NotFoundError,
-        lambda: _sdk(relay, funded_key).models.retrieve("relaygate-no-such-model"),
+        lambda: sdk(funded_key).models.retrieve("relaygate-no-such-model"),
         "a 404 surfaces as openai.NotFoundError",
         relay,
     )
@@ -139,10 +148,10 @@ def test_not_found(relay, funded_key, profile):
 @pytest.mark.case(
     "sdk.rate-limit-error", title="SDK: a 429 raises RateLimitError", area="sdk", faq=("F5",)
 )
-def test_rate_limit(relay, funded_key, upstream, tag):
+def test_rate_limit(relay, funded_key, upstream, tag, sdk):
     _raises(
         openai.RateLimitError,
-        lambda: _sdk(relay, funded_key).chat.completions.create(
+        lambda: sdk(funded_key).chat.completions.create(
             model="gpt-4o", messages=_msg(tag, error=429, retry_after="1")
         ),
         "a 429 surfaces as openai.RateLimitError",
@@ -156,10 +165,10 @@ def test_rate_limit(relay, funded_key, upstream, tag):
     area="sdk",
     faq=("F22",),
 )
-def test_bad_request(relay, funded_key, upstream, tag):
+def test_bad_request(relay, funded_key, upstream, tag, sdk):
     _raises(
         openai.BadRequestError,
-        lambda: _sdk(relay, funded_key).chat.completions.create(
+        lambda: sdk(funded_key).chat.completions.create(
             model="gpt-4", messages=_msg(tag), max_tokens=9000
         ),
         "a 400 surfaces as openai.BadRequestError",

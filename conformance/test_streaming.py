@@ -164,7 +164,7 @@ def test_usage_chunk(asked, client, profile, upstream, tag, relay):
     area="streaming",
     faq=("F4",),
 )
-def test_tool_calls(client, tag, relay):
+def test_tool_calls(client, tag, relay, upstream):
     tools = [
         {
             "type": "function",
@@ -258,7 +258,7 @@ def test_not_buffered(client, profile, upstream, tag, relay):
     faq=("F4",),
     spec="RELAY_SPEC §10.32-33",
 )
-def test_upstream_error_surfaces(client, profile, tag, relay):
+def test_upstream_error_surfaces(client, profile, tag, relay, upstream):
     ex = client.stream(chat_body(directive=directive(chunks=6, stream_error_after=2, tag=tag)))
     errors = [c for c in ex.chunks() if isinstance(c.get("error"), dict)]
     reasons = _finish_reasons(ex)
@@ -287,7 +287,7 @@ def test_upstream_error_surfaces(client, profile, tag, relay):
     faq=("F4",),
     spec="RELAY_SPEC §10.33",
 )
-def test_upstream_disconnect_surfaces(client, profile, tag, relay):
+def test_upstream_disconnect_surfaces(client, profile, tag, relay, upstream):
     ex = client.stream(chat_body(directive=directive(chunks=6, disconnect_after=2, tag=tag)))
     reasons = _finish_reasons(ex)
     require(

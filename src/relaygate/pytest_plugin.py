@@ -16,6 +16,8 @@ option                      env var                           meaning
 ``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       seconds per request (30)
 ``--relay-fuzz-examples``   ``RELAYGATE_RELAY_FUZZ_EXAMPLES`` property-case examples (25)
 ``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
+``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
+                                                              request (repeatable)
 ==========================  ================================  ==========================
 """
 
@@ -33,7 +35,12 @@ import pytest
 from relaygate.keys import mask_key, mask_secrets
 from relaygate.suite.failures import DEVIATION_PREFIX
 from relaygate.suite.results import CaseMeta, CaseResult, write_reports
-from relaygate.suite.target import RelayOptions, RelayTarget, normalize_base_url
+from relaygate.suite.target import (
+    RelayOptions,
+    RelayTarget,
+    normalize_base_url,
+    parse_header_lines,
+)
 
 if TYPE_CHECKING:
     from relaygate.profiles import Profile
@@ -63,6 +70,7 @@ _OPTIONS: tuple[tuple[str, str, str, str | None, str], ...] = (
      "embedded stack only: start the reference relay with this fault switch (comma list)"),
 )  # fmt: skip
 
+_CASE_FAILURE_PREFIX = "relaygate.suite.failures.CaseFailure: "
 _RESULTS = pytest.StashKey[dict[str, CaseResult]]()
 _META = pytest.StashKey[dict[str, CaseMeta]]()
 _STARTED = pytest.StashKey[tuple[dt.datetime, float]]()
@@ -74,6 +82,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option, dest, env, default, help_text in _OPTIONS:
         group.addoption(option, dest=dest, default=None, help=f"{help_text} [env {env}]")
         parser.addini(dest, help=help_text, default=default)
+    header_help = (
+        "'Name: value' sent on every request to the relay, over the profile's [http] "
+        "extra_headers (repeatable; the env var takes newline- or ';'-separated lines)"
+    )
+    group.addoption(
+        "--relay-header",
+        dest="relay_headers",
+        action="append",
+        default=None,
+        help=f"{header_help} [env RELAYGATE_RELAY_HEADERS]",
+    )
+    parser.addini("relay_headers", help=header_help, type="linelist", default=[])
 
 
 def _option(config: pytest.Config, dest: str, env: str) -> str | None:
@@ -99,6 +119,14 @@ def relay_options(config: pytest.Config) -> RelayOptions:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     faults = tuple(f.strip() for f in (values["relay_faults"] or "").split(",") if f.strip())
+    header_lines = config.getoption("relay_headers")
+    if header_lines is None:
+        env_headers = os.environ.get("RELAYGATE_RELAY_HEADERS")
+        header_lines = [env_headers] if env_headers else config.getini("relay_headers")
+    try:
+        extra_headers = parse_header_lines(header_lines)
+    except ValueError as exc:
+        raise pytest.UsageError(f"relaygate: {exc}") from None
     if faults and url:
         raise pytest.UsageError("--relay-fault applies to the embedded stack, not --relay-url")
     return RelayOptions(
@@ -111,6 +139,7 @@ def relay_options(config: pytest.Config) -> RelayOptions:
         timeout_s=timeout_s,
         fuzz_examples=fuzz,
         faults=faults,
+        extra_headers=extra_headers,
     )
 
 
@@ -135,7 +164,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         mode = "mock (ground truth)"
         if opts.faults:
             where += f" with faults {', '.join(opts.faults)}"
-    return [f"relaygate: relay {where}", f"relaygate: profile {opts.profile}, mode {mode}"]
+    lines = [f"relaygate: relay {where}", f"relaygate: profile {opts.profile}, mode {mode}"]
+    if opts.extra_headers:
+        lines.append(f"relaygate: extra headers {', '.join(sorted(opts.extra_headers))}")
+    return lines
 
 
 def _case_meta(item: pytest.Item) -> CaseMeta | None:
@@ -208,6 +240,9 @@ def pytest_runtest_makereport(
         outcome = "failed"
         crash = getattr(report.longrepr, "reprcrash", None)
         details = str(getattr(crash, "message", "") or report.longreprtext)
+        # A case failure reads "-> requirement / Expected / Actual / Reproduce"; the exception
+        # class in front of it is noise in a report.
+        details = details.removeprefix(_CASE_FAILURE_PREFIX).removeprefix("-> ")
         reason = details.splitlines()[0] if details else "failed"
         if report.when != "call":
             reason = f"error in {report.when}: {reason}"
@@ -292,6 +327,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
             mode="mock" if opts.upstream_url else "live",
             embedded=False,
             timeout_s=opts.timeout_s,
+            extra_headers=opts.extra_headers,
         )
         request.config.stash[_TARGET] = target
         yield target
@@ -312,6 +348,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
         embedded=True,
         timeout_s=opts.timeout_s,
         stack=stack,
+        extra_headers=opts.extra_headers,
     )
     request.config.stash[_TARGET] = target
     try:
@@ -337,7 +374,8 @@ def client(relay: RelayTarget, profile: Profile) -> Iterator[RelayClient]:
     """HTTP client to the relay, sending the funded key by default."""
     from relaygate.suite.client import RelayClient
 
-    http = RelayClient(relay.base_url, relay.key, relay.timeout_s, profile.http.extra_headers)
+    headers = {**profile.http.extra_headers, **relay.extra_headers}
+    http = RelayClient(relay.base_url, relay.key, relay.timeout_s, headers)
     try:
         yield http
     finally:
@@ -375,10 +413,12 @@ def funded_key(relay: RelayTarget) -> str:
 
 @pytest.fixture(scope="session")
 def _provisioner(relay: RelayTarget, profile: Profile) -> Iterator[Provisioner]:
-    from relaygate.provision import make_provisioner
+    from relaygate.provision import KeyState, make_provisioner
 
+    # Without an admin API the funded key is --relay-key (RELAYGATE_KEY_<STATE> for the rest).
+    static: dict[str | KeyState, str] | None = {KeyState.FUNDED: relay.key} if relay.key else None
     prov = make_provisioner(
-        profile, relay.base_url, relay.admin_token, static_keys=None, timeout_s=relay.timeout_s
+        profile, relay.base_url, relay.admin_token, static_keys=static, timeout_s=relay.timeout_s
     )
     try:
         yield prov

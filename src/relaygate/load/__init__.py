@@ -17,8 +17,22 @@ monkey-patches anything):
 Only :mod:`relaygate.load.locust_plugin` imports Locust; the locustfiles import it.
 """
 
+from pathlib import Path
+
 from relaygate.load.histogram import Histogram
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.slo import SLORule, parse_rule
 
-__all__ = ["Histogram", "Registry", "SLORule", "parse_rule", "record_result"]
+__all__ = ["Histogram", "Registry", "SLORule", "loadtests_dir", "parse_rule", "record_result"]
+
+
+def loadtests_dir() -> Path:
+    """The locustfiles' folder (``locust -f <it>``): the checkout's, else the wheel's copy."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent.parent / "loadtests", here / "_loadtests"):
+        if (candidate / "streaming_chat.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the load scenarios are missing: looked in {here.parent.parent / 'loadtests'} and "
+        f"{here / '_loadtests'}; reinstall relaygate"
+    )

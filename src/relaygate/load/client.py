@@ -238,6 +238,7 @@ class TimingClient:
         max_idle: int = 64,
         kernel_stamps: bool = True,
         cooperative: CooperativeFactory | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -262,6 +263,8 @@ class TimingClient:
             and kernel_stamps_supported()
         )
         self.cooperative = cooperative
+        # Sent on every request (a call's own headers win), e.g. a relay's routing headers.
+        self.headers = dict(headers or {})
 
     def close(self) -> None:
         while self._idle:
@@ -303,6 +306,8 @@ class TimingClient:
         t_intended_ns: int | None,
     ) -> RequestResult:
         head = [f"{method} {self.base_path}{path} HTTP/1.1", f"Host: {self.host_header}"]
+        if self.headers:
+            headers = {**self.headers, **headers}
         head += [f"{name}: {value}" for name, value in headers.items()]
         if body or method in ("POST", "PUT"):
             head.append(f"Content-Length: {len(body)}")

@@ -42,6 +42,7 @@ from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
 from relaygate.load.ratelimit import PHASES, ProbeConfig, RateLimitProber, parse_rate_limit
 from relaygate.load.summary import build_summary, format_table, write_metrics_csv, write_summary
+from relaygate.suite.target import parse_header_lines
 
 __all__ = ["RelaygateUser", "RunState", "state_of"]
 
@@ -91,6 +92,14 @@ def _add_arguments(parser: Any) -> None:
         env_var="RELAYGATE_RELAY_KEY",
         default="",
         help="API key for the relay (default with no --host: the embedded stack's key)",
+    )
+    arg(
+        "--relay-header",
+        env_var="RELAYGATE_RELAY_HEADERS",
+        action="append",
+        default=[],
+        help="repeatable 'Name: value' sent on every request to the relay (e.g. a gateway's "
+        "routing headers); the env var takes newline- or ';'-separated lines",
     )
     arg(
         "--model",
@@ -222,6 +231,13 @@ def _add_arguments(parser: Any) -> None:
         help="RateLimitUser: offered load per step as multiples of the limit rate",
     )
     arg(
+        "--rl-key",
+        env_var="RELAYGATE_RL_KEY",
+        default="",
+        help="RateLimitUser: the prober's key (default --relay-key); give it a key of its own "
+        "when other user classes run alongside (the embedded stack does)",
+    )
+    arg(
         "--fairness-keys",
         env_var="RELAYGATE_FAIRNESS_KEYS",
         default="",
@@ -257,6 +273,7 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         state.rules = [slo.parse_rule(text) for text in options.slo]
         if options.rate_limit:
             parse_rate_limit(options.rate_limit)
+        options.relaygate_headers = parse_header_lines(options.relay_header)
     except ValueError as exc:
         logger.error("%s", exc)
         raise SystemExit(2) from None
@@ -267,6 +284,10 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
             _start_stack(environment, state)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: _quit_soon(environment))
+    if environment.web_ui is not None and _controls_run(environment):
+        from relaygate.load import webui
+
+        webui.install(environment.web_ui, lambda: state.registry)
 
 
 def _default_user_classes(environment: Environment) -> None:
@@ -292,11 +313,16 @@ def _start_stack(environment: Environment, state: RunState) -> None:
         raise SystemExit(2) from None
     options = environment.parsed_options
     assert options is not None
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per admin call
     rate_limit = options.rate_limit or None
-    if rate_limit is None and "RateLimitUser" in _selected(environment):
+    probing = "RateLimitUser" in _selected(environment)
+    if rate_limit is None and probing:
         rate_limit = options.rate_limit = DEFAULT_STACK_RATE_LIMIT
     faults = tuple(f.strip() for f in options.stack_faults.split(",") if f.strip())
-    stack = EmbeddedStack(faults=faults, rate_limit=rate_limit)
+    # With the prober, the limit goes on the prober's own keys only: other user classes of the
+    # same run keep streaming unthrottled with the funded key (and never eat the prober's
+    # budget). Without it, --rate-limit is the relay-wide per-key default.
+    stack = EmbeddedStack(faults=faults, rate_limit=None if probing else rate_limit)
     info = stack.__enter__()
     state.stack = stack
     # Fallback for exits that skip Locust's quit event (e.g. an error during start-up).
@@ -307,8 +333,11 @@ def _start_stack(environment: Environment, state: RunState) -> None:
     options.upstream_url = options.upstream_url or info.upstream_url
     options.upstream_key = options.upstream_key or info.upstream_key
     options.relaygate_embedded = True
-    if "RateLimitUser" in _selected(environment) and not options.fairness_keys:
-        options.fairness_keys = ",".join(stack.new_key(rate_limit=rate_limit) for _ in range(3))
+    if probing:
+        options.rl_key = options.rl_key or stack.new_key(rate_limit=rate_limit)
+        if not options.fairness_keys:
+            keys = (stack.new_key(rate_limit=rate_limit) for _ in range(3))
+            options.fairness_keys = ",".join(keys)
     # A key of its own, so the warm-up never counts against the relay key's rate limit.
     _warm_up(info.relay_url, stack.new_key())
     logger.info(
@@ -497,6 +526,7 @@ class RelaygateUser(User):
         """A :class:`TimingClient` with the run's timeout, stamps and gevent fast path."""
         options = self.options
         kwargs.setdefault("timeout_s", options.stream_timeout if options else 120.0)
+        kwargs.setdefault("headers", getattr(options, "relaygate_headers", None))
         return TimingClient(
             base_url,
             kernel_stamps=getattr(options, "rx_stamps", "kernel") == "kernel",
@@ -625,7 +655,7 @@ class RelaygateUser(User):
             if not options.upstream_url:
                 logger.error("RelayOverheadUser needs --upstream-url (or the embedded stack)")
                 raise StopUser()
-            direct = self.direct_client = self.timing_client(options.upstream_url)
+            direct = self.direct_client = self.timing_client(options.upstream_url, headers=None)
         slot = self.next_slot()
         res = direct.post_json(
             CHAT_PATH,
@@ -659,7 +689,8 @@ class GeventRuntime:
 def run_prober(user: RelaygateUser) -> dict[str, Any]:
     """The RateLimitUser program: run every phase once, store the analysis, end the run."""
     options = user.options
-    keys = [options.relay_key] + [k.strip() for k in options.fairness_keys.split(",") if k.strip()]
+    first = options.rl_key or options.relay_key
+    keys = [first] + [k.strip() for k in options.fairness_keys.split(",") if k.strip()]
     limit = window = None
     if options.rate_limit:
         limit, window = parse_rate_limit(options.rate_limit)
@@ -695,8 +726,12 @@ def run_prober(user: RelaygateUser) -> dict[str, Any]:
         multipliers=tuple(float(m) for m in options.rl_steps.split(",") if m.strip()),
     )
     prober = RateLimitProber(config, send, GeventRuntime(), read_usage=read_usage, log=logger.info)
+
+    def partial(analysis: dict[str, Any]) -> None:
+        user.state.registry.extras["rate_limit_analysis"] = analysis
+
     try:
-        return prober.run()
+        return prober.run(on_progress=partial)
     finally:
         client.close()
 

@@ -285,8 +285,18 @@ class RateLimitProber:
 
     # -- phases ---------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """All configured phases; ``on_progress`` gets the analysis so far after each phase
+        (``"complete": False``), so a run that ends before the prober does still reports the
+        phases it finished."""
         cfg = self.cfg
+
+        def progress(out: dict[str, Any]) -> None:
+            if on_progress is not None:
+                snapshot = dict(out, complete=False)
+                self._overall(snapshot)
+                on_progress(snapshot)
+
         out: dict[str, Any] = {
             "declared": {"limit": cfg.limit, "window_s": cfg.window_s} if cfg.limit else None,
             "key": mask_key(cfg.keys[0]),
@@ -296,10 +306,12 @@ class RateLimitProber:
         if "discover" in cfg.phases:
             out["discovered"] = self.discover()
             found = out["discovered"]
+            progress(out)
             if limit is None and found.get("limit"):
                 limit, window = found["limit"], found["window_s"]
         if not limit or not window:
             out["error"] = "no rate limit declared (--rate-limit) or discovered; phases skipped"
+            out["complete"] = True
             self._overall(out)
             return out
         limit_rps = limit / window
@@ -326,6 +338,8 @@ class RateLimitProber:
                 out["retry_policies"] = self.retry_policies(limit_rps, window)
             elif phase == "billing":
                 out["billing"] = self.billing(limit)
+            progress(out)
+        out["complete"] = True
         self._overall(out)
         return out
 

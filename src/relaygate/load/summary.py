@@ -9,7 +9,7 @@ Keys of the summary (percentile blocks are ms floats, ``None`` when nothing was 
     ttft_ms, ack_ms, itl_ms, tpot_ms, e2e_ms, schedule_lag_ms,
     ttft_intended_ms, e2e_intended_ms, emit_to_recv_ms, first_token_emit_to_recv_ms,
     itl_stamp_error_ms, recv_lag_ms,
-                                     # each {p50, p90, p99, max, mean, count}
+                                     # each {p50, p90, p95, p99, p99.9, max, mean, count}
     output_tokens_per_s, output_tokens, output_tokens_source,
     pacer: {target_rps, achieved_rps, late_slots, max_late_ms} | None,
     rate_limit: {...},               # prober analysis, or 429 stats of the run
@@ -54,6 +54,9 @@ LATENCY_BLOCKS = (
     "recv_lag_ms",
 )
 _QS = (50, 90, 99)
+# Percentiles kept per histogram in load-summary.json (p95 and p99.9 added to the issue's
+# p50/p90/p99 so that saved summaries can be gated on them).
+_SUMMARY_QS = (50, 90, 95, 99, 99.9)
 
 
 def mask_url(url: str | None) -> str | None:
@@ -72,8 +75,8 @@ def mask_url(url: str | None) -> str | None:
 def _block(registry: Registry, name: str) -> dict[str, Any]:
     hist = registry.hists.get(name)
     if hist is None or not hist.count:
-        return {f"p{q}": None for q in _QS} | {"max": None, "mean": None, "count": 0}
-    return hist.summary(_QS)
+        return {f"p{q:g}": None for q in _SUMMARY_QS} | {"max": None, "mean": None, "count": 0}
+    return hist.summary(_SUMMARY_QS)
 
 
 def build_summary(
@@ -155,7 +158,7 @@ def _overhead(registry: Registry) -> dict[str, Any] | None:
             r, d = relay.percentile(q), direct.percentile(q)
             if r is not None and d is not None:
                 out[f"{stem}_p{q}_added_ms"] = round(r - d, 3)
-        out[f"direct_{name}"] = direct.summary(_QS)
+        out[f"direct_{name}"] = direct.summary(_SUMMARY_QS)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from relaygate.keys import mask_key
@@ -10,7 +11,7 @@ from relaygate.keys import mask_key
 if TYPE_CHECKING:
     from relaygate.stack import EmbeddedStack
 
-__all__ = ["RelayOptions", "RelayTarget", "normalize_base_url"]
+__all__ = ["RelayOptions", "RelayTarget", "normalize_base_url", "parse_header_lines"]
 
 
 def normalize_base_url(url: str) -> str:
@@ -21,6 +22,26 @@ def normalize_base_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"--relay-url must start with http:// or https://, got {url!r}")
     return url
+
+
+def parse_header_lines(values: Iterable[str]) -> dict[str, str]:
+    """``["x-a: 1", "x-b: 2\nx-c: 3"]`` -> ``{"x-a": "1", "x-b": "2", "x-c": "3"}``.
+
+    Each value holds one or more ``Name: value`` lines, separated by newlines, or by ``;``
+    when the value has no newline (``RELAYGATE_RELAY_HEADERS="x-a: 1; x-b: 2"``). A later
+    name replaces an earlier one. ``ValueError`` names a line without ``Name:``.
+    """
+    headers: dict[str, str] = {}
+    for value in values:
+        lines = value.splitlines() if "\n" in value else value.split(";")
+        for line in lines:
+            if not line.strip():
+                continue
+            name, colon, text = line.partition(":")
+            if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
+                raise ValueError(f"relay header {line.strip()!r} is not 'Name: value'")
+            headers[name.strip()] = text.strip()
+    return headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +57,9 @@ class RelayOptions:
     timeout_s: float
     fuzz_examples: int
     faults: tuple[str, ...]
+    # --relay-header: run-time headers (e.g. a port-dependent routing header), over the
+    # profile's [http] extra_headers
+    extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -50,6 +74,7 @@ class RelayTarget:
     embedded: bool
     timeout_s: float
     stack: EmbeddedStack | None = None
+    extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

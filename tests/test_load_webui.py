@@ -1,0 +1,91 @@
+"""The "relaygate" tab in Locust's web UI: live histograms on /stats/requests, CSV and JSON.
+
+The web UI listens on 127.0.0.1 only; the run is bounded (-t) and quits by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from relaygate.load.metrics import Registry
+from relaygate.load.webui import TAB_KEY, metric_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUST = Path(sys.executable).with_name("locust")
+
+
+def test_metric_rows_has_only_ms_histograms_with_fine_values() -> None:
+    registry = Registry()
+    registry.hist("ttft_ms").record(101.234)
+    registry.hist("ttft_ms").record(99.876)
+    registry.hist("output_tokens").record(5)
+    registry.hist("empty_ms")
+    rows = metric_rows(registry)
+    assert [r["metric"] for r in rows] == ["ttft_ms"]
+    row = rows[0]
+    assert row["count"] == 2
+    assert abs(row["max"] - 101.23) <= 0.01
+    assert abs(row["p50"] - 99.88) <= 0.01  # 10 µs buckets, not Locust's 1 ms/10 ms
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    cmd = [
+        str(LOCUST), "-f", str(ROOT / "loadtests"),
+        "--web-host", "127.0.0.1", "--web-port", str(port),
+        "--autostart", "--autoquit", "1", "-u", "3", "-r", "3", "-t", "12s",
+        "--no-plots", "--report-dir", str(tmp_path / "reports"),
+        "--mock-ttft-ms", "40", "--mock-itl-ms", "5", "--mock-output-tokens", "10",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        rows: list[dict[str, object]] = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    data = http.get("/stats/requests").json()
+                except (httpx.HTTPError, json.JSONDecodeError):
+                    time.sleep(0.3)
+                    continue
+                feeds = {f["key"]: f["data"] for f in data.get("extended_stats", [])}
+                rows = list(feeds.get(TAB_KEY, []))
+                if any(r["metric"] == "ttft_ms" and r["count"] for r in rows):  # type: ignore[index]
+                    break
+                time.sleep(0.3)
+            page = http.get("/").text
+            csv_text = http.get("/relaygate/metrics.csv").text
+            as_json = http.get("/relaygate/metrics.json").json()
+    finally:
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    ttft = next(r for r in rows if r["metric"] == "ttft_ms")
+    assert 35 <= float(ttft["p50"]) <= 80  # type: ignore[arg-type]
+    assert '"relaygate"' in page and "extended_tabs" in page.replace(
+        "extendedTabs", "extended_tabs"
+    )
+    assert csv_text.splitlines()[0].startswith("metric,count,p50")
+    assert any(r["metric"] == "ttft_ms" for r in as_json)
