@@ -17,11 +17,17 @@ __all__ = ["main"]
 
 # name -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "relaygate.demo",
+        "suite + short load run + gate on the embedded stack (or --relay-url); reports/index.html",
+    ),
     "up": ("relaygate.stack", "start the mock upstream + reference relay, provision a key, wait"),
     "check": ("relaygate.check", "run the conformance suite against a relay (pytest options)"),
     "mock-upstream": ("relaygate.mock.cli", "run the mock OpenAI-compatible upstream"),
     "reference-relay": ("relaygate.relay.cli", "run the reference relay (FAQ semantics)"),
     "bench": ("relaygate.bench", "benchmark the mock upstream (streams held, events/s, jitter)"),
+    "gate": ("relaygate.gate", "judge saved conformance/load reports: exit 0 (pass) or 1 (fail)"),
+    "relay": ("relaygate.relays.cli", "install/start/stop third-party relays; run the matrix"),
 }
 
 

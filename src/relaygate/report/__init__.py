@@ -1,0 +1,1 @@
+"""The report page (``reports/index.html``): :func:`relaygate.report.page.write_page`."""

@@ -1,0 +1,183 @@
+"""The report page: content, masking, self-containment, and rendering in headless Chromium."""
+
+from __future__ import annotations
+
+import html.parser
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relaygate import gate
+from relaygate.report.page import render_page, write_page
+
+if TYPE_CHECKING:
+    from conftest import ChromiumRender
+
+SECRET = "sk-live-abcdefghijklmnopqrstuvwxyz0123"
+
+FAILURE = (
+    "relaygate.suite.failures.CaseFailure: -> an unknown key is refused with 401\n"
+    "   Expected: HTTP 401, error.code 'invalid_api_key'\n"
+    '     Actual: HTTP 403 application/json \'{"error":{"code":"invalid_api_key"}}\'\n'
+    f"  Reproduce: curl -sS -X POST http://127.0.0.1:1/v1/chat/completions -H "
+    f"'Authorization: Bearer {SECRET}'\n"
+    "  (how to read this: README.md#reading-a-failure)"
+)
+
+
+def _case(cid: str, outcome: str, reason: str = "", details: str = "") -> dict[str, Any]:
+    return {
+        "id": cid,
+        "title": f"title of {cid}",
+        "area": cid.split(".")[0],
+        "faq": ["F15"],
+        "level": "MUST",
+        "outcome": outcome,
+        "reason": reason,
+        "duration_s": 0.01,
+        **({"details": details} if details else {}),
+    }
+
+
+CONFORMANCE: dict[str, Any] = {
+    "relay_url": "http://127.0.0.1:3000",
+    "profile": "faq",
+    "mode": "mock",
+    "started_at": "2026-11-28T00:00:00+00:00",
+    "duration_s": 1.5,
+    "summary": {"passed": 1, "failed": 1, "skipped": 1, "deviations": 1},
+    "cases": [
+        _case("auth.funded-key-works", "passed"),
+        _case("auth.refused[invalid_key]", "failed", FAILURE.splitlines()[0], FAILURE),
+        _case("quota.exhausted", "deviation", "one-api answers 401 for an exhausted token"),
+        _case("rate_limits.retry-after", "skipped", "the relay has no limiter"),
+    ],
+}
+LOAD: dict[str, Any] = {
+    "host": "http://127.0.0.1:3000",
+    "users": 5,
+    "duration_s": 10.0,
+    "scenario": "StreamingChatUser",
+    "requests": {"ok": 100, "rate_limited": 0, "total": 100},
+    "error_rate": 0.0,
+    "ttft_ms": {"p50": 101.5, "p90": 110.0, "p99": 120.25, "max": 130.0, "count": 100},
+    "itl_ms": {"p50": 10.0, "p90": 10.5, "p99": 12.0, "max": 20.0, "count": 3100},
+    "output_tokens_per_s": 320.0,
+    "latency_valid": True,
+    "self_check": {"latency_valid": True, "reasons": []},
+    "slo": [{"rule": "ttft_p99_ms<=500", "observed": 120.25, "threshold": 500, "passed": True}],
+    "rate_limit": {
+        "limit": {"requests": 10, "window_s": 1.0, "rps": 10.0},
+        "accuracy": 0.95,
+        "steps": [{"multiplier": 3.0, "offered_rps": 30, "accepted_rps": 10, "accuracy": 1.0}],
+    },
+}
+# The smallest valid PNG (1x1).
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+class _Refs(html.parser.HTMLParser):
+    """Every URL-valued attribute and every CSS url(...) in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self.scripts += 1
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "poster", "data") and value:
+                self.refs.append(value)
+
+    def handle_data(self, data: str) -> None:
+        self.refs += re.findall(r"url\(([^)]*)\)", data)
+        self.refs += re.findall(r"@import\s+([^;]+)", data)
+
+
+def _page(tmp_path: Path) -> str:
+    (tmp_path / "load-ttft-itl-cdf.png").write_bytes(PNG)
+    verdict = gate.evaluate(CONFORMANCE, LOAD)
+    return render_page(CONFORMANCE, LOAD, plots_dir=tmp_path, verdict=verdict)
+
+
+def test_page_shows_verdict_failures_deviations_and_skips_separately(tmp_path: Path) -> None:
+    page = _page(tmp_path)
+    assert "GATE FAILED" in page
+    failures = page.index("Failures (1)")
+    deviations = page.index("Documented deviations (1)")
+    skipped = page.index("Skipped (")
+    assert failures < deviations < skipped
+    failure_block = page[failures:deviations]
+    assert "an unknown key is refused with 401" in failure_block
+    assert "HTTP 401, error.code &#39;invalid_api_key&#39;" in failure_block
+    assert "HTTP 403 application/json" in failure_block
+    assert "curl -sS -X POST" in failure_block
+    assert "CaseFailure" not in failure_block
+    assert "one-api answers 401 for an exhausted token" in page[deviations:skipped]
+    assert "the relay has no limiter" in page[skipped:]
+    assert "120.25" in page  # TTFT p99
+    assert "CHECK PASSED" in page
+    assert "data:image/png;base64," in page
+
+
+def test_page_masks_keys_and_escapes_html(tmp_path: Path) -> None:
+    evil = dict(CONFORMANCE)
+    evil["cases"] = [
+        *CONFORMANCE["cases"],
+        _case("errors.x", "failed", "<script>alert(1)</script>"),
+    ]
+    page = render_page(evil, LOAD, plots_dir=tmp_path, secrets=[SECRET])
+    assert SECRET not in page
+    assert "sk-liv…123" in page
+    assert "<script>alert(1)</script>" not in page
+
+
+def test_page_is_self_contained(tmp_path: Path) -> None:
+    parser = _Refs()
+    parser.feed(_page(tmp_path))
+    assert parser.scripts == 0
+    external = [r for r in parser.refs if not r.startswith(("data:", "#"))]
+    assert external == []
+
+
+def test_page_without_load_or_conformance(tmp_path: Path) -> None:
+    only_conf = render_page(CONFORMANCE, None)
+    assert "No load report." in only_conf
+    only_load = render_page(None, LOAD, plots_dir=tmp_path)
+    assert "No conformance report." in only_load
+    write_page(tmp_path / "sub" / "index.html", CONFORMANCE, LOAD)
+    assert (tmp_path / "sub" / "index.html").read_text().startswith("<!doctype html>")
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium (the ``chromium`` fixture of conftest.py)
+
+
+def test_console_check_can_fail(tmp_path: Path, chromium: ChromiumRender) -> None:
+    """The control: a page that logs an error is caught by the console check."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!doctype html><p>x</p><script>console.error('relaygate-boom')</script>")
+    console = chromium(bad, tmp_path / "bad.png", height=300)
+    assert any("relaygate-boom" in line for line in console)
+
+
+def test_page_renders_in_chromium_without_console_messages(
+    tmp_path: Path, chromium: ChromiumRender
+) -> None:
+    page = write_page(
+        tmp_path / "index.html",
+        CONFORMANCE,
+        LOAD,
+        plots_dir=tmp_path,
+        verdict=gate.evaluate(CONFORMANCE, LOAD),
+    )
+    shot = tmp_path / "page.png"
+    console = chromium(page, shot)
+    assert console == []
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    assert shot.stat().st_size > 20_000  # a blank page is ~5 KB
