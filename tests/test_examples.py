@@ -42,7 +42,13 @@ def load(path: Path) -> dict[Any, Any]:
     return doc
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+COMPOSE = [
+    EXAMPLES.parent / "fixtures" / "relays" / name / "docker-compose.yml"
+    for name in ("one-api", "new-api")
+]
+
+
+@pytest.mark.parametrize("path", RECIPES + COMPOSE, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_yamllint_clean(path: Path) -> None:
     problems = list(linter.run(path.read_text(), YAMLLINT, str(path)))
     assert not problems, "\n".join(f"{path}:{p.line}:{p.column} {p.message}" for p in problems)
@@ -227,3 +233,20 @@ def test_recipe_slo_rules_parse(path: Path) -> None:
     assert rules
     for rule in rules:
         parse_rule(rule)
+
+
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.parent.name)
+def test_compose_recipes_wire_relay_mock_and_suite(path: Path) -> None:
+    doc = load(path)
+    services = doc["services"]
+    assert set(services) == {"upstream", "relay", "suite"}
+    assert services["relay"]["ports"] == ["127.0.0.1:3000:3000"]  # published on loopback only
+    suite = services["suite"]
+    assert suite["environment"]["RELAY_KIND"] == path.parent.name
+    assert suite["environment"]["UPSTREAM_URL"] == "http://upstream:9001"
+    script = path.parent.parent / "compose-gate.sh"
+    assert "../compose-gate.sh:/compose-gate.sh:ro" in suite["volumes"]
+    text = script.read_text()
+    for command in ("relaygate check", "locust -f", "relaygate gate"):
+        assert command in text
+    assert "NOT RUN" in path.read_text()  # said plainly

@@ -200,3 +200,33 @@ def test_relay_ignoring_its_limit_fails_the_accuracy_slo(tmp_path: Path) -> None
     assert rc == 1, out[-3000:]
     assert "CHECK FAILED rate_limit_accuracy>=0.9" in out
     assert summary["rate_limit"]["steps"][0]["accepted_rps"] > 25
+
+
+def test_prober_in_a_worker_reports_to_the_master_and_ends_the_run(tmp_path: Path) -> None:
+    """Master + 2 workers: the one prober runs in a worker, its analysis reaches the master's
+    summary, and its "done" message ends the run long before -t."""
+    rc, out, summary = run_locust(
+        tmp_path,
+        "RateLimitUser",
+        "--processes",
+        "2",
+        "-t",
+        "60s",
+        "--rate-limit",
+        "10/1s",
+        "--rl-phases",
+        "steps",
+        "--rl-steps",
+        "0.5,3",
+        "--rl-measure-windows",
+        "1",
+        "--slo",
+        "rate_limit_accuracy>=0.9",
+        timeout_s=100,
+    )
+    assert rc == 0, out[-3000:]
+    rl = summary["rate_limit"]
+    assert rl["complete"] is True
+    assert [s["multiplier"] for s in rl["steps"]] == [0.5, 3.0]
+    assert rl["accuracy"] >= 0.9
+    assert summary["duration_s"] < 30

@@ -99,4 +99,4 @@ def test_prepare_renders_a_loopback_config_with_every_key(tmp_path: Path) -> Non
     assert plan.health_url == "http://127.0.0.1:4321/healthz"
     assert dict(plan.keys) == KEYS
     assert "FUNDED" in plan.keys
-    assert not plan.load_args  # the funded key (the load run's) has no limit
+    assert list(plan.load_args) == ["--rl-key", KEYS["RATE_LIMITED"], "--rate-limit", "2/1s"]

@@ -35,7 +35,7 @@ from relaygate.relays.base import (
     venv_python,
 )
 
-__all__ = ["KEYS", "RATE_LIMIT", "OpenAIForwardDriver"]
+__all__ = ["KEYS", "RATE_LIMIT", "RATE_LIMIT_RELAYGATE", "OpenAIForwardDriver"]
 
 #: Forward keys per relaygate key state (fixed strings in openai-forward's ``fk-`` format).
 KEYS: dict[str, str] = {
@@ -108,4 +108,8 @@ class OpenAIForwardDriver(RelayDriver):
             base_url=f"{root}/v1",
             health_url=f"{root}/healthz",
             keys=dict(KEYS),
+            # For the 429 prober (RateLimitUser): its own key and the limit configured for it
+            # (level 2; 0.8.1 does not enforce it, see docs/relays/openai-forward.md). The funded
+            # key, which the streaming users load, has no limit.
+            load_args=("--rl-key", KEYS["RATE_LIMITED"], "--rate-limit", RATE_LIMIT_RELAYGATE),
         )
