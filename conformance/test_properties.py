@@ -64,7 +64,8 @@ def test_refusals_are_json(client, provision, profile, relay, request):
     @given(body=bodies)
     def check(body):
         nonlocal served_quota
-        if isinstance(body.get("messages"), list) and body["messages"]:
+        msgs = body.get("messages")
+        if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict):
             body["messages"][0]["content"] = "fuzz " + directive(usage="3/2", chunks=2)
         ex = client.request("POST", "/v1/chat/completions", json=body, key=key.key)
         require(
@@ -92,7 +93,7 @@ def test_refusals_are_json(client, provision, profile, relay, request):
                 ex.curl,
                 relay.secrets,
             )
-        elif ex.status == 200:
+        elif ex.status == 200 and before is not None:
             usage = (ex.json() or {}).get("usage") or {}
             served_quota += profile.quota_for(
                 str(body.get("model")),

@@ -322,6 +322,10 @@ class RelayLauncher:
 
     def detach(self) -> None:
         """Forget the processes: they keep running; ``stop_recorded`` ends them."""
+        for proc in self._procs:
+            # Popen warns when an object of a still-running child is collected; this child is
+            # meant to outlive us (stop_recorded reaps it if we are still around).
+            proc.returncode = proc.returncode if proc.returncode is not None else 0
         self._procs.clear()
 
     def __enter__(self) -> RunningRelay:

@@ -100,10 +100,29 @@ def _load_line(load: Mapping[str, Any] | None) -> str:
     req = load.get("requests") or {}
     ok = req.get("ok", 0)
     bad = sum(v for k, v in req.items() if k not in ("ok", "total") and isinstance(v, int))
-    return (
+    line = (
         f"{ok} ok / {bad} not ok; TTFT p50 {_pct(load, 'ttft_ms', 'p50')} ms, "
         f"p99 {_pct(load, 'ttft_ms', 'p99')} ms; ITL p50 {_pct(load, 'itl_ms', 'p50')} ms"
     )
+    rl = load.get("rate_limit") or {}
+    if rl.get("steps") or rl.get("discovered"):
+        limit = rl.get("limit") or {}
+        ra = rl.get("retry_after") or {}
+        accuracy = rl.get("accuracy")
+        line += (
+            f"; 429 prober: limit {limit.get('requests', '?')}/{limit.get('window_s', '?')} s, "
+            f"accuracy {accuracy if accuracy is not None else '–'}, Retry-After "
+            + (
+                "correct"
+                if ra.get("correct")
+                else "absent"
+                if ra and not ra.get("present")
+                else "wrong"
+                if ra
+                else "–"
+            )
+        )
+    return line
 
 
 def render_markdown(columns: Sequence[MatrixColumn]) -> str:

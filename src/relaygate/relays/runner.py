@@ -24,6 +24,11 @@ from relaygate.relays.launcher import RunningRelay
 __all__ = ["LoadPlan", "StepResult", "run_load", "run_suite"]
 
 
+# The 429 prober's program in the matrix: what fits in half a minute on a per-second limit.
+PROBER_PHASES = "discover,steps,retry_after,recovery"
+PROBER_SECONDS = 30
+
+
 @dataclasses.dataclass(frozen=True)
 class StepResult:
     """What one step (suite or load) did: its exit code, wall time and where its output is."""
@@ -85,13 +90,14 @@ def _run(
     log_path: Path,
     report: Path,
     timeout_s: float,
+    extra_env: dict[str, str] | None = None,
 ) -> StepResult:
     started = time.monotonic()
     error: str | None = None
     try:
         proc = subprocess.run(
             argv,
-            env=_env(relay),
+            env=_env(relay) | (extra_env or {}),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -153,20 +159,33 @@ def run_load(
     plan = plan or LoadPlan()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "load-summary.json").unlink(missing_ok=True)
+    # A driver that configured a rate-limited key hands it over as "--rl-key K": then the 429
+    # prober runs beside the streams, on that key (through the environment, never argv).
+    extra = list(relay.load_args)
+    rl_key = None
+    if "--rl-key" in extra:
+        at = extra.index("--rl-key")
+        rl_key = extra[at + 1]
+        del extra[at : at + 2]
+    seconds = max(plan.seconds, PROBER_SECONDS) if rl_key else plan.seconds
+    users = plan.users + (1 if rl_key else 0)
+    classes = ["StreamingChatUser"] + (
+        ["RateLimitUser", "--rl-phases", PROBER_PHASES] if rl_key else []
+    )
     argv = [
         sys.executable, "-m", "locust",
         "-f", str(loadtests_dir() / "streaming_chat.py"),
         "--host", relay.root_url,
         "--relay-key", relay.funded_key,
         "--headless", "--only-summary",
-        "-u", str(plan.users), "-r", str(plan.spawn_rate), "-t", f"{plan.seconds}s",
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s",
         "--stop-timeout", "10",
         "--mock-ttft-ms", str(plan.mock_ttft_ms),
         "--mock-itl-ms", str(plan.mock_itl_ms),
         "--mock-output-tokens", str(plan.mock_output_tokens),
         "--report-dir", str(out_dir),
-        *relay.load_args,
-        "StreamingChatUser",
+        *extra,
+        *classes,
     ]  # fmt: skip
     return _run(
         "load",
@@ -174,7 +193,8 @@ def run_load(
         relay,
         out_dir / "load.log",
         out_dir / "load-summary.json",
-        timeout_s + plan.seconds,
+        timeout_s + seconds,
+        extra_env={"RELAYGATE_RL_KEY": rl_key} if rl_key else None,
     )
 
 
