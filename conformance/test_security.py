@@ -1,14 +1,44 @@
 """security: the client's key never reaches the upstream, the channel key never reaches the
-client, keys in URLs are not accepted. No profile can waive these."""
+client, keys in URLs are not accepted, no public endpoint shows a key. No profile can waive
+these."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import shlex
+from collections.abc import Callable, Mapping
+
+import httpx
 import pytest
 
 from relaygate.directives import directive
 from relaygate.keys import mask_key
-from relaygate.suite.client import chat_body, header_pairs
-from relaygate.suite.failures import require
+from relaygate.suite.client import Exchange, chat_body, header_pairs
+from relaygate.suite.failures import fail, require
+
+#: Where popular relays serve request logs, metrics or admin views on their API port. The case
+#: reads each without credentials while, and just after, the funded key is used.
+PUBLIC_READER_PATHS: tuple[str, ...] = (
+    # Portkey AI Gateway (Node build) with its published defaults (no --headless): an SSE feed
+    # of every /v1 request, the caller's provider key included (docs/relays/portkey.md F-1).
+    "/log/stream",
+    # LiteLLM proxy: Prometheus metrics, served without auth unless
+    # require_auth_for_metrics_endpoint is set; its labels name keys (hashed_api_key, alias).
+    "/metrics",
+    # LiteLLM proxy: per-request spend logs; every route is open when no master_key is set.
+    "/spend/logs",
+    # one-api / new-api: the site-wide request log (AdminAuth there).
+    "/api/log/",
+)
+#: Seconds the readers get to connect before the request, and to read after it (≤ 2 s in all).
+READER_CONNECT_S = 0.5
+READER_LISTEN_S = 1.5
+#: The plain GETs after the request wait this long: relays write their logs after answering.
+READER_AFTER_DELAY_S = 0.25
+#: Bytes read from one answer at most.
+READER_MAX_BYTES = 256 * 1024
 
 
 @pytest.mark.case(
@@ -96,3 +126,127 @@ def test_query_key_rejected(client, funded_key, tag, relay):
         ex.curl,
         relay.secrets,
     )
+
+
+@dataclasses.dataclass
+class _Reading:
+    """What one unauthenticated GET answered, as far as it was read."""
+
+    path: str
+    when: str
+    status: int | None = None
+    content_type: str = ""
+    head: bytes = b""
+    body: bytearray = dataclasses.field(default_factory=bytearray)
+
+    def describe(self) -> str:
+        answer = f"HTTP {self.status} {self.content_type or '-'}" if self.status else "no answer"
+        return f"GET {self.path} ({self.when}: {answer})"
+
+
+async def _read(http: httpx.AsyncClient, reading: _Reading, connected: asyncio.Event) -> None:
+    try:
+        async with http.stream("GET", reading.path) as response:
+            reading.status = response.status_code
+            reading.content_type = response.headers.get("content-type", "")
+            reading.head = "".join(
+                f"{name}: {value}\n" for name, value in response.headers.multi_items()
+            ).encode()
+            connected.set()
+            async for chunk in response.aiter_bytes():
+                reading.body += chunk[: READER_MAX_BYTES - len(reading.body)]
+                if len(reading.body) >= READER_MAX_BYTES:
+                    break
+    except httpx.HTTPError:
+        pass  # a path that cannot be read shows nothing
+    finally:
+        connected.set()
+
+
+async def _read_around(
+    base_url: str, headers: Mapping[str, str], timeout_s: float, send: Callable[[], Exchange]
+) -> tuple[Exchange, list[_Reading]]:
+    """Open a reader on every public path, ``send`` the request, then read for a bounded time:
+    the open readers go on, and a plain GET of every path follows. Nothing outlives the window.
+    """
+    timeout = httpx.Timeout(timeout_s + READER_LISTEN_S, connect=timeout_s)
+    readings: list[_Reading] = []
+    tasks: list[asyncio.Task[None]] = []
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=dict(headers), timeout=timeout, follow_redirects=False
+    ) as http:
+
+        def start(path: str, when: str) -> asyncio.Event:
+            reading, connected = _Reading(path, when), asyncio.Event()
+            readings.append(reading)
+            tasks.append(asyncio.create_task(_read(http, reading, connected)))
+            return connected
+
+        try:
+            opened = [start(path, "open during the request") for path in PUBLIC_READER_PATHS]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(event.wait() for event in opened)), READER_CONNECT_S
+                )
+            ex = await asyncio.to_thread(send)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + READER_LISTEN_S
+            await asyncio.sleep(READER_AFTER_DELAY_S)
+            for path in PUBLIC_READER_PATHS:
+                start(path, "after the request")
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return ex, readings
+
+
+@pytest.mark.case(
+    "security.no-key-in-public-endpoints",
+    title="No key appears on a public log, metrics or admin endpoint",
+    area="security",
+    spec="relay design; OWASP API Security Top 10 API3:2019 (excessive data exposure)",
+)
+def test_no_key_in_public_endpoints(client, profile, funded_key, tag, relay):
+    secrets = [s for s in dict.fromkeys(relay.secrets) if s and len(s) >= 8]
+    # The readers are anonymous: no Authorization, nor any extra header that carries a secret.
+    headers = {
+        name: value
+        for name, value in {**profile.http.extra_headers, **relay.extra_headers}.items()
+        if name.lower() != "authorization" and not any(s in value for s in secrets)
+    }
+    ex, readings = asyncio.run(
+        _read_around(
+            relay.base_url,
+            headers,
+            relay.timeout_s,
+            lambda: client.chat(chat_body(directive=directive(tag=tag))),
+        )
+    )
+    leaks = []
+    for reading in readings:
+        dump = reading.head + bytes(reading.body)
+        for secret in secrets:
+            at = dump.find(secret.encode())
+            if at < 0:
+                continue
+            what = "the funded key" if secret == funded_key else "a relay secret"
+            around = dump[max(0, at - 80) : at + len(secret) + 40].decode("utf-8", "replace")
+            leaks.append(
+                (reading, f"{reading.describe()} shows {what} {mask_key(secret)}: {around!r}")
+            )
+    if leaks:
+        first = leaks[0][0]
+        reader = ["curl", "-sSN", relay.base_url + first.path]
+        for name, value in headers.items():
+            reader += ["-H", f"{name}: {value}"]
+        fail(
+            "an endpoint anyone can read (log feed, metrics, debug or admin view) never shows "
+            "a caller's key or a relay secret",
+            f"no secret in what GET {', '.join(PUBLIC_READER_PATHS)} answer without "
+            "credentials, while and after the funded key is used",
+            "; ".join(text for _, text in leaks),
+            f"{shlex.join(reader)} &  {ex.curl}",
+            relay.secrets,
+        )

@@ -99,6 +99,7 @@ DETECTS: dict[str, set[str]] = {
     "bill_estimate_on_disconnect": {"quota.client-disconnect-billed-at-most-full"},
     "billing_usage_in_usd": {"quota.billing-endpoints"},
     "html_content_type": {"auth.funded-key-works"},
+    "public_log_stream": {"security.no-key-in-public-endpoints"},
     "unknown_key_403": {"auth.refused", "sdk.authentication-error"},
     "ignore_group_ratio": {"quota.formula-group"},
     "ignore_completion_ratio": {

@@ -479,6 +479,21 @@ async def _html_content_type(env: Env) -> None:
     assert refused.headers["Content-Type"].startswith("application/json")
 
 
+@check("public_log_stream")
+async def _public_log_stream(env: Env) -> None:
+    _, token = env.user_token()
+    async with env.session.get(env.url + "/log/stream") as feed:  # no credentials
+        assert feed.status == 200 and feed.content_type == "text/event-stream"
+        assert (await feed.content.readuntil(b"\n\n")).startswith(b"event: connected")
+        assert (await env.chat(token.key)).status == 200
+        frame = b""
+        while not frame.startswith(b"event: log"):  # skip keep-alive comments
+            frame = await asyncio.wait_for(feed.content.readuntil(b"\n\n"), 2)
+    event = orjson.loads(frame.split(b"data: ", 1)[1])
+    assert event["path"] == "/v1/chat/completions"
+    assert event["headers"]["Authorization"] == f"Bearer {token.key}"
+
+
 @pytest.mark.parametrize("name", sorted(FAULTS))
 @async_test
 async def test_fault_breaks_its_rule(name: str) -> None:

@@ -8,6 +8,8 @@ carries ``X-Relaygate-Request-Id`` and CORS headers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -51,6 +53,10 @@ _MODEL_CREATED = 1626777600  # what the one-api family reports for every model
 _UNSERVED_MODEL = "gpt-4-32k"
 #: Routing errors (status -> fault) that a fault answers with an HTML page instead of JSON.
 _HTML_ERROR_FAULTS = {404: "html_404", 405: "html_405"}
+#: The public_log_stream fault's feed, where Portkey's log console reads it.
+_LOG_STREAM_PATH = "/log/stream"
+#: Seconds between keep-alive comments on the feed (a write also notices a reader that left).
+_LOG_KEEPALIVE_S = 1.0
 _CORS_ALLOW = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -58,6 +64,31 @@ _CORS_ALLOW = {
     "OpenAI-Project, X-Requested-With, X-Stainless-*",
     "Access-Control-Max-Age": "86400",
 }
+
+
+class _LogFeed:
+    """Readers of the public_log_stream fault's ``GET /log/stream``, one queue each."""
+
+    def __init__(self) -> None:
+        self.readers: set[asyncio.Queue[bytes]] = set()
+        self.closed = False
+
+    def publish(self, request: web.Request) -> None:
+        """One event per /v1 request, with every header as the client sent it (the bug)."""
+        event = orjson.dumps(
+            {
+                "time": time.time(),
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": {str(name): value for name, value in request.headers.items()},
+            }
+        )
+        for queue in self.readers:
+            with contextlib.suppress(asyncio.QueueFull):  # a reader that lags loses events
+                queue.put_nowait(event)
+
+
+_LOG_FEED = web.AppKey("relay_log_feed", _LogFeed)
 
 
 def build_state(config: RelayConfig) -> RelayState:
@@ -97,9 +128,15 @@ def _read_state_file(config: RelayConfig) -> dict[str, Any]:
 async def _relay_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Request id, CORS preflight, the html_404/html_405 faults, and JSON instead of any crash."""
+    """Request id, CORS preflight, the html_404/html_405 and public_log_stream faults, and JSON
+    instead of any crash."""
     request[_REQUEST_ID] = f"{time.time_ns():x}{secrets.token_hex(4)}"
     faults = request.app[STATE].settings.faults
+    if "public_log_stream" in faults:
+        if request.method == "GET" and request.path == _LOG_STREAM_PATH:
+            return await _log_stream(request)
+        if request.path.startswith("/v1/"):
+            request.app[_LOG_FEED].publish(request)
     if request.method == "OPTIONS" and "no_cors" not in faults:
         return web.Response(status=204, headers=_CORS_ALLOW)
     routing = request.match_info.http_exception
@@ -120,6 +157,36 @@ async def _relay_middleware(
         return relay_error(
             500, f"internal relay error (request id {request[_REQUEST_ID]})", "internal_error"
         )
+
+
+async def _log_stream(request: web.Request) -> web.StreamResponse:
+    """The public_log_stream fault: an SSE feed of every /v1 request, open to anyone."""
+    feed = request.app[_LOG_FEED]
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+    # Registered before the headers go out: a reader that has them sees every later request.
+    feed.readers.add(queue)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b"event: connected\ndata: {}\n\n")
+        while not feed.closed:
+            try:
+                event = await asyncio.wait_for(queue.get(), _LOG_KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            await response.write(b"event: log\ndata: " + event + b"\n\n")
+    except ConnectionError:
+        pass  # the reader left
+    finally:
+        feed.readers.discard(queue)
+    return response
+
+
+async def _close_log_feed(app: web.Application) -> None:
+    app[_LOG_FEED].closed = True  # open feeds end within a keep-alive, not at the shutdown timeout
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -493,6 +560,8 @@ def create_app(config: RelayConfig, state: RelayState | None = None) -> web.Appl
     app[STATE] = state if state is not None else build_state(config)
     app[ADMIN_TOKEN] = config.admin_token or secrets.token_urlsafe(24)
     app[_LIMITER] = SlidingWindowLimiter()
+    app[_LOG_FEED] = _LogFeed()
+    app.on_shutdown.append(_close_log_feed)
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(_on_prepare)
     for endpoint, path in (

@@ -56,6 +56,9 @@ FAULTS: dict[str, str] = {
     "bill_estimate_on_disconnect": "a client that leaves mid-stream is charged the full estimate",
     "billing_usage_in_usd": "/dashboard/billing/usage total_usage is in USD, not US cents",
     "html_content_type": "successful non-stream answers are sent as Content-Type text/html",
+    "public_log_stream": (
+        "GET /log/stream is an open SSE feed of every /v1 request, Authorization header included"
+    ),
 }
 
 
