@@ -109,18 +109,20 @@ def _load_line(load: Mapping[str, Any] | None) -> str:
         limit = rl.get("limit") or {}
         ra = rl.get("retry_after") or {}
         accuracy = rl.get("accuracy")
+        share = rl.get("retry_after_present_share")
+        if ra.get("correct"):
+            retry = "Retry-After correct"
+        elif ra.get("present") is False or share == 0:
+            retry = "no Retry-After"
+        elif ra.get("error") and isinstance(share, int | float):
+            retry = f"Retry-After on {share:.0%} of 429s, not verified ({ra['error']})"
+        elif ra.get("error"):
+            retry = f"Retry-After not verified ({ra['error']})"
+        else:
+            retry = "Retry-After wrong" if ra else "Retry-After not probed"
         line += (
             f"; 429 prober: limit {limit.get('requests', '?')}/{limit.get('window_s', '?')} s, "
-            f"accuracy {accuracy if accuracy is not None else '–'}, Retry-After "
-            + (
-                "correct"
-                if ra.get("correct")
-                else "absent"
-                if ra and not ra.get("present")
-                else "wrong"
-                if ra
-                else "–"
-            )
+            f"accuracy {accuracy if accuracy is not None else '–'}, {retry}"
         )
     return line
 

@@ -174,7 +174,7 @@ def run_load(
     )
     argv = [
         sys.executable, "-m", "locust",
-        "-f", str(loadtests_dir() / "streaming_chat.py"),
+        "-f", str(loadtests_dir()),
         "--host", relay.root_url,
         "--relay-key", relay.funded_key,
         "--headless", "--only-summary",
