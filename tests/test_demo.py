@@ -82,3 +82,12 @@ def test_demo_rejects_bad_input_without_running(tmp_path: Path) -> None:
     proc = _demo(tmp_path, "--relay-key", "sk-abcdefghijklmnop")
     assert proc.returncode == 2
     assert "sk-abcdefghijklmnop" not in proc.stdout + proc.stderr
+
+
+def test_demo_fails_when_the_suite_writes_no_report(tmp_path: Path) -> None:
+    # An unusable relay URL stops pytest before any case ran: no conformance.json. The demo
+    # must fail (never pass by omission) and show why.
+    proc = _demo(tmp_path, "--no-load", "--relay-url", "ftp://relay.invalid")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the conformance suite wrote no report" in proc.stderr
+    assert "ftp://relay.invalid" in proc.stderr

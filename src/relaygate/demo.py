@@ -13,6 +13,7 @@ the command line. The exit code is the gate's: 0 passed, 1 failed, 2 unusable in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -285,10 +286,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_load:
         _run_load(args, out, display, slos, probe)
         load = _read(out / "load-summary.json")
+    missing = []
+    if conformance is None:
+        missing.append(f"the conformance suite wrote no report (see {out / 'suite.log'})")
+        try:
+            tail = (out / "suite.log").read_text(errors="replace").splitlines()[-12:]
+        except OSError:
+            tail = []
+        print(mask_secrets("\n".join(tail), *secrets), file=sys.stderr)
+    if load is None and not args.no_load:
+        missing.append(f"the load run wrote no summary (see {out / 'load.log'})")
     if conformance is None and load is None:
-        print(f"relaygate demo: no report was written; see {out}/suite.log", file=sys.stderr)
-        return gate.EXIT_USAGE
+        print(f"relaygate demo: {'; '.join(missing)}", file=sys.stderr)
+        return gate.EXIT_FAILED
     verdict = gate.evaluate(conformance, load, slos=(), allow_deviations=args.allow_deviations)
+    if missing:  # a step that produced nothing fails the gate: never a pass by omission
+        verdict = dataclasses.replace(verdict, passed=False, reasons=(*missing, *verdict.reasons))
     page = write_page(
         out / "index.html",
         conformance,
