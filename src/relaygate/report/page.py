@@ -174,6 +174,7 @@ def render_page(
     )
     env.filters["ms"] = lambda v: "–" if not isinstance(v, int | float) else f"{v:,.2f}"
     env.filters["num"] = lambda v: "–" if not isinstance(v, int | float) else f"{v:,.4g}"
+    env.filters["pct"] = lambda v: "–" if not isinstance(v, int | float) else f"{v:.0%}"
     cases = list((conformance or {}).get("cases") or [])
     failures = [_split_failure(c) for c in cases if c.get("outcome") == "failed"]
     deviations = [_split_failure(c) for c in cases if c.get("outcome") == "deviation"]
