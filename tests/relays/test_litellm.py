@@ -48,9 +48,9 @@ def test_profile_loads_with_documented_deviations() -> None:
 def test_is_installed_looks_for_the_pinned_dist_info(tmp_path: Path) -> None:
     driver = LiteLLMDriver()
     assert not driver.is_installed(tmp_path)
-    cli = tmp_path / "venv" / "bin" / "litellm"
-    cli.parent.mkdir(parents=True)
-    cli.write_text("")
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
     site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
     (site / "litellm-1.82.8.dist-info").mkdir(parents=True)
     assert not driver.is_installed(tmp_path)

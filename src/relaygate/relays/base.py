@@ -26,6 +26,7 @@ from typing import IO, ClassVar
 __all__ = [
     "LOOPBACK",
     "InstallError",
+    "PipRelayDriver",
     "RelayDriver",
     "RelayPlan",
     "fixture_dir",
@@ -33,6 +34,7 @@ __all__ = [
     "relays_home",
     "render_template",
     "venv_install",
+    "venv_python",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -98,6 +100,30 @@ class RelayDriver(ABC):
         """Render the relay's config into ``run_dir`` (from fixtures/relays/<name>/) and say how
         to start it on ``127.0.0.1:port`` with every channel pointing at ``upstream_url``
         (the mock upstream's root, no ``/v1``) authenticated by ``upstream_key``."""
+
+
+class PipRelayDriver(RelayDriver):
+    """A relay published on PyPI: installed with pip into ``install_dir/venv``.
+
+    Subclasses set :attr:`distribution` (the dist-info name, e.g. ``"lm_proxy"``) and
+    :attr:`requirements` (exact pins, the relay's own first).
+    """
+
+    distribution: ClassVar[str]
+    requirements: ClassVar[tuple[str, ...]]
+    pip_timeout_s: ClassVar[float] = 600.0
+
+    def is_installed(self, install_dir: Path) -> bool:
+        if not venv_python(install_dir).exists():
+            return False
+        dist_info = f"{self.distribution}-{self.version}.dist-info"
+        site = install_dir / "venv" / "lib"
+        return any(site.glob(f"python*/site-packages/{dist_info}"))
+
+    def install(self, install_dir: Path, log: IO[str]) -> None:
+        venv_install(install_dir, self.requirements, log, timeout_s=self.pip_timeout_s)
+        if not self.is_installed(install_dir):
+            raise InstallError(f"{self.name} {self.version} is not in {install_dir / 'venv'}")
 
 
 # ---------------------------------------------------------------------------------------------

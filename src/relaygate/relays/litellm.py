@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import ClassVar
 
 from relaygate.relays.base import (
     LOOPBACK,
-    InstallError,
-    RelayDriver,
+    PipRelayDriver,
     RelayPlan,
     fixture_dir,
     render_template,
-    venv_install,
 )
 
 __all__ = ["KEYS", "MASTER_KEY", "RATE_LIMIT_RPM", "LiteLLMDriver"]
@@ -61,27 +59,18 @@ KEYS: dict[str, str] = {
 _TEMPLATES = ("config.yaml", "custom_auth.py")
 
 
-class LiteLLMDriver(RelayDriver):
+class LiteLLMDriver(PipRelayDriver):
     """LiteLLM proxy with config-level keys (master key + custom_auth), no database."""
 
     name = "litellm"
     version = VERSION
+    distribution = "litellm"
+    requirements = (f"litellm[proxy]=={VERSION}",)
+    pip_timeout_s = 1200.0
     profile = "litellm"
     description = "LiteLLM proxy (BerriAI), OpenAI-compatible gateway, config + custom_auth keys"
     homepage = "https://pypi.org/project/litellm/ (docs: https://docs.litellm.ai/docs/simple_proxy)"
     start_timeout_s: ClassVar[float] = 120.0
-
-    def is_installed(self, install_dir: Path) -> bool:
-        marker = install_dir / "venv" / "bin" / "litellm"
-        dist = install_dir / "venv" / "lib"
-        if not marker.is_file() or not dist.is_dir():
-            return False
-        return any(dist.glob(f"python*/site-packages/litellm-{VERSION}.dist-info"))
-
-    def install(self, install_dir: Path, log: IO[str]) -> None:
-        venv_install(install_dir, [f"litellm[proxy]=={VERSION}"], log, timeout_s=1200.0)
-        if not self.is_installed(install_dir):
-            raise InstallError(f"litellm {VERSION} is not in {install_dir / 'venv'} after pip")
 
     def prepare(
         self,

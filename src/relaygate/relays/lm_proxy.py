@@ -24,15 +24,14 @@ importable from there); it binds the config's ``host``, set to ``127.0.0.1`` (th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import ClassVar
 
 from relaygate.relays.base import (
     LOOPBACK,
-    RelayDriver,
+    PipRelayDriver,
     RelayPlan,
     fixture_dir,
     render_template,
-    venv_install,
     venv_python,
 )
 
@@ -52,11 +51,13 @@ _CONFIG = "config.toml"
 _HOOK = "relaygate_lm_proxy_hooks.py"
 
 
-class LMProxyDriver(RelayDriver):
+class LMProxyDriver(PipRelayDriver):
     """LM-Proxy, configured by a rendered ``config.toml``, on loopback."""
 
     name: ClassVar[str] = "lm-proxy"
     version: ClassVar[str] = "3.3.2"
+    distribution: ClassVar[str] = "lm_proxy"
+    requirements: ClassVar[tuple[str, ...]] = ("lm-proxy==3.3.2",)
     profile: ClassVar[str] = "lm-proxy"
     description: ClassVar[str] = (
         "LM-Proxy: OpenAI-compatible proxy (FastAPI + microcore) with virtual keys, "
@@ -64,14 +65,6 @@ class LMProxyDriver(RelayDriver):
     )
     homepage: ClassVar[str] = "https://pypi.org/project/lm-proxy/"
     start_timeout_s: ClassVar[float] = 60.0
-
-    def is_installed(self, install_dir: Path) -> bool:
-        site = install_dir / "venv" / "lib"
-        dist = f"lm_proxy-{self.version}.dist-info"
-        return venv_python(install_dir).exists() and any(site.glob(f"python*/site-packages/{dist}"))
-
-    def install(self, install_dir: Path, log: IO[str]) -> None:
-        venv_install(install_dir, [f"lm-proxy=={self.version}"], log)
 
     def prepare(
         self,

@@ -23,15 +23,14 @@ same ASGI app (``openai_forward.app:app``) with uvicorn on ``127.0.0.1`` instead
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import ClassVar
 
 from relaygate.relays.base import (
     LOOPBACK,
-    RelayDriver,
+    PipRelayDriver,
     RelayPlan,
     fixture_dir,
     render_template,
-    venv_install,
     venv_python,
 )
 
@@ -52,11 +51,13 @@ _TEMPLATE = "openai-forward.env"
 _PYYAML = "pyyaml==6.0.4"
 
 
-class OpenAIForwardDriver(RelayDriver):
+class OpenAIForwardDriver(PipRelayDriver):
     """openai-forward, configured by a rendered ``.env``, served by uvicorn on loopback."""
 
     name: ClassVar[str] = "openai-forward"
     version: ClassVar[str] = "0.8.1"
+    distribution: ClassVar[str] = "openai_forward"
+    requirements: ClassVar[tuple[str, ...]] = ("openai-forward==0.8.1", _PYYAML)
     profile: ClassVar[str] = "openai-forward"
     description: ClassVar[str] = (
         "openai-forward: transparent OpenAI forwarding proxy with forward keys, "
@@ -64,14 +65,6 @@ class OpenAIForwardDriver(RelayDriver):
     )
     homepage: ClassVar[str] = "https://pypi.org/project/openai-forward/"
     start_timeout_s: ClassVar[float] = 60.0
-
-    def is_installed(self, install_dir: Path) -> bool:
-        site = install_dir / "venv" / "lib"
-        dist = f"openai_forward-{self.version}.dist-info"
-        return venv_python(install_dir).exists() and any(site.glob(f"python*/site-packages/{dist}"))
-
-    def install(self, install_dir: Path, log: IO[str]) -> None:
-        venv_install(install_dir, [f"openai-forward=={self.version}", _PYYAML], log)
 
     def prepare(
         self,
