@@ -247,3 +247,45 @@ def test_timeout_and_connection_refused(server: FakeServer) -> None:
 def test_bad_base_url() -> None:
     with pytest.raises(ValueError, match="http"):
         TimingClient("ftp://example")
+
+
+def test_idle_connections_closed_by_the_server_are_replaced_by_a_fresh_one() -> None:
+    """A server's keep-alive timeout closes every idle connection of the pool at once (uvicorn:
+    5 s). The retry must use a new connection, not the next dead one from the pool - else a
+    burst after a quiet spell reports connection errors that never reached the server (seen
+    against LM-Proxy 3.3.2 by the 429 prober)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 0.2  # the keep-alive timeout: idle connections are closed after it
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = TimingClient(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=5.0)
+        # Three pooled keep-alive connections, as a burst through one client leaves them.
+        pooled = [client._checkout(fresh=True) for _ in range(3)]
+        for conn in pooled:
+            conn.reused = True
+        client._idle.extend(pooled)
+        time.sleep(0.6)  # the server closes all three
+        results = [client.get("/x") for _ in range(3)]
+        assert [r.status for r in results] == [200, 200, 200], [r.error for r in results]
+        assert all(r.outcome == outcomes.OK for r in results)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -314,10 +314,11 @@ class TimingClient:
         raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         start = self.clock()
         result = RequestResult(t_intended_ns=t_intended_ns or start, t_start_ns=start)
+        fresh = False
         for _attempt in range(2):
             conn: _Connection | None = None
             try:
-                conn = self._checkout()
+                conn = self._checkout(fresh=fresh)
                 keep = self._exchange(conn, raw, method, stream, result)
             except TimeoutError:
                 result.outcome = outcomes.TIMEOUT
@@ -328,8 +329,12 @@ class TimingClient:
                 self._discard(conn)
                 if isinstance(exc, _StaleConnection) and conn is not None and conn.reused:
                     # A keep-alive connection the server had already closed: nothing was
-                    # processed, so one retry on a fresh connection is safe.
+                    # processed, so one retry on a fresh connection is safe. The other idle
+                    # connections are as old or older (a server's idle timeout closed them
+                    # all), so they go too, and the retry never takes one of them.
                     result = RequestResult(t_intended_ns=result.t_intended_ns, t_start_ns=start)
+                    self.close()
+                    fresh = True
                     continue
                 result.error = f"{type(exc).__name__}: {exc}"
                 result.outcome = outcomes.classify(
@@ -346,8 +351,8 @@ class TimingClient:
                 break
         return result
 
-    def _checkout(self) -> _Connection:
-        if self._idle:
+    def _checkout(self, *, fresh: bool = False) -> _Connection:
+        if self._idle and not fresh:
             return self._idle.pop()
         sock = socket.create_connection((self.hostname, self.port), timeout=self.timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
