@@ -418,16 +418,26 @@ class RateLimitProber:
             )
         return out
 
-    def _saturate(self, limit: int, label: str) -> RequestResult | None:
+    def _saturate(self, limit: int, label: str) -> tuple[RequestResult | None, list[RequestResult]]:
+        """A burst of limit + 3: (the last 429 of it or None, every result)."""
         results = self.burst(self.cfg.keys[0], label, limit + 3)
         refusals = [r for r in results if r.outcome == outcomes.RATE_LIMITED]
-        return max(refusals, key=lambda r: r.t_end_ns or 0) if refusals else None
+        last = max(refusals, key=lambda r: r.t_end_ns or 0) if refusals else None
+        return last, results
 
     def retry_after(self, limit: int) -> dict[str, Any]:
         key = self.cfg.keys[0]
         out: dict[str, Any] = {}
-        refused = self._saturate(limit, "ratelimit.retry-after")
+        refused, burst = self._saturate(limit, "ratelimit.retry-after")
         if refused is None or refused.t_end_ns is None:
+            answered = [r for r in burst if r.status is not None]
+            if len(answered) < len(burst):
+                # Requests that got no answer say nothing about the limiter: not its verdict.
+                return {
+                    "error": f"a burst of {limit + 3} got only {len(answered)} answers "
+                    f"({len(burst) - len(answered)} transport errors): not measured",
+                    "correct": None,
+                }
             return {"error": f"a burst of {limit + 3} was not refused", "correct": False}
         header = refused.headers.get("retry-after")
         out["header"] = header
@@ -452,7 +462,7 @@ class RateLimitProber:
                 out["header_error_s"] = round(header_s - actual, 4)
         # Second cycle: a client that waits exactly the advertised seconds must get through.
         self._settle(self.cfg.window_s or advertised)
-        refused2 = self._saturate(limit, "ratelimit.retry-after")
+        refused2, _ = self._saturate(limit, "ratelimit.retry-after")
         if refused2 is not None:
             wait = retry_after_s(refused2.headers)
             if wait is not None:
