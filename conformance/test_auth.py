@@ -85,16 +85,22 @@ def test_refused_before_upstream(kind, client, provision, upstream, tag, profile
 )
 def test_distinct_messages(client, provision, profile, tag, relay):
     messages: dict[str, str] = {}
+    others: dict[str, str] = {}
     for kind in REFUSALS:
         if not profile.expect(kind).applicable:
             continue
         ex, _ = _refused_key_request(kind, client, provision, tag, profile)
         error = ex.error
         if error is None or ex.status != 401:
+            others[kind] = f"HTTP {ex.status}" + ("" if error else " without an error object")
             continue
         messages[kind] = str(error.get("message", ""))
     if len(messages) < 3:
-        pytest.skip(f"only {len(messages)} auth refusals could be produced ({sorted(messages)})")
+        pytest.skip(
+            f"only {len(messages)} refusals were 401s with an error object to compare "
+            f"({', '.join(sorted(messages)) or 'none'}); the others: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(others.items())) or "not applicable")
+        )
     seen: dict[str, str] = {}
     for kind, message in messages.items():
         require(

@@ -33,6 +33,20 @@ def limited_key(provision, profile):
     return key_in_state(lambda: provision.key_with(KeyState.RATE_LIMITED, rate_limit="2/1s"))
 
 
+def _require_429(answers, refused, key, relay):
+    """Fail (with the last request's curl) when the limit was never enforced."""
+    require(
+        refused is not None,
+        "a key over its rate limit is refused with 429",
+        "a 429",
+        f"{len(answers)} answers, statuses {sorted({a.status for a in answers})}",
+        answers[-1].curl,
+        (*relay.secrets, key),
+    )
+    assert refused is not None
+    return refused
+
+
 @pytest.mark.case(
     "rate_limits.429-shape",
     title="Over the limit: 429 with an OpenAI error body and Retry-After",
@@ -41,15 +55,7 @@ def limited_key(provision, profile):
 )
 def test_429_shape(client, profile, limited_key, tag, relay):
     answers, refused = _until_429(client, limited_key.key, tag)
-    require(
-        refused is not None,
-        "a key over its rate limit is refused with 429",
-        "a 429",
-        f"{len(answers)} answers, statuses {sorted({a.status for a in answers})}",
-        answers[-1].curl,
-        (*relay.secrets, limited_key.key),
-    )
-    assert refused is not None
+    refused = _require_429(answers, refused, limited_key.key, relay)
     if profile.rate_limit.retry_after_header:
         value = refused.headers.get("retry-after", "")
         require(
@@ -77,8 +83,7 @@ def test_429_shape(client, profile, limited_key, tag, relay):
 )
 def test_refused_before_upstream(client, profile, provision, upstream, limited_key, tag, relay):
     answers, refused = _until_429(client, limited_key.key, tag)
-    if refused is None:
-        pytest.fail("no 429 was produced; see rate_limits.429-shape")
+    refused = _require_429(answers, refused, limited_key.key, relay)
     refused_tag = f"{tag}.{len(answers) - 1}"
     entries = upstream.wait_entries(refused_tag, timeout_s=0.3)
     require(
@@ -114,9 +119,8 @@ def test_refused_before_upstream(client, profile, provision, upstream, limited_k
 def test_retry_after_honest(client, profile, limited_key, tag, relay):
     if not profile.rate_limit.retry_after_header:
         pytest.skip("profile: this relay sends no Retry-After")
-    _, refused = _until_429(client, limited_key.key, tag)
-    if refused is None:
-        pytest.fail("no 429 was produced; see rate_limits.429-shape")
+    answers, refused = _until_429(client, limited_key.key, tag)
+    refused = _require_429(answers, refused, limited_key.key, relay)
     ms = refused.headers.get("retry-after-ms")
     seconds = refused.headers.get("retry-after", "")
     require(

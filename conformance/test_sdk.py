@@ -3,12 +3,15 @@ each status stands for."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relaygate.directives import directive
 from relaygate.provision import KeyState
 from relaygate.suite.checks import key_in_state
-from relaygate.suite.failures import require
+from relaygate.suite.client import curl_command
+from relaygate.suite.failures import fail, require
 
 openai = pytest.importorskip(
     "openai", reason="the openai SDK is not installed (pip install openai)"
@@ -44,9 +47,22 @@ def _msg(tag, **fields):
     return [{"role": "user", "content": "hello " + directive(tag=tag, **fields)}]
 
 
+def _curl(relay, profile, key, path="/v1/chat/completions", body=None, method="POST"):
+    """The request an SDK call sends, as a curl (the failure's "Reproduce" line)."""
+    headers = {**profile.http.extra_headers, **relay.extra_headers}
+    headers["Authorization"] = f"Bearer {key or 'sk-none'}"
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    return curl_command(method, relay.base_url + path, headers, data)
+
+
 @pytest.mark.case("sdk.chat", title="SDK: chat.completions.create works", area="sdk", faq=("F15",))
-def test_chat(relay, funded_key, tag, sdk):
-    answer = sdk(funded_key).chat.completions.create(model="gpt-4o", messages=_msg(tag))
+def test_chat(relay, profile, funded_key, tag, sdk):
+    body = {"model": "gpt-4o", "messages": _msg(tag)}
+    curl = _curl(relay, profile, funded_key, body=body)
+    answer = _call(lambda: sdk(funded_key).chat.completions.create(**body), curl, relay)
     require(
         bool(answer.choices)
         and answer.choices[0].message.content is not None
@@ -55,34 +71,57 @@ def test_chat(relay, funded_key, tag, sdk):
         "the SDK parses the relay's answer: a message, the model asked for, the usage",
         "choices[0].message, model 'gpt-4o', usage",
         f"model {answer.model!r}, usage {answer.usage!r}, choices {answer.choices!r}"[:500],
-        secrets=relay.secrets,
+        curl,
+        relay.secrets,
     )
 
 
 @pytest.mark.case("sdk.stream", title="SDK: a stream iterates to the end", area="sdk", faq=("F4",))
-def test_stream(relay, funded_key, tag, sdk):
-    stream = sdk(funded_key).chat.completions.create(
-        model="gpt-4o",
-        messages=_msg(tag, chunks=4),
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    text, usage, finish = "", None, None
-    for chunk in stream:
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            text += choice.delta.content or ""
-            finish = choice.finish_reason or finish
+def test_stream(relay, profile, funded_key, tag, sdk):
+    body = {
+        "model": "gpt-4o",
+        "messages": _msg(tag, chunks=4),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    curl = _curl(relay, profile, funded_key, body=body)
+
+    def read():
+        text, usage, finish = "", None, None
+        for chunk in sdk(funded_key).chat.completions.create(**body):
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+        return text, usage, finish
+
+    text, usage, finish = _call(read, curl, relay)
     require(
         bool(text) and finish == "stop" and usage is not None,
         "the SDK streams text, a finish_reason and the usage",
         "text, stop, usage",
         f"{text!r}, {finish!r}, {usage!r}",
-        secrets=relay.secrets,
+        curl,
+        relay.secrets,
     )
 
 
-def _raises(cls, call, requirement, relay):
+def _call(call, curl, relay):
+    """Run an SDK call that must succeed; an SDK error is a failure with the request's curl."""
+    try:
+        return call()
+    except openai.APIError as exc:
+        status = getattr(exc, "status_code", None)
+        fail(
+            "the official SDK completes the call",
+            "an answer",
+            f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {exc}",
+            curl,
+            relay.secrets,
+        )
+
+
+def _raises(cls, call, requirement, relay, curl):
     try:
         call()
     except openai.APIStatusError as exc:
@@ -91,14 +130,13 @@ def _raises(cls, call, requirement, relay):
             requirement,
             cls.__name__,
             f"{type(exc).__name__} (HTTP {exc.status_code})",
-            secrets=relay.secrets,
+            curl,
+            relay.secrets,
         )
         return
     except openai.APIError as exc:
-        require(
-            False, requirement, cls.__name__, f"{type(exc).__name__}: {exc}", secrets=relay.secrets
-        )
-    require(False, requirement, cls.__name__, "no error", secrets=relay.secrets)
+        fail(requirement, cls.__name__, f"{type(exc).__name__}: {exc}", curl, relay.secrets)
+    fail(requirement, cls.__name__, "no error", curl, relay.secrets)
 
 
 @pytest.mark.case(
@@ -114,12 +152,14 @@ def test_authentication_error(relay, profile, tag, sdk):
     error_class = {401: openai.AuthenticationError, 403: openai.PermissionDeniedError}.get(status)
     if error_class is None:
         pytest.skip(f"profile: an unknown key is answered with {status}, not 401/403")
-    sdk = sdk("sk-relaygateUnknownKey000000000000000000000000000000")
+    bad_key = "sk-relaygateUnknownKey000000000000000000000000000000"
+    body = {"model": "gpt-4o", "messages": _msg(tag)}
     _raises(
         error_class,
-        lambda: sdk.chat.completions.create(model="gpt-4o", messages=_msg(tag)),
+        lambda: sdk(bad_key).chat.completions.create(**body),
         f"a {status} for an unknown key surfaces as openai.{error_class.__name__}",
         relay,
+        _curl(relay, profile, bad_key, body=body),
     )
 
 
@@ -133,11 +173,13 @@ def test_permission_denied(relay, provision, profile, tag, sdk):
     if profile.expect("token_quota_exhausted").status != 403:
         pytest.skip("profile: exhausted tokens are not refused with 403 by this relay")
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
+    body = {"model": "gpt-4o", "messages": _msg(tag)}
     _raises(
         openai.PermissionDeniedError,
-        lambda: sdk(key.key).chat.completions.create(model="gpt-4o", messages=_msg(tag)),
+        lambda: sdk(key.key).chat.completions.create(**body),
         "a 403 surfaces as openai.PermissionDeniedError",
         relay,
+        _curl(relay, profile, key.key, body=body),
     )
 
 
@@ -155,20 +197,21 @@ def test_not_found(relay, funded_key, profile, sdk):
         lambda: sdk(funded_key).models.retrieve("relaygate-no-such-model"),
         "a 404 surfaces as openai.NotFoundError",
         relay,
+        _curl(relay, profile, funded_key, "/v1/models/relaygate-no-such-model", method="GET"),
     )
 
 
 @pytest.mark.case(
     "sdk.rate-limit-error", title="SDK: a 429 raises RateLimitError", area="sdk", faq=("F5",)
 )
-def test_rate_limit(relay, funded_key, upstream, tag, sdk):
+def test_rate_limit(relay, profile, funded_key, upstream, tag, sdk):
+    body = {"model": "gpt-4o", "messages": _msg(tag, error=429, retry_after="1")}
     _raises(
         openai.RateLimitError,
-        lambda: sdk(funded_key).chat.completions.create(
-            model="gpt-4o", messages=_msg(tag, error=429, retry_after="1")
-        ),
+        lambda: sdk(funded_key).chat.completions.create(**body),
         "a 429 surfaces as openai.RateLimitError",
         relay,
+        _curl(relay, profile, funded_key, body=body),
     )
 
 
@@ -178,12 +221,12 @@ def test_rate_limit(relay, funded_key, upstream, tag, sdk):
     area="sdk",
     faq=("F22",),
 )
-def test_bad_request(relay, funded_key, upstream, tag, sdk):
+def test_bad_request(relay, profile, funded_key, upstream, tag, sdk):
+    body = {"model": "gpt-4", "messages": _msg(tag), "max_tokens": 9000}
     _raises(
         openai.BadRequestError,
-        lambda: sdk(funded_key).chat.completions.create(
-            model="gpt-4", messages=_msg(tag), max_tokens=9000
-        ),
+        lambda: sdk(funded_key).chat.completions.create(**body),
         "a 400 surfaces as openai.BadRequestError",
         relay,
+        _curl(relay, profile, funded_key, body=body),
     )

@@ -27,6 +27,7 @@ __all__ = [
     "StreamExchange",
     "UpstreamJournal",
     "chat_body",
+    "curl_command",
     "header_pairs",
     "new_tag",
 ]
@@ -56,6 +57,11 @@ def header_pairs(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(headers, Mapping):
         return [(str(k), str(v)) for k, v in headers.items()]
     return [(str(pair[0]), str(pair[1])) for pair in headers if len(pair) == 2]
+
+
+def curl_command(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
+    """A shell-quoted curl for a request, the Authorization secret masked (for failures)."""
+    return _curl(method, url, headers, body)
 
 
 def _curl(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
