@@ -91,3 +91,34 @@ def test_demo_fails_when_the_suite_writes_no_report(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "the conformance suite wrote no report" in proc.stderr
     assert "ftp://relay.invalid" in proc.stderr
+
+
+def test_demo_gates_a_relay_given_by_url(tmp_path: Path) -> None:
+    """--relay-url path: the suite and the load run go to a relay the demo did not start (here
+    the reference relay of an embedded stack), the prober on a rate-limited key of its own;
+    keys stay out of the output."""
+    from relaygate.stack import EmbeddedStack
+
+    stack = EmbeddedStack()
+    with stack as info:
+        limited = stack.new_key(rate_limit="10/1s")
+        proc = _demo(
+            tmp_path,
+            "--relay-url", info.relay_url + "/v1",
+            "--relay-key", info.relay_key,
+            "--relay-admin-token", info.admin_token,
+            "--upstream-url", info.upstream_url,
+            "--load-seconds", "8",
+            "--rate-limit", "10/1s",
+            "--rl-key", limited,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "GATE PASSED" in proc.stdout
+    for secret in (info.relay_key, info.admin_token, limited):
+        assert secret not in proc.stdout + proc.stderr
+        assert secret not in (tmp_path / "index.html").read_text()
+    summary = json.loads((tmp_path / "load-summary.json").read_text())
+    assert summary["host"] == info.relay_url
+    assert summary["rate_limit"]["limit"]["requests"] == 10
+    conformance = json.loads((tmp_path / "conformance.json").read_text())
+    assert conformance["mode"] == "mock" and conformance["summary"]["failed"] == 0
