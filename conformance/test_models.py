@@ -56,15 +56,33 @@ def test_exact_name_forwarded(model, client, upstream, tag, relay):
     faq=("F8", "F17"),
 )
 def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
-    applicable(profile.expect("no_channel"))  # a relay without a model table: skip first
+    expectation = applicable(profile.expect("no_channel"))
     ex = client.chat(chat_body(variant, directive=directive(tag=tag)))
-    if _journal is not None:
+    upstream_status = None
+    if expectation.status_from_upstream:
+        # A relay without a model table (its profile says the name is forwarded as given):
+        # F8 then means the upstream gets exactly the variant, never the canonical name.
+        if _journal is None:
+            pytest.skip("needs the mock upstream's journal to see which name was forwarded")
+        entries = _journal.wait_entries(tag, count=1, timeout_s=2.0)
+        sent = [e["body"].get("model") for e in entries if isinstance(e.get("body"), dict)]
+        require(
+            sent == [variant],
+            f"F8: {variant!r} is forwarded as given, never remapped (names are case-sensitive)",
+            f"one upstream request for model {variant!r}",
+            f"upstream requests for models {sent!r}",
+            ex.curl,
+            relay.secrets,
+        )
+        upstream_status = entries[0].get("status")
+    elif _journal is not None:
         check_not_forwarded(_journal, tag, f"F8: {variant!r} is not routed upstream", ex.curl)
     error = check_error(
         ex,
         profile,
         "no_channel",
         f"F8: {variant!r} matches no channel (names are case-sensitive)",
+        upstream_status=upstream_status,
         secrets=relay.secrets,
         values={"model": variant, "group": "default"},
     )

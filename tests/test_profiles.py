@@ -276,6 +276,25 @@ def test_extends_overrides_and_inherits(tmp_path: Path) -> None:
     assert profile.expect("missing_key").code == "missing_api_key"  # inherited
 
 
+def test_pass_through_condition_does_not_inherit_the_parents_answer(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "forwarder.toml",
+        'extends = "faq"\nname = "forwarder"\n'
+        "[errors.no_channel]\nstatus_from_upstream = true\n"
+        'deviation = "forwards every model name as given"\n'
+        '[errors.model_missing]\nmessage_patterns = ["model"]\n',
+    )
+    profile = load_profile(str(path))
+    forwarded = profile.expect("no_channel")
+    assert forwarded.status is None and forwarded.status_from_upstream
+    assert forwarded.code is None and forwarded.type is None and not forwarded.message_patterns
+    # an ordinary override still merges with what it inherits
+    assert (
+        profile.expect("model_missing").status == load_profile("faq").expect("model_missing").status
+    )
+
+
 def test_extends_from_relay_profile_keeps_its_deviations(tmp_path: Path) -> None:
     path = _write(tmp_path, "n-plus.toml", 'extends = "new-api"\n[errors.body_too_large]\n')
     assert load_profile(str(path)).deviation("errors.body_too_large")

@@ -589,7 +589,13 @@ def _read_merged(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     # A child never inherits identity: name/description/role are its own.
     for own in ("name", "description", "role"):
         base.pop(own, None)
-    return _deep_merge(base, data)
+    merged = _deep_merge(base, data)
+    # A condition the child answers with the upstream's own status (a pass-through) does not
+    # inherit the parent's relay-made answer (its status, code, type, message patterns).
+    for condition, table in (data.get("errors") or {}).items():
+        if isinstance(table, dict) and table.get("status_from_upstream") is True:
+            merged["errors"][condition] = dict(table)
+    return merged
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
