@@ -58,14 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def _driver_names(names: list[str]) -> list[str]:
+def _driver_names(names: list[str], *, reference_ok: bool = True) -> list[str]:
     from relaygate.relays import DRIVERS
 
-    unknown = [n for n in names if n not in DRIVERS and n != REFERENCE]
+    known = [*DRIVERS, *([REFERENCE] if reference_ok else [])]
+    unknown = [n for n in names if n not in known]
     if unknown:
+        hint = "" if reference_ok else f" ({REFERENCE} is started with 'relaygate up')"
         raise SystemExit(
-            f"relaygate relay: unknown relay {', '.join(unknown)}; "
-            f"known: {', '.join(DRIVERS)}, {REFERENCE}"
+            f"relaygate relay: unknown relay {', '.join(unknown)}; known: {', '.join(known)}{hint}"
         )
     return names or list(DRIVERS)
 
@@ -103,7 +104,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from relaygate.relays.base import InstallError
     from relaygate.relays.launcher import RelayLauncher, RelayStartError
 
-    _driver_names([args.name])
+    _driver_names([args.name], reference_ok=False)
     launcher = RelayLauncher(
         args.name, port=args.port, upstream_url=args.upstream_url, upstream_key=args.upstream_key
     )
@@ -128,7 +129,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
 def _cmd_stop(name: str) -> int:
     from relaygate.relays.launcher import stop_recorded
 
-    _driver_names([name])
+    _driver_names([name], reference_ok=False)
     if not stop_recorded(name):
         print(f"relaygate relay stop: {name} is not running (no state file)", file=sys.stderr)
         return 1
