@@ -211,6 +211,7 @@ def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) ->
     (out_dir / "run.json").write_text(json.dumps(record, indent=2))
     conf = out_dir / "conformance.json"
     counts = json.loads(conf.read_text())["summary"] if conf.is_file() else None
+    _write_relay_page(out_dir, name, record)
     print(
         f"relaygate relay: {name}: {counts or 'no conformance report'}"
         + (f" — {str(record['error']).splitlines()[0]}" if record["error"] else "")
@@ -218,6 +219,25 @@ def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) ->
         file=sys.stderr,
     )
     return record
+
+
+def _write_relay_page(out_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """``<relay>/index.html``: the same self-contained page as ``relaygate demo`` writes,
+    without a verdict (the matrix reports; it does not gate)."""
+    from relaygate.relays.runner import read_json
+    from relaygate.report.page import write_page
+
+    conformance = read_json(out_dir / "conformance.json")
+    load = read_json(out_dir / "load-summary.json")
+    if conformance is None and load is None:
+        return
+    write_page(
+        out_dir / "index.html",
+        conformance,
+        load,
+        plots_dir=out_dir,
+        title=f"relaygate report: {name} {record.get('version', '')}".rstrip(),
+    )
 
 
 def _cmd_run(args: argparse.Namespace, *, matrix: bool) -> int:
@@ -230,6 +250,13 @@ def _cmd_run(args: argparse.Namespace, *, matrix: bool) -> int:
     if not (matrix and args.render_only):
         for name in names:
             _run_one(name, report_dir, args.load_seconds, args.load_users)
+    else:
+        from relaygate.relays.runner import read_json
+
+        for name in names:
+            if (report_dir / name).is_dir():
+                record = read_json(report_dir / name / "run.json") or {}
+                _write_relay_page(report_dir / name, name, record)
     if matrix:
         md, page = write_matrix(report_dir, names)
         print(f"relaygate relay: matrix written: {md} and {page}")

@@ -183,7 +183,9 @@ def render_markdown(columns: Sequence[MatrixColumn]) -> str:
 def render_html(columns: Sequence[MatrixColumn]) -> str:
     esc = html.escape
     head = "".join(
-        f"<th>{esc(col.name)}<br><small>{esc(col.version)}</small></th>" for col in columns
+        f'<th><a href="{esc(col.name)}/index.html">{esc(col.name)}</a>'
+        f"<br><small>{esc(col.version)}</small></th>"
+        for col in columns
     )
     summary = []
     for col in columns:
@@ -197,7 +199,8 @@ def render_html(columns: Sequence[MatrixColumn]) -> str:
             )
         )
         summary.append(
-            f"<tr><th>{esc(col.name)}</th><td>{esc(col.version)}</td>"
+            f'<tr><th><a href="{esc(col.name)}/index.html">{esc(col.name)}</a></th>'
+            f"<td>{esc(col.version)}</td>"
             f"<td><code>{esc(col.profile)}</code></td>{status}"
             f"<td>{esc(_load_line(col.load))}</td></tr>"
         )
