@@ -35,20 +35,38 @@ _BAR = 28
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    target = parser.add_argument_group("relay under test (default: the embedded stack)")
-    target.add_argument("--relay-url", default=None, help="base URL of the relay (with /v1 or not)")
-    target.add_argument("--relay-key", default=None, help="a funded key [env RELAYGATE_RELAY_KEY]")
-    target.add_argument("--relay-admin-token", default=None, help="admin token (provisioning)")
-    target.add_argument("--relay-profile", default=None, help="profile name or TOML path")
-    target.add_argument("--upstream-url", default=None, help="the relaygate mock it points at")
+    def env(name: str) -> str | None:
+        return os.environ.get(name) or None
+
+    target = parser.add_argument_group(
+        "relay under test (default: the embedded stack); each also read from its env var"
+    )
+    for option, var, text in (
+        ("--relay-url", "RELAYGATE_RELAY_URL", "base URL of the relay (with /v1 or not)"),
+        (
+            "--relay-key",
+            "RELAYGATE_RELAY_KEY",
+            "a funded key (prefer the env var: argv is visible)",
+        ),
+        ("--relay-admin-token", "RELAYGATE_RELAY_ADMIN_TOKEN", "admin token (provisioning)"),
+        ("--relay-profile", "RELAYGATE_RELAY_PROFILE", "profile name or TOML path (default faq)"),
+        ("--upstream-url", "RELAYGATE_UPSTREAM_URL", "the relaygate mock upstream it points at"),
+    ):
+        target.add_argument(option, default=env(var), help=f"{text} [env {var}]")
     load = parser.add_argument_group("load run")
     load.add_argument("--load-seconds", type=int, default=35, help="run time (default 35)")
     load.add_argument("--users", type=int, default=6, help="streaming users (default 6)")
     load.add_argument("--no-load", action="store_true", help="conformance only")
     load.add_argument(
-        "--rate-limit", default=None, help="declared per-key limit N/Ws: runs the 429 prober"
+        "--rate-limit",
+        default=env("RELAYGATE_RATE_LIMIT"),
+        help="declared per-key limit N/Ws: runs the 429 prober [env RELAYGATE_RATE_LIMIT]",
     )
-    load.add_argument("--rl-key", default=None, help="the 429 prober's own key")
+    load.add_argument(
+        "--rl-key",
+        default=env("RELAYGATE_RL_KEY"),
+        help="the 429 prober's own key [env RELAYGATE_RL_KEY]",
+    )
     gate = parser.add_argument_group("gate")
     gate.add_argument(
         "--slo",
@@ -57,8 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"SLO rule, repeatable (default: {', '.join(DEFAULT_SLOS)}; with the prober also "
         f"{', '.join(PROBER_SLOS)})",
     )
-    gate.add_argument("--allow-deviations", action="store_true")
-    parser.add_argument("--report-dir", type=Path, default=Path("reports"))
+    gate.add_argument(
+        "--allow-deviations",
+        action="store_true",
+        help="documented profile deviations do not fail the gate",
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("reports"),
+        help="where the reports and index.html go (default reports)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
