@@ -53,6 +53,9 @@ def test_demo_passes_and_writes_the_page(
     assert conformance["summary"]["failed"] == 0
     for plot in ("load-ttft-itl-cdf.png", "load-rate-limit.png"):
         assert f"({plot})" in page
+    # Locust's own reports sit beside ours (its stats, ours in locust_relaygate_metrics.csv)
+    assert (out / "locust.html").is_file() and (out / "locust_stats.csv").is_file()
+    assert (out / "locust_relaygate_metrics.csv").is_file()
 
 
 def test_demo_page_renders_in_chromium(

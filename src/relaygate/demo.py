@@ -216,6 +216,7 @@ def _run_load(
         sys.executable, "-m", "locust", "-f", str(loadtests_dir()),
         "--headless", "--only-summary", "-u", str(users), "-r", str(users),
         "-t", f"{args.load_seconds}s", "--stop-timeout", "10", "--report-dir", str(out),
+        "--html", str(out / "locust.html"), "--csv", str(out / "locust"),
     ]  # fmt: skip
     if args.relay_url:
         from relaygate.suite.target import normalize_base_url
