@@ -128,3 +128,18 @@ def test_render_template_refuses_unfilled_placeholders(tmp_path: Path) -> None:
     assert out.read_text() == "port: 1234\nkey: k\n"
     with pytest.raises(ValueError, match="unfilled placeholder"):
         render_template(source, tmp_path / "x.yaml", {"PORT": "1"})
+
+
+def test_stop_never_signals_a_reused_pid(fake: type[FakeDriver]) -> None:
+    launcher = RelayLauncher("fake", upstream_url="http://127.0.0.1:9", upstream_key="k")
+    running = launcher.start()
+    launcher.detach()
+    state_path = running.run_dir / "relay.json"
+    state = json.loads(state_path.read_text())
+    assert state["started"][str(running.relay_pid)]  # recorded at start
+    # Pretend the recorded process is gone and its number was reused by another process.
+    state["started"][str(running.relay_pid)] = "1"
+    state_path.write_text(json.dumps(state))
+    stop_recorded("fake", quiet=True)
+    assert _alive(running.relay_pid)  # not ours any more as far as the record goes: untouched
+    os.killpg(running.relay_pid, 15)

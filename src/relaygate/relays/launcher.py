@@ -63,6 +63,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), or None.
+
+    Recorded next to each PID so that a later ``relay stop`` never signals a process that
+    merely reuses the number of one that is long gone.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid …": comm may hold spaces, so split after its closing paren.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
 def _stop_group(pid: int, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL what is left after the timeout."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -96,6 +111,8 @@ class RunningRelay:
     mock_pid: int | None
     run_dir: Path
     log_path: Path
+    # pid -> its start time when recorded (see process_start)
+    started: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def funded_key(self) -> str:
@@ -301,6 +318,11 @@ class RelayLauncher:
                 mock_pid=mock_pid,
                 run_dir=run_dir,
                 log_path=log_path,
+                started={
+                    str(pid): start
+                    for pid in (proc.pid, mock_pid)
+                    if pid is not None and (start := process_start(pid)) is not None
+                },
             )
             state = run_dir / STATE_FILE
             state.write_text(json.dumps(self.running.to_json(show_keys=True), indent=2))
@@ -354,8 +376,12 @@ def stop_recorded(name: str, home: Path | None = None, *, quiet: bool = False) -
     if state is None:
         return False
     for pid in (state.relay_pid, state.mock_pid):
-        if pid is not None and _alive(pid):
-            _stop_group(pid)
+        if pid is None or not _alive(pid):
+            continue
+        recorded = state.started.get(str(pid))
+        if recorded is not None and process_start(pid) != recorded:
+            continue  # the number now belongs to another process: not ours to stop
+        _stop_group(pid)
     (state.run_dir / STATE_FILE).unlink(missing_ok=True)
     if not quiet:
         print(f"relaygate: stopped {name} (pid {state.relay_pid})", file=sys.stderr)
