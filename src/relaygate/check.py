@@ -16,14 +16,9 @@ __all__ = ["add_arguments", "conformance_dir", "run", "run_pytest"]
 
 def conformance_dir() -> Path:
     """The conformance suite's folder: the checkout's, else the wheel's bundled copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "conformance", here / "_conformance"):
-        if (candidate / "conftest.py").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"the conformance suite is missing: looked in {here.parent.parent / 'conformance'} and "
-        f"{here / '_conformance'}; reinstall relaygate"
-    )
+    from relaygate.shipped import shipped_dir
+
+    return shipped_dir("conformance", "_conformance", "conftest.py")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

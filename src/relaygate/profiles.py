@@ -515,14 +515,12 @@ def profiles_dir() -> Path:
     The canonical copies are ``fixtures/profiles`` of the checkout (``src/relaygate`` →
     ``../../fixtures/profiles``); a wheel may carry copies in ``relaygate/_profiles``.
     """
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "fixtures" / "profiles", here / "_profiles"):
-        if candidate.is_dir():
-            return candidate
-    raise ProfileError(
-        f"no shipped profiles found: looked in {here.parent.parent / 'fixtures' / 'profiles'} "
-        f"and {here / '_profiles'}; pass a path to a profile .toml instead"
-    )
+    from relaygate.shipped import shipped_dir
+
+    try:
+        return shipped_dir("fixtures/profiles", "_profiles")
+    except FileNotFoundError as exc:
+        raise ProfileError(f"{exc}; or pass a path to a profile .toml") from None
 
 
 def list_profiles() -> list[str]:

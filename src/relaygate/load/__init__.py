@@ -28,11 +28,6 @@ __all__ = ["Histogram", "Registry", "SLORule", "loadtests_dir", "parse_rule", "r
 
 def loadtests_dir() -> Path:
     """The locustfiles' folder (``locust -f <it>``): the checkout's, else the wheel's copy."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent.parent / "loadtests", here / "_loadtests"):
-        if (candidate / "streaming_chat.py").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"the load scenarios are missing: looked in {here.parent.parent / 'loadtests'} and "
-        f"{here / '_loadtests'}; reinstall relaygate"
-    )
+    from relaygate.shipped import shipped_dir
+
+    return shipped_dir("loadtests", "_loadtests", "streaming_chat.py")

@@ -141,11 +141,9 @@ def relays_home() -> Path:
 
 def fixture_dir(name: str) -> Path:
     """The shipped config templates of relay ``name`` (``fixtures/relays/<name>``)."""
-    here = Path(__file__).resolve().parent.parent
-    for base in (here.parent.parent / "fixtures" / "relays", here / "_relays"):
-        if (base / name).is_dir():
-            return base / name
-    raise FileNotFoundError(f"no config templates for relay {name!r} (fixtures/relays/{name})")
+    from relaygate.shipped import shipped_dir
+
+    return shipped_dir("fixtures/relays", "_relays", name) / name
 
 
 def render_template(source: Path, target: Path, values: Mapping[str, str]) -> Path:
