@@ -125,9 +125,9 @@ class SLOLine:
     @property
     def check_line(self) -> str:
         """``CHECK PASSED rule: observed X (threshold Y)``, as Locust prints it at exit."""
-        observed = "not measured" if self.observed is None else f"{self.observed:g}"
-        verdict = "CHECK PASSED" if self.passed else "CHECK FAILED"
-        return f"{verdict} {self.rule}: observed {observed} (threshold {self.threshold:g})"
+        from relaygate.load.slo import check_line
+
+        return check_line(self.rule, self.observed, self.threshold, self.passed)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

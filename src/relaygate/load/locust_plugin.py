@@ -476,13 +476,12 @@ def _write_reports(environment: Environment, state: RunState) -> None:
     logger.info("relaygate summary written to %s", path)
     failed = False
     for result in summary["slo"]:
-        observed = "not measured" if result["observed"] is None else f"{result['observed']:g}"
-        verdict = "CHECK PASSED" if result["passed"] else "CHECK FAILED"
         failed |= not result["passed"]
-        line = (
-            f"{verdict} {result['rule']}: observed {observed} (threshold {result['threshold']:g})"
+        print(
+            slo.check_line(
+                result["rule"], result["observed"], result["threshold"], result["passed"]
+            )
         )
-        print(line)
     if state.rules:
         environment.process_exit_code = 1 if failed else 0
 

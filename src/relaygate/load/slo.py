@@ -26,7 +26,7 @@ from typing import Any
 
 from relaygate.load.histogram import Histogram
 
-__all__ = ["SLORule", "SLOSyntaxError", "evaluate", "observables", "parse_rule"]
+__all__ = ["SLORule", "SLOSyntaxError", "check_line", "evaluate", "observables", "parse_rule"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -129,3 +129,10 @@ def evaluate(
             }
         )
     return results
+
+
+def check_line(rule: str, observed: float | None, threshold: float, passed: bool) -> str:
+    """``CHECK PASSED rule: observed X (threshold Y)`` - the line a run (and the gate) prints."""
+    seen = "not measured" if observed is None else f"{observed:g}"
+    verdict = "CHECK PASSED" if passed else "CHECK FAILED"
+    return f"{verdict} {rule}: observed {seen} (threshold {threshold:g})"
