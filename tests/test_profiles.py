@@ -469,3 +469,28 @@ def test_profile_is_immutable(faq: Profile) -> None:
         faq.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         faq.billing.model_ratio["gpt-4o"] = Fraction(0)  # type: ignore[index]
+
+
+# --- the schema is the field annotations ----------------------------------------------------
+
+
+def test_every_rules_field_has_a_supported_annotation(tmp_path: Path) -> None:
+    """A wrong value for any field is a ProfileError naming its key, never a TypeError."""
+    import typing
+
+    from relaygate.profiles.rules import SECTIONS, ErrorExpectation
+    from relaygate.profiles.schema import convert, toml_fields
+
+    classes = {**SECTIONS, "errors.x": ErrorExpectation}
+    for where, rules in classes.items():
+        hints = typing.get_type_hints(rules)
+        for field in toml_fields(rules):
+            key = f"{where}.{field.name}"
+            with pytest.raises(ProfileError, match=rf"key `{re.escape(key)}`"):
+                convert(hints[field.name], object(), tmp_path / "p.toml", key)
+
+
+def test_literal_fields_list_their_choices(tmp_path: Path) -> None:
+    message = _load_error(tmp_path, 'extends = "faq"\n[stream]\nusage_chunk = "sometimes"\n')
+    assert "key `stream.usage_chunk`" in message
+    assert "iff_requested, always, never, upstream" in message

@@ -1,0 +1,258 @@
+"""The typed view of a profile: what a relay must answer per condition, and its rules per area.
+
+Every class here is frozen; the loader (:mod:`relaygate.profiles.loader`) builds them from TOML
+by their annotations (:mod:`relaygate.profiles.schema`), so the field types are the schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal
+
+from relaygate.profiles.quota import BillingRules
+from relaygate.profiles.schema import NotApplicable, setting
+
+__all__ = [
+    "BODY_KINDS",
+    "CONDITIONS",
+    "SECTIONS",
+    "SECURITY_RULES",
+    "AdminRules",
+    "AuthRules",
+    "ErrorExpectation",
+    "HttpRules",
+    "ModelRules",
+    "Profile",
+    "RateLimitRules",
+    "StreamRules",
+]
+
+# The conditions every profile must describe (directly or through ``extends``).
+CONDITIONS: Final[tuple[str, ...]] = (
+    "missing_key",
+    "malformed_key",
+    "invalid_key",
+    "expired_key",
+    "disabled_key",
+    "user_disabled",
+    "token_quota_exhausted",
+    "token_quota_insufficient",
+    "user_quota_exhausted",
+    "model_not_allowed",
+    "no_channel",
+    "model_missing",
+    "invalid_json",
+    "unknown_path",
+    "wrong_method",
+    "body_too_large",
+    "rate_limited",
+    "upstream_4xx",
+    "upstream_5xx_json",
+    "upstream_5xx_html",
+    "upstream_auth",
+    "upstream_429",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "upstream_200_error",
+    "models_unknown_id",
+)
+
+# Rules no profile may relax: breaking them leaks money or keys, whatever the relay's dialect.
+SECURITY_RULES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "never_forward_client_key": "the client's relay key is never sent to the upstream",
+        "never_leak_channel_key": "the upstream channel key never appears in any response",
+        "reject_query_string_key": "a key passed as ?key= on /v1/chat/completions is refused",
+        "case_variant_not_rebilled": (
+            "a case-variant model name is never routed and billed as a different model"
+        ),
+        "no_forwarded_for_bypass": "X-Forwarded-For cannot bypass a token's IP allow-list",
+        "exhausted_key_not_served": "an exhausted, expired or disabled key never reaches upstream",
+    }
+)
+
+BodyKind = Literal["json", "empty", "html", "any"]
+BODY_KINDS: Final[tuple[str, ...]] = ("json", "empty", "html", "any")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorExpectation:
+    """What the relay must answer for one condition.
+
+    ``status`` is None when the status is the upstream's own (``status_from_upstream``) or the
+    condition does not apply. ``message_patterns`` are substrings that must all occur in
+    ``error.message``; ``message_regex`` (if set) must also match (``re.search``). ``type`` is
+    not behaviour: the type name is a relay's own label, F5 only asks that it exist.
+    """
+
+    condition: str = setting(from_toml=False)
+    # Optional only because inapplicable and pass-through conditions have none (the loader
+    # checks that an applicable condition has one).
+    status: int | None = setting(None)
+    code: str | None = setting(None)
+    type: str | None = setting(None, behaviour=False)
+    param: str | None = setting(None, behaviour=False)
+    message_patterns: tuple[str, ...] = setting([], behaviour=False)
+    message_regex: str | None = setting(None, behaviour=False)
+    body: BodyKind = setting("json")
+    status_from_upstream: bool = setting(False)
+    error_passthrough: bool = setting(False)
+    deviation: str | None = setting(None, behaviour=False)
+    applicable: bool = setting(True)
+    skip_reason: str | None = setting(None, behaviour=False)
+    ref: str | None = setting(None, behaviour=False)
+
+    def message_matches(self, message: str, **values: str) -> bool:
+        """True when ``message`` contains every pattern and matches the regex (if any).
+
+        Patterns may hold placeholders such as ``{model}`` and ``{group}``; ``values`` fills
+        them (escaped inside the regex). Unfilled placeholders are matched literally.
+        """
+        patterns = [_fill(p, values, escape=False) for p in self.message_patterns]
+        if any(p not in message for p in patterns):
+            return False
+        if self.message_regex is None:
+            return True
+        return re.search(_fill(self.message_regex, values, escape=True), message) is not None
+
+    def require_applicable(self) -> None:
+        """Raise :class:`NotApplicable` when the profile says this condition cannot be checked."""
+        if not self.applicable:
+            raise NotApplicable(self.skip_reason or f"{self.condition}: not applicable")
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def _fill(pattern: str, values: Mapping[str, str], *, escape: bool) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            return m.group(0)
+        value = values[m.group(1)]
+        return re.escape(value) if escape else value
+
+    return _PLACEHOLDER.sub(sub, pattern)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthRules:
+    """How the relay reads its keys (F15, RELAY_SPEC §1)."""
+
+    bearer_case_insensitive: bool = setting()
+    bare_key_accepted: bool = setting()
+    x_api_key_accepted: bool = setting(False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamRules:
+    """Streaming details (F4, RELAY_SPEC §5)."""
+
+    done_required: bool = setting(True)
+    usage_chunk: Literal["iff_requested", "always", "never", "upstream"] = setting()
+    gap_tolerance_ms: float = setting(50.0, behaviour=False)
+    midstream_failure: Literal["error_event", "done_without_finish", "close_without_done"] = (
+        setting()
+    )
+    error_event_forwarded: bool = setting(True)
+    data_without_space_ok: bool = setting(True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRules:
+    """Model list and routing by name (F8, F17, RELAY_SPEC §3)."""
+
+    case_sensitive: bool = setting(True)
+    list_shape: Literal["object_list", "success_data"] = setting("object_list")
+    unknown_id_status: int = setting(404)
+    case_variant: Literal["reject", "bill_as_canonical"] = setting("reject")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimitRules:
+    """Relay-side rate limiting (F5 429, RELAY_SPEC §6)."""
+
+    relay_limiter: bool = setting()
+    per_key_limit: str | None = setting(None, behaviour=False)
+    retry_after_header: bool = setting()
+    retry_after_ms_header: bool = setting(False)
+    empty_body_429_accepted: bool = setting(False)
+    upstream_retry_after_forwarded: bool = setting(True)
+    upstream_429_message_rewritten: bool = setting(False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminRules:
+    """Which provisioning adapter talks to this relay, and its settings."""
+
+    adapter: Literal["reference", "one-api", "new-api", "static"] = setting(
+        "static", behaviour=False
+    )
+    settings: Mapping[str, str | int | float | bool] = setting({}, behaviour=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpRules:
+    """Transport-level expectations (F12, F18, RELAY_SPEC §8)."""
+
+    body_limit_status: int | None = setting(None)
+    body_limit_bytes: int | None = setting(None, behaviour=False)
+    cors: bool = setting(True)
+    extra_headers: Mapping[str, str] = setting({}, behaviour=False)
+
+
+# The per-area tables of a profile, in file order: TOML table name -> rules class.
+SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
+    {
+        "billing": BillingRules,
+        "auth": AuthRules,
+        "stream": StreamRules,
+        "models": ModelRules,
+        "rate_limit": RateLimitRules,
+        "admin": AdminRules,
+        "http": HttpRules,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated, merged relay profile. Everything is immutable."""
+
+    name: str
+    description: str
+    role: str
+    source_path: Path
+    extends: str | None
+    errors: Mapping[str, ErrorExpectation]
+    billing: BillingRules
+    auth: AuthRules
+    stream: StreamRules
+    models: ModelRules
+    rate_limit: RateLimitRules
+    admin: AdminRules
+    http: HttpRules
+    security: Mapping[str, bool]
+    # Every accepted deviation, keyed by dotted path: "errors.token_quota_exhausted",
+    # "stream.usage_chunk", ... The report lists them; the suite reports "accepted deviation".
+    deviations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def expect(self, condition: str) -> ErrorExpectation:
+        """The expectation for ``condition`` (one of :data:`CONDITIONS`)."""
+        try:
+            return self.errors[condition]
+        except KeyError:
+            raise KeyError(
+                f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}"
+            ) from None
+
+    def deviation(self, path: str) -> str | None:
+        """The accepted-deviation reason for a dotted path such as ``"stream.usage_chunk"``."""
+        return self.deviations.get(path)
+
+    def quota_for(self, model: str, group: str, prompt: int, completion: int) -> int:
+        """The expected charge in quota units; see :meth:`BillingRules.quota_for`."""
+        return self.billing.quota_for(model, group, prompt, completion)
