@@ -29,6 +29,7 @@ from relaygate.mock.config import MockConfig, ModelLimits
 from relaygate.mock.journal import Journal, JournalEntry
 from relaygate.mock.responses import (
     TOKEN_TEXT,
+    StreamPayloads,
     chat_completion,
     chat_stream_payloads,
     completion_stream_payloads,
@@ -398,43 +399,65 @@ async def chat_completions(
     request: web.Request, body: dict[str, Any], d: Directive
 ) -> web.StreamResponse:
     """``POST /v1/chat/completions``: stream and non-stream, tool calls, usage."""
-    state = request.app[STATE]
-    model, limits, messages = _chat_checks(body, state.config.models)
+    model, limits, messages = _chat_checks(body, request.app[STATE].config.models)
+    tool_name = _tool_name(body) if d.finish_reason == "tool_calls" else None
+    return await _generate(
+        request,
+        body,
+        d,
+        limits,
+        "messages",
+        lambda: tokens.count_chat_prompt(messages, model, body.get("tools")),
+        lambda prompt, completion, with_usage: chat_stream_payloads(
+            model,
+            d.chunks,
+            d.tokens_per_chunk,
+            d.finish_reason,
+            prompt,
+            completion,
+            with_usage,
+            tool_name,
+        ),
+        lambda text, prompt, completion: chat_completion(
+            model,
+            text,
+            d.finish_reason,
+            prompt,
+            completion,
+            tool_name,
+            d.chunks,
+            d.tokens_per_chunk,
+        ),
+    )
+
+
+async def _generate(
+    request: web.Request,
+    body: dict[str, Any],
+    d: Directive,
+    limits: ModelLimits,
+    prompt_field: str,
+    count_prompt: Callable[[], int],
+    stream_payloads: Callable[[int, int, bool], StreamPayloads],
+    answer: Callable[[str, int, int], dict[str, Any]],
+) -> web.StreamResponse:
+    """What chat and legacy completions share once the request is checked: max_tokens against
+    the model's caps, the prompt (the directive's count, else ours) against its window, then a
+    stream or one JSON answer of the directed length."""
     stream, include_usage = _stream_flags(body)
     max_tokens = checks.check_max_tokens(body, limits)
-    prompt_tokens = d.prompt_tokens
-    if prompt_tokens is None:
-        prompt_tokens = tokens.count_chat_prompt(messages, model, body.get("tools"))
-    checks.check_context(prompt_tokens, max_tokens, limits, "messages")
+    prompt_tokens = d.prompt_tokens if d.prompt_tokens is not None else count_prompt()
+    checks.check_context(prompt_tokens, max_tokens, limits, prompt_field)
     completion_tokens = _completion_tokens(d)
-    tool_name = _tool_name(body) if d.finish_reason == "tool_calls" else None
     if stream:
         return await _answer_stream(
             request,
             d,
-            lambda with_usage: chat_stream_payloads(
-                model,
-                d.chunks,
-                d.tokens_per_chunk,
-                d.finish_reason,
-                prompt_tokens,
-                completion_tokens,
-                with_usage,
-                tool_name,
-            ),
+            lambda with_usage: stream_payloads(prompt_tokens, completion_tokens, with_usage),
             include_usage,
         )
-    answer = chat_completion(
-        model,
-        TOKEN_TEXT * (d.chunks * d.tokens_per_chunk),
-        d.finish_reason,
-        prompt_tokens,
-        completion_tokens,
-        tool_name,
-        d.chunks,
-        d.tokens_per_chunk,
-    )
-    return await _answer_json(request, d, answer)
+    text = TOKEN_TEXT * (d.chunks * d.tokens_per_chunk)
+    return await _answer_json(request, d, answer(text, prompt_tokens, completion_tokens))
 
 
 def _count_prompt(value: Any, model: str) -> int:
@@ -465,40 +488,29 @@ async def completions(
     request: web.Request, body: dict[str, Any], d: Directive
 ) -> web.StreamResponse:
     """``POST /v1/completions`` (legacy): ``prompt`` in, ``text`` choices out."""
-    state = request.app[STATE]
     prompt = body.get("prompt", "")
     _check_prompt_value("prompt", prompt)
-    model, limits = checks.check_model(body, state.config.models)
-    stream, include_usage = _stream_flags(body)
-    max_tokens = checks.check_max_tokens(body, limits)
-    prompt_tokens = d.prompt_tokens
-    if prompt_tokens is None:
-        prompt_tokens = _count_prompt(prompt, model)
-    checks.check_context(prompt_tokens, max_tokens, limits, "prompt")
-    completion_tokens = _completion_tokens(d)
-    if stream:
-        return await _answer_stream(
-            request,
-            d,
-            lambda with_usage: completion_stream_payloads(
-                model,
-                d.chunks,
-                d.tokens_per_chunk,
-                d.finish_reason,
-                prompt_tokens,
-                completion_tokens,
-                with_usage,
-            ),
-            include_usage,
-        )
-    answer = text_completion(
-        model,
-        TOKEN_TEXT * (d.chunks * d.tokens_per_chunk),
-        d.finish_reason,
-        prompt_tokens,
-        completion_tokens,
+    model, limits = checks.check_model(body, request.app[STATE].config.models)
+    return await _generate(
+        request,
+        body,
+        d,
+        limits,
+        "prompt",
+        lambda: _count_prompt(prompt, model),
+        lambda prompt_tokens, completion, with_usage: completion_stream_payloads(
+            model,
+            d.chunks,
+            d.tokens_per_chunk,
+            d.finish_reason,
+            prompt_tokens,
+            completion,
+            with_usage,
+        ),
+        lambda text, prompt_tokens, completion: text_completion(
+            model, text, d.finish_reason, prompt_tokens, completion
+        ),
     )
-    return await _answer_json(request, d, answer)
 
 
 def embedding_vector(text: str, dimensions: int) -> list[float]:

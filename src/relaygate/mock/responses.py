@@ -181,6 +181,22 @@ def _dumps_split(chunk: dict[str, Any]) -> tuple[bytes, bytes]:
     return prefix, suffix
 
 
+def _stream_base(id_prefix: str, object_name: str, model: str) -> dict[str, Any]:
+    """The fields every chunk of one stream repeats."""
+    return {
+        "id": new_id(id_prefix),
+        "object": object_name,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def _usage_payload(base: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The final ``choices: []`` chunk that carries the usage (``include_usage``)."""
+    return orjson.dumps({**base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+
+
 def chat_stream_payloads(
     model: str,
     chunks: int,
@@ -192,13 +208,7 @@ def chat_stream_payloads(
     tool_name: str | None = None,
 ) -> StreamPayloads:
     """Payloads of a ``chat.completion.chunk`` stream."""
-    base: dict[str, Any] = {
-        "id": new_id("chatcmpl-"),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    base = _stream_base("chatcmpl-", "chat.completion.chunk", model)
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         out = {
@@ -209,11 +219,7 @@ def chat_stream_payloads(
             out["usage"] = None
         return out
 
-    usage_payload = (
-        orjson.dumps({**base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-        if with_usage
-        else None
-    )
+    usage_payload = _usage_payload(base, prompt_tokens, completion_tokens) if with_usage else None
     stamp_prefix, stamp_suffix = _dumps_split(chunk({"content": _PLACEHOLDER}))
     finish = orjson.dumps(chunk({}, finish_reason))
     if tool_name is None:
@@ -279,13 +285,7 @@ def completion_stream_payloads(
     with_usage: bool,
 ) -> StreamPayloads:
     """Payloads of a legacy ``text_completion`` stream (no role chunk)."""
-    base: dict[str, Any] = {
-        "id": new_id("cmpl-"),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    base = _stream_base("cmpl-", "text_completion", model)
 
     def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
         out = {
@@ -296,11 +296,7 @@ def completion_stream_payloads(
             out["usage"] = None
         return out
 
-    usage_payload = (
-        orjson.dumps({**base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-        if with_usage
-        else None
-    )
+    usage_payload = _usage_payload(base, prompt_tokens, completion_tokens) if with_usage else None
     stamp_prefix, stamp_suffix = _dumps_split(chunk(_PLACEHOLDER))
     content = orjson.dumps(chunk(TOKEN_TEXT * tokens_per_chunk))
     return StreamPayloads(
