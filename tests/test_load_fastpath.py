@@ -322,3 +322,20 @@ def test_gevent_cooperative_reader_total_deadline_and_kill() -> None:
         assert outcome == outcomes.REQUEST_TIMEOUT and 0.6 <= took_s < 1.0 and in_flight == 0
     assert out["gevent_timeout"] != "not raised" and out["gevent_timeout"][1] == 0
     assert out["killed"] == [True, 0]
+
+
+@pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n"])
+def test_one_huge_event_in_small_reads_costs_linear_work(end: bytes) -> None:
+    """A 4 MB data line in 1 KB reads: each read searches only its new bytes (no timing:
+    the sink and the decoder count the bytes they search or copy while an event is partial;
+    re-scanning the whole buffer per read would be ~8 GB here)."""
+    size = 4 * 1024 * 1024
+    body = b'data: {"choices":[{"delta":{"content":"' + b"x" * size + b'"}}]}' + end
+    res = RequestResult()
+    sink = _SSESink(res)
+    for i in range(0, len(body), 1024):
+        sink.feed(body[i : i + 1024], i)
+    sink.close(len(body))
+    assert res.events == 1 and len(res.token_event_ns) == 1
+    work = sink.work_bytes + sink._decoder.work_bytes
+    assert work <= 3 * len(body), work
