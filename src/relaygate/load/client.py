@@ -239,8 +239,10 @@ class _Dechunker:
             # Fast path: one whole chunk per read, the common case for SSE (one event per
             # chunk, one chunk per TCP segment).
             nl = data.find(b"\n")
-            if nl > 0:
-                size = _chunk_size(data[:nl])
+            if 0 < nl <= 16:
+                line = data[:nl]
+                # only hex digits (and the CR): extensions and anything odd take the slow path
+                size = int(line, 16) if line.translate(None, _HEX) in (b"\r", b"") else -1
                 if size > 0 and len(data) == nl + 1 + size + 2 and data.endswith(b"\r\n"):
                     return data[nl + 1 : nl + 1 + size]
         buf = self._buf + data if self._buf else data
