@@ -755,9 +755,9 @@ class _Reader:
         cooperative: CooperativeFactory | None,
         timeout_s: float,
         *,
-        deadline_ns: int | None = None,
-        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline_ns: int,
+        request_timeout_s: float,
+        max_bytes: int,
     ) -> None:
         self._sock = sock
         self.clock = clock
@@ -767,9 +767,7 @@ class _Reader:
         self._idle_s = timeout_s
         self._capped = False
         self._request_timeout_s = request_timeout_s
-        self._deadline_ns = (
-            self.now + int(request_timeout_s * _NS_PER_S) if deadline_ns is None else deadline_ns
-        )
+        self._deadline_ns = deadline_ns
         self._max_bytes = max_bytes
         self.received = 0
         self._coop: CooperativeWait | None = None
