@@ -32,20 +32,23 @@ another OS, ``kernel_stamps=False``) arrival is when ``recv`` returned.
 
 Bounds (every request ends in an outcome class, :mod:`relaygate.load.outcomes`):
 
-=========================  ===================================================================
-``timeout_s`` (60 s)       idle: no byte for this long (connect, headers or body) -> ``timeout``
-``request_timeout_s``      total deadline per exchange from ``t_start_ns`` (connect, send,
-(``DEFAULT_REQUEST_``      headers, whole body) -> ``request_timeout``; long but finite, so a
-``TIMEOUT_S`` = 300 s)     stream that drips a token every 100 ms forever still ends
-``max_response_bytes``     head + body bytes read per exchange -> ``oversize``; memory stays
-(``DEFAULT_MAX_``          bounded by it (a non-stream body keeps only its first 64 KiB)
-``RESPONSE_BYTES`` =
-16 MiB)
-``max_tokens``             per call (``post_json``): a stream with more than
-                           ``max_tokens + max(8, max_tokens // 10)`` token events -> ``overrun``
-=========================  ===================================================================
+``timeout_s`` (default 60 s)
+    idle: no byte for this long (connect, headers or body) -> ``timeout``
+``request_timeout_s`` (default :data:`DEFAULT_REQUEST_TIMEOUT_S` = 300 s)
+    total deadline per exchange from ``t_start_ns`` (connect, send, headers, whole body) ->
+    ``request_timeout``; long but finite, so a stream that drips a token every 100 ms
+    forever still ends
+``max_response_bytes`` (default :data:`DEFAULT_MAX_RESPONSE_BYTES` = 16 MiB)
+    head + body bytes read per exchange -> ``oversize``; memory per request stays bounded
+    by it (a non-stream body keeps only its first 64 KiB)
+``max_tokens`` (per call, :meth:`TimingClient.post_json`)
+    a stream with more than ``max_tokens + max(8, max_tokens // 10)`` token events ->
+    ``overrun``
 
-Both limits are enforced in one place, the reader (``_Reader``). A request that is aborted
+The reader (``_Reader``) enforces the deadline and the byte cap for the whole answer (connect
+and send only get the time left). Under gevent the deadline uses the stream's one idle timer:
+in the last idle period before the deadline that timer is shortened to it on each read. A
+request that is aborted
 (``request_timeout``, ``oversize``, ``overrun``), fails or raises closes its connection, which
 is never reused. :meth:`TimingClient.request` is one exception boundary: anything the client
 did not expect becomes ``client_exception`` with the exception in ``error`` (keys masked);
