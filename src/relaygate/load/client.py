@@ -48,9 +48,8 @@ Bounds (every request ends in an outcome class, :mod:`relaygate.load.outcomes`):
 The reader (``_Reader``) enforces the deadline and the byte cap for the whole answer (connect
 and send only get the time left). Under gevent the deadline uses the stream's one idle timer:
 in the last idle period before the deadline that timer is shortened to it on each read. A
-request that is aborted
-(``request_timeout``, ``oversize``, ``overrun``), fails or raises closes its connection, which
-is never reused. :meth:`TimingClient.request` is one exception boundary: anything the client
+request that is aborted (``request_timeout``, ``oversize``, ``overrun``), fails or raises
+closes its connection, which is never reused. :meth:`TimingClient.request` is one exception boundary: anything the client
 did not expect becomes ``client_exception`` with the exception in ``error`` (keys masked);
 only ``KeyboardInterrupt``, ``SystemExit`` and gevent's ``GreenletExit``/``Timeout``
 (``BaseException``: the end of a run) propagate. Buffers holding a partial event or line grow
