@@ -49,11 +49,12 @@ The reader (``_Reader``) enforces the deadline and the byte cap for the whole an
 and send only get the time left). Under gevent the deadline uses the stream's one idle timer:
 in the last idle period before the deadline that timer is shortened to it on each read. A
 request that is aborted (``request_timeout``, ``oversize``, ``overrun``), fails or raises
-closes its connection, which is never reused. :meth:`TimingClient.request` is one exception boundary: anything the client
-did not expect becomes ``client_exception`` with the exception in ``error`` (keys masked);
-only ``KeyboardInterrupt``, ``SystemExit`` and gevent's ``GreenletExit``/``Timeout``
-(``BaseException``: the end of a run) propagate. Buffers holding a partial event or line grow
-in place and are searched only where new bytes arrived, so one huge event costs linear time.
+closes its connection, which is never reused. :meth:`TimingClient.request` is one exception
+boundary: anything the client did not expect becomes ``client_exception`` with the exception
+in ``error`` (keys masked); only ``KeyboardInterrupt``, ``SystemExit`` and gevent's
+``GreenletExit``/``Timeout`` (``BaseException``: the end of a run) propagate. Buffers
+holding a partial event or line grow in place and are searched only where new bytes arrived,
+so one huge event costs linear time.
 
 Hot path (one read per SSE event under load): under gevent a ``cooperative`` factory (see
 :mod:`relaygate.load.geventio`) reads the underlying non-blocking socket and waits on its
