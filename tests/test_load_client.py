@@ -166,7 +166,7 @@ class FakeServer:
                     SCRIPTS[path](conn, self.sent)
                 except OSError:
                     return
-                if path in ("/truncated", "/silent"):
+                if path in ("/truncated", "/silent") or path in CLOSING:
                     return
 
     def close(self) -> None:
@@ -289,3 +289,214 @@ def test_idle_connections_closed_by_the_server_are_replaced_by_a_fresh_one() -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- bounds: total deadline, byte cap, overrun, one exception boundary (issue #10) ---------
+
+BIG_BYTES = 50 * 1024 * 1024
+
+
+def drip(conn: socket.socket, sent: list[int]) -> None:
+    """A stream that never ends: one token every 100 ms, each resetting the idle timeout."""
+    send(conn, sent, HEAD_SSE + chunk(event(ROLE)))
+    for _ in range(600):
+        time.sleep(0.1)
+        conn.sendall(chunk(event(token())))
+
+
+def big_stream(conn: socket.socket, sent: list[int]) -> None:
+    """50 MB of one SSE data line that never ends, in 64 KB chunks."""
+    send(conn, sent, HEAD_SSE + chunk(b'data: {"x":"'))
+    piece = chunk(b"x" * 65536)
+    for _ in range(BIG_BYTES // 65536):
+        conn.sendall(piece)
+
+
+def big_json(conn: socket.socket, sent: list[int]) -> None:
+    """A 50 MB non-stream answer with a correct Content-Length."""
+    send(
+        conn,
+        sent,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {BIG_BYTES}\r\n\r\n".encode(),
+    )
+    piece = b"x" * 65536
+    for _ in range(BIG_BYTES // 65536):
+        conn.sendall(piece)
+
+
+def overrun(conn: socket.socket, sent: list[int]) -> None:
+    """100 token events for a request that asked for at most 10."""
+    send(conn, sent, HEAD_SSE + chunk(event(ROLE)))
+    for _ in range(100):
+        conn.sendall(chunk(event(token())))
+    conn.sendall(chunk(event(FINISH)) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+def raw_answer(head: bytes) -> Script:
+    def script(conn: socket.socket, sent: list[int]) -> None:
+        send(conn, sent, head)
+
+    return script
+
+
+SCRIPTS.update(
+    {
+        "/drip": drip,
+        "/big-stream": big_stream,
+        "/big-json": big_json,
+        "/overrun": overrun,
+        "/dup-cl-same": raw_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"
+        ),
+        "/dup-cl-differ": raw_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+        ),
+        "/bad-cl": raw_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\n{}"),
+        "/negative-chunk": raw_answer(HEAD_SSE + b"-5\r\nhello\r\n0\r\n\r\n"),
+        "/prefixed-chunk": raw_answer(HEAD_SSE + b"0x5\r\nhello\r\n0\r\n\r\n"),
+        "/garbage-chunk": raw_answer(HEAD_SSE + b"zz\r\nhello\r\n0\r\n\r\n"),
+        "/endless-size-line": raw_answer(HEAD_SSE + b"1" * 200_000),
+        "/mid-headers": raw_answer(b"HTTP/1.1 200 OK\r\nContent-Ty"),
+    }
+)
+CLOSING = {"/drip", "/big-stream", "/big-json", "/mid-headers", "/endless-size-line"}
+CLOSING |= {"/dup-cl-differ", "/bad-cl", "/negative-chunk", "/prefixed-chunk", "/garbage-chunk"}
+
+
+def test_slow_drip_stream_ends_at_the_total_deadline(server: FakeServer) -> None:
+    """Each token resets the idle timeout, so only a total deadline ends this stream."""
+    with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.6) as client:
+        began = time.monotonic()
+        res = post(client, "/drip")
+        took_s = time.monotonic() - began
+        assert res.outcome == outcomes.REQUEST_TIMEOUT, (res.outcome, res.error)
+        assert 0.6 <= took_s < 0.6 + 0.4
+        assert res.error and "0.6" in res.error
+        assert res.token_event_ns and res.t_end_ns is not None
+        assert client._idle == [] and client.in_flight() == 0
+
+
+def test_total_deadline_caps_a_silent_wait_shorter_than_the_idle_timeout(
+    server: FakeServer,
+) -> None:
+    with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.3) as client:
+        began = time.monotonic()
+        res = post(client, "/silent")
+        assert res.outcome == outcomes.REQUEST_TIMEOUT, (res.outcome, res.error)
+        assert time.monotonic() - began < 0.3 + 0.3
+
+
+def test_defaults_are_finite() -> None:
+    from relaygate.load import client as module
+
+    with TimingClient("http://127.0.0.1:9") as client:
+        assert client.request_timeout_s == module.DEFAULT_REQUEST_TIMEOUT_S < float("inf")
+        assert client.max_response_bytes == module.DEFAULT_MAX_RESPONSE_BYTES == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("path", "stream"), [("/big-stream", True), ("/big-json", False)])
+def test_a_50_mb_answer_is_cut_at_the_byte_cap(server: FakeServer, path: str, stream: bool) -> None:
+    import tracemalloc
+
+    cap = 1024 * 1024
+    with TimingClient(server.url, timeout_s=5.0, max_response_bytes=cap) as client:
+        tracemalloc.start()
+        try:
+            began = time.monotonic()
+            res = client.post_json(path, {"model": "m"}, stream=stream)
+            took_s = time.monotonic() - began
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert res.outcome == outcomes.OVERSIZE, (res.outcome, res.error)
+        assert cap < res.bytes_received <= cap + 262144
+        assert peak < 8 * cap  # bounded: never the 50 MB
+        assert took_s < 5.0
+        assert res.error and "1048576" in res.error
+        assert client._idle == []
+
+
+def test_a_stream_beyond_max_tokens_is_aborted_as_overrun(server: FakeServer) -> None:
+    with TimingClient(server.url, timeout_s=5.0) as client:
+        body = {"model": "m", "max_tokens": 10}
+        res = client.post_json("/overrun", body, max_tokens=10)
+        assert res.outcome == outcomes.OVERRUN, (res.outcome, res.error)
+        # the margin: more than max_tokens + max(8, 10 %) token events
+        assert len(res.token_event_ns) == 10 + 8 + 1
+        assert client._idle == []
+        # without the cap (or with room for them) the same stream is ok
+        assert client.post_json("/overrun", body).outcome == outcomes.OK
+        assert client.post_json("/overrun", body, max_tokens=100).outcome == outcomes.OK
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/dup-cl-same", outcomes.OK),  # identical repeated values: RFC 9110 allows one
+        ("/dup-cl-differ", outcomes.CONNECTION_ERROR),
+        ("/bad-cl", outcomes.CONNECTION_ERROR),
+        ("/negative-chunk", outcomes.TRUNCATED),
+        ("/prefixed-chunk", outcomes.TRUNCATED),
+        ("/garbage-chunk", outcomes.TRUNCATED),
+        ("/endless-size-line", outcomes.TRUNCATED),
+        ("/mid-headers", outcomes.CONNECTION_ERROR),
+    ],
+)
+def test_malformed_framing_ends_in_an_outcome(server: FakeServer, path: str, expected: str) -> None:
+    with TimingClient(server.url, timeout_s=2.0) as client:
+        res = client.post_json(path, {"model": "m"})
+        assert res.outcome == expected, (res.outcome, res.error)
+        if expected != outcomes.OK:
+            assert res.error and client._idle == []
+        assert client.in_flight() == 0
+
+
+def test_an_unexpected_exception_is_a_client_exception_with_the_key_masked(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relaygate.load import client as module
+
+    key = "sk-live-0123456789abcdef"
+
+    def boom(*_args: object) -> None:
+        raise RuntimeError(f"parser broke near Authorization: Bearer {key}")
+
+    with TimingClient(server.url, timeout_s=2.0) as client:
+        # a header value the request line cannot carry (not latin-1)
+        res = client.post_json("/timed", {"model": "m"}, {"Authorization": f"Bearer {key}ключ"})
+        assert res.outcome == outcomes.CLIENT_EXCEPTION and res.status is None
+        assert res.error and res.error.startswith("UnicodeEncodeError")
+        assert res.t_end_ns is not None and client.in_flight() == 0
+        monkeypatch.setattr(module._SSESink, "_parse", boom)
+        res = client.post_json("/timed", {"model": "m"}, {"Authorization": f"Bearer {key}"})
+        assert res.outcome == outcomes.CLIENT_EXCEPTION, (res.outcome, res.error)
+        assert res.error and res.error.startswith("RuntimeError: parser broke")
+        assert key not in res.error and client._idle == []
+    assert outcomes.CLIENT_EXCEPTION in outcomes.OUTCOMES
+
+
+def test_the_pool_never_reuses_a_connection_after_an_abort(server: FakeServer) -> None:
+    with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.3) as client:
+        assert post(client, "/429").outcome == outcomes.RATE_LIMITED
+        assert len(client._idle) == 1 and server.connections == 1
+        assert post(client, "/drip").outcome == outcomes.REQUEST_TIMEOUT
+        assert client._idle == []
+        assert post(client, "/429").outcome == outcomes.RATE_LIMITED
+        assert server.connections == 2
+
+
+def test_in_flight_counts_requests_started_and_not_returned(server: FakeServer) -> None:
+    with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.5) as client:
+        assert client.in_flight() == 0
+        done: list[RequestResult] = []
+        threads = [
+            threading.Thread(target=lambda: done.append(post(client, "/drip"))) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        assert client.in_flight() == 2
+        for thread in threads:
+            thread.join(5)
+        assert client.in_flight() == 0 and len(done) == 2

@@ -257,3 +257,85 @@ def test_gevent_cooperative_reader_and_idle_timeout() -> None:
     assert out["silent"][0] == outcomes.TIMEOUT and out["silent"][3] < 1.0
     # after [DONE] the idle timeout drops to 2 s (the re-armed timer, not the 30 s one)
     assert out["open"][:3] == [outcomes.OK, 6, "stop"] and out["open"][3] < 5.0
+
+
+GEVENT_DEADLINE_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey; monkey.patch_all()
+    import json, sys, time, gevent
+    from gevent.server import StreamServer
+    from relaygate.load.client import TimingClient
+    from relaygate.load.geventio import cooperative
+    head, role, tok = (bytes.fromhex(arg) for arg in sys.argv[1:])
+    def handle(sock, _addr):
+        request = sock.recv(65536)
+        sock.sendall(head + role)
+        if b"/silent" in request.split(b"\\r\\n")[0]:
+            gevent.sleep(3.0)
+            return
+        for _ in range(300):  # a token every 100 ms: the idle timer never fires
+            gevent.sleep(0.1); sock.sendall(tok)
+    server = StreamServer(("127.0.0.1", 0), handle); server.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    out = {}
+    client = TimingClient(url, timeout_s=5.0, request_timeout_s=0.6, cooperative=cooperative)
+    for name in ("drip", "silent"):
+        began = time.monotonic()
+        res = client.post_json("/" + name, {"stream": True})
+        out[name] = [res.outcome, time.monotonic() - began, client.in_flight()]
+    # gevent's own Timeout and kill() still end a request in flight (end of a run)
+    slow = TimingClient(url, timeout_s=5.0, cooperative=cooperative)
+    began = time.monotonic()
+    try:
+        with gevent.Timeout(0.3):
+            slow.post_json("/drip", {"stream": True})
+        out["gevent_timeout"] = "not raised"
+    except gevent.Timeout:
+        out["gevent_timeout"] = [time.monotonic() - began, slow.in_flight()]
+    glet = gevent.spawn(slow.post_json, "/drip", {"stream": True})
+    gevent.sleep(0.3)
+    assert slow.in_flight() == 1
+    glet.kill(timeout=2)
+    out["killed"] = [glet.dead, slow.in_flight()]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_gevent_cooperative_reader_total_deadline_and_kill() -> None:
+    head = HEAD
+    role = chunked([stream_frames()[0]])[:-5]
+    tok = chunked([stream_frames()[2]])[:-5]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", GEVENT_DEADLINE_SCRIPT, head.hex(), role.hex(), tok.hex()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("drip", "silent"):
+        outcome, took_s, in_flight = out[name]
+        assert outcome == outcomes.REQUEST_TIMEOUT and 0.6 <= took_s < 1.0 and in_flight == 0
+    assert out["gevent_timeout"] != "not raised" and out["gevent_timeout"][1] == 0
+    assert out["killed"] == [True, 0]
+
+
+@pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n"])
+def test_one_huge_event_in_small_reads_costs_linear_work(end: bytes) -> None:
+    """A 4 MB data line in 1 KB reads: each read searches only its new bytes (no timing:
+    the sink and the decoder count the bytes they search or copy while an event is partial;
+    re-scanning the whole buffer per read would be ~8 GB here)."""
+    size = 4 * 1024 * 1024
+    body = b'data: {"choices":[{"delta":{"content":"' + b"x" * size + b'"}}]}' + end
+    res = RequestResult()
+    sink = _SSESink(res)
+    for i in range(0, len(body), 1024):
+        sink.feed(body[i : i + 1024], i)
+    sink.close(len(body))
+    assert res.events == 1 and len(res.token_event_ns) == 1
+    work = sink.work_bytes + sink._decoder.work_bytes
+    assert work <= 3 * len(body), work

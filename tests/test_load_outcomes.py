@@ -34,3 +34,28 @@ def test_classify(kwargs: dict[str, object], expected: str) -> None:
     status = kwargs.pop("status")
     assert o.classify(status, **kwargs) == expected  # type: ignore[arg-type]
     assert expected in o.OUTCOMES
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"status": 200, "request_timed_out": True, "timed_out": True}, o.REQUEST_TIMEOUT),
+        ({"status": None, "request_timed_out": True}, o.REQUEST_TIMEOUT),
+        ({"status": 429, "oversize": True}, o.OVERSIZE),
+        ({"status": 200, "saw_done": True, "saw_finish": True, "overrun": True}, o.OVERRUN),
+        ({"status": 200, "client_exception": True, "request_timed_out": True}, o.CLIENT_EXCEPTION),
+        ({"status": None, "client_exception": True}, o.CLIENT_EXCEPTION),
+    ],
+)
+def test_classify_aborts(kwargs: dict[str, object], expected: str) -> None:
+    status = kwargs.pop("status")
+    assert o.classify(status, **kwargs) == expected  # type: ignore[arg-type]
+
+
+def test_every_class_is_listed_once_and_documented() -> None:
+    assert len(set(o.OUTCOMES)) == len(o.OUTCOMES)
+    assert {o.REQUEST_TIMEOUT, o.OVERSIZE, o.OVERRUN, o.CLIENT_EXCEPTION, o.INCOMPLETE} <= set(
+        o.OUTCOMES
+    )
+    for name in o.OUTCOMES:
+        assert f"``{name}``" in (o.__doc__ or ""), name

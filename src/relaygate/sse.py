@@ -30,23 +30,32 @@ class SSEDecoder:
     """Feed raw bytes; iterate complete :class:`SSEEvent` objects."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # the buffer's first bytes up to here hold no line end
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
         self._pending_cr = False
         self.malformed_lines = 0
+        # bytes searched while a line was incomplete: linear in the input (tests hold it)
+        self.work_bytes = 0
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = False
-        buffer = self._buffer + chunk
+        buffer = self._buffer
+        buffer += chunk
+        # A partial line grows in place and only its new bytes are searched, so a long
+        # line arriving in many small reads costs linear time, not quadratic.
         start = 0
+        scan = self._scanned
         length = len(buffer)
         while start < length:
-            nl = buffer.find(b"\n", start)
-            cr = buffer.find(b"\r", start, nl if nl != -1 else length)
+            frm = start if start > scan else scan
+            nl = buffer.find(b"\n", frm)
+            cr = buffer.find(b"\r", frm, nl if nl != -1 else length)
+            self.work_bytes += (nl if nl != -1 else length) - frm
             if cr != -1:
                 end, nxt = cr, cr + 1
                 if nxt < length and buffer[nxt] == 0x0A:
@@ -56,18 +65,22 @@ class SSEDecoder:
             elif nl != -1:
                 end, nxt = nl, nl + 1
             else:
+                scan = length
                 break
-            event = self._line(buffer[start:end])
+            event = self._line(bytes(buffer[start:end]))
             if event is not None:
                 yield event
             start = nxt
-        self._buffer = buffer[start:]
+        if start:
+            del buffer[:start]
+        self._scanned = max(scan - start, 0)
 
     def flush(self) -> Iterator[SSEEvent]:
         """End of stream: a final event without its blank line is still returned."""
         if self._buffer:
-            event = self._line(self._buffer)
-            self._buffer = b""
+            event = self._line(bytes(self._buffer))
+            self._buffer.clear()
+            self._scanned = 0
             if event is not None:
                 yield event
         if self._data:

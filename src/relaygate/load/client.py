@@ -30,6 +30,32 @@ client takes to get round to a socket is not added to TTFT/ITL; that delay is me
 instead (``recv_lag_ns``, kernel arrival -> ``recv`` returned). Without kernel stamps (TLS,
 another OS, ``kernel_stamps=False``) arrival is when ``recv`` returned.
 
+Bounds (every request ends in an outcome class, :mod:`relaygate.load.outcomes`):
+
+``timeout_s`` (default 60 s)
+    idle: no byte for this long (connect, headers or body) -> ``timeout``
+``request_timeout_s`` (default :data:`DEFAULT_REQUEST_TIMEOUT_S` = 300 s)
+    total deadline per exchange from ``t_start_ns`` (connect, send, headers, whole body) ->
+    ``request_timeout``; long but finite, so a stream that drips a token every 100 ms
+    forever still ends
+``max_response_bytes`` (default :data:`DEFAULT_MAX_RESPONSE_BYTES` = 16 MiB)
+    head + body bytes read per exchange -> ``oversize``; memory per request stays bounded
+    by it (a non-stream body keeps only its first 64 KiB)
+``max_tokens`` (per call, :meth:`TimingClient.post_json`)
+    a stream with more than ``max_tokens + max(8, max_tokens // 10)`` token events ->
+    ``overrun``
+
+The reader (``_Reader``) enforces the deadline and the byte cap for the whole answer (connect
+and send only get the time left). Under gevent the deadline uses the stream's one idle timer:
+in the last idle period before the deadline that timer is shortened to it on each read. A
+request that is aborted (``request_timeout``, ``oversize``, ``overrun``), fails or raises
+closes its connection, which is never reused. :meth:`TimingClient.request` is one exception
+boundary: anything the client did not expect becomes ``client_exception`` with the exception
+in ``error`` (keys masked); only ``KeyboardInterrupt``, ``SystemExit`` and gevent's
+``GreenletExit``/``Timeout`` (``BaseException``: the end of a run) propagate. Buffers
+holding a partial event or line grow in place and are searched only where new bytes arrived,
+so one huge event costs linear time.
+
 Hot path (one read per SSE event under load): under gevent a ``cooperative`` factory (see
 :mod:`relaygate.load.geventio`) reads the underlying non-blocking socket and waits on its
 read watcher, with one timer per stream for the idle timeout instead of one ``Timeout`` per
@@ -54,10 +80,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from relaygate.keys import mask_secrets
 from relaygate.load import outcomes
 from relaygate.sse import SSEDecoder
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "DEFAULT_REQUEST_TIMEOUT_S",
     "CooperativeFactory",
     "CooperativeWait",
     "ProtocolError",
@@ -66,7 +95,16 @@ __all__ = [
     "kernel_stamps_supported",
 ]
 
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
 _RECV_BYTES = 262144
+_HEAD_MAX_BYTES = 65536
+_CHUNK_LINE_MAX_BYTES = 4096  # a chunk-size or trailer line (RFC 9112 sets no limit; we do)
+_OVERRUN_MARGIN_MIN = 8
+_HEX = b"0123456789abcdefABCDEF"
+# header names whose values carry credentials: masked in every error text
+_SECRET_HEADER_WORDS = ("auth", "key", "token", "cookie", "secret")
 _BODY_KEEP_BYTES = 65536
 _DONE_DRAIN_S = 2.0
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) is 35 on every Linux architecture Python runs on;
@@ -106,6 +144,24 @@ CooperativeFactory = Callable[
 
 class ProtocolError(Exception):
     """The server's answer is not HTTP/1.1 we can frame (bad status line, chunk size, …)."""
+
+
+class _Abort(Exception):
+    """The client ends the exchange on purpose; ``outcome`` is the class it lands in."""
+
+    outcome = outcomes.CLIENT_EXCEPTION
+
+
+class _DeadlineExceeded(_Abort):
+    outcome = outcomes.REQUEST_TIMEOUT
+
+
+class _Oversize(_Abort):
+    outcome = outcomes.OVERSIZE
+
+
+class _Overrun(_Abort):
+    outcome = outcomes.OVERRUN
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,8 +211,23 @@ class RequestResult:
             return None
 
 
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (extensions after ``;`` ignored); -1 if it is not hex.
+
+    Stricter than ``int(…, 16)``, which also takes ``-5``, ``+5``, ``0x5`` and ``1_0``.
+    """
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or len(digits) > 15 or digits.strip(_HEX):
+        return -1
+    return int(digits, 16)
+
+
 class _Dechunker:
-    """Incremental ``Transfer-Encoding: chunked`` decoder."""
+    """Incremental ``Transfer-Encoding: chunked`` decoder.
+
+    Only an incomplete size, CRLF or trailer line is kept between reads (at most
+    ``_CHUNK_LINE_MAX_BYTES``); chunk data passes straight through.
+    """
 
     __slots__ = ("_buf", "_remaining", "_state", "done")
 
@@ -171,11 +242,10 @@ class _Dechunker:
             # Fast path: one whole chunk per read, the common case for SSE (one event per
             # chunk, one chunk per TCP segment).
             nl = data.find(b"\n")
-            if nl > 0:
-                try:
-                    size = int(data[:nl].split(b";", 1)[0], 16)
-                except ValueError:
-                    size = -1
+            if 0 < nl <= 16:
+                line = data[:nl]
+                # only hex digits (and the CR): extensions and anything odd take the slow path
+                size = int(line, 16) if line.translate(None, _HEX) in (b"\r", b"") else -1
                 if size > 0 and len(data) == nl + 1 + size + 2 and data.endswith(b"\r\n"):
                     return data[nl + 1 : nl + 1 + size]
         buf = self._buf + data if self._buf else data
@@ -193,20 +263,23 @@ class _Dechunker:
                 continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
+                if size - pos > _CHUNK_LINE_MAX_BYTES:
+                    raise ProtocolError(f"chunk line longer than {_CHUNK_LINE_MAX_BYTES} bytes")
                 break
             line = buf[pos:nl].strip()
             pos = nl + 1
             if self._state == 0:
-                try:
-                    chunk = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size line {line[:40]!r}") from None
+                chunk = _chunk_size(line)
+                if chunk < 0:
+                    raise ProtocolError(f"bad chunk size line {line[:40]!r}")
                 if chunk == 0:
                     self._state = 3
                 else:
                     self._remaining = chunk
                     self._state = 1
             elif self._state == 2:
+                if line:
+                    raise ProtocolError(f"chunk data longer than its size: {line[:40]!r}")
                 self._state = 0
             elif not line:  # end of trailer
                 self.done = True
@@ -226,7 +299,10 @@ class TimingClient:
     """Keep-alive HTTP/1.1 client that times SSE streams event by event.
 
     One instance per Locust user; it keeps a small pool of idle connections so the 429
-    prober can run many requests at once through one client.
+    prober can run many requests at once through one client. ``timeout_s`` is the idle
+    timeout, ``request_timeout_s`` the total deadline of one exchange (None: the default,
+    :data:`DEFAULT_REQUEST_TIMEOUT_S`), ``max_response_bytes`` the cap on the bytes read for
+    one answer (see the module docstring).
     """
 
     def __init__(
@@ -234,6 +310,8 @@ class TimingClient:
         base_url: str,
         *,
         timeout_s: float = 60.0,
+        request_timeout_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         clock: Callable[[], int] = time.monotonic_ns,
         max_idle: int = 64,
         kernel_stamps: bool = True,
@@ -249,8 +327,17 @@ class TimingClient:
         self.base_path = parts.path.rstrip("/")
         default_port = self.port == (443 if self.scheme == "https" else 80)
         self.host_header = self.hostname if default_port else f"{self.hostname}:{self.port}"
+        if timeout_s <= 0 or (request_timeout_s is not None and request_timeout_s <= 0):
+            raise ValueError("timeouts must be positive seconds")
+        if max_response_bytes <= 0:
+            raise ValueError(f"max_response_bytes must be positive, got {max_response_bytes}")
         self.timeout_s = timeout_s
+        self.request_timeout_s = (
+            DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
+        )
+        self.max_response_bytes = max_response_bytes
         self.clock = clock
+        self._in_flight = 0
         self._idle: list[_Connection] = []
         self._max_idle = max_idle
         self._ssl = ssl.create_default_context() if self.scheme == "https" else None
@@ -265,6 +352,10 @@ class TimingClient:
         self.cooperative = cooperative
         # Sent on every request (a call's own headers win), e.g. a relay's routing headers.
         self.headers = dict(headers or {})
+
+    def in_flight(self) -> int:
+        """Requests started through this client that have not returned yet."""
+        return self._in_flight
 
     def close(self) -> None:
         while self._idle:
@@ -284,14 +375,21 @@ class TimingClient:
         *,
         stream: bool = True,
         t_intended_ns: int | None = None,
+        max_tokens: int | None = None,
     ) -> RequestResult:
-        """POST a JSON body and time the answer (SSE when ``stream``)."""
+        """POST a JSON body and time the answer (SSE when ``stream``).
+
+        ``max_tokens`` (what the body asked for): a stream with more than
+        ``max_tokens + max(8, max_tokens // 10)`` token events is aborted as ``overrun``.
+        """
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         all_headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         if stream:
             all_headers["Accept"] = "text/event-stream"
         all_headers.update(headers or {})
-        return self.request("POST", path, body, all_headers, stream, t_intended_ns)
+        return self.request(
+            "POST", path, body, all_headers, stream, t_intended_ns, max_tokens=max_tokens
+        )
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> RequestResult:
         return self.request("GET", path, b"", dict(headers or {}), False, None)
@@ -304,25 +402,71 @@ class TimingClient:
         headers: Mapping[str, str],
         stream: bool,
         t_intended_ns: int | None,
+        *,
+        max_tokens: int | None = None,
+    ) -> RequestResult:
+        """Send one request and read the whole answer; always returns a classified result.
+
+        The one exception boundary of the client: whatever goes wrong ends in an outcome
+        class; only ``BaseException`` that is not ``Exception`` (interrupts, gevent's
+        ``GreenletExit``/``Timeout`` ending a run) propagates.
+        """
+        start = self.clock()
+        result = RequestResult(t_intended_ns=t_intended_ns or start, t_start_ns=start)
+        self._in_flight += 1
+        try:
+            if self.headers:
+                headers = {**self.headers, **headers}
+            deadline_ns = start + int(self.request_timeout_s * _NS_PER_S)
+            token_limit = sys.maxsize
+            if max_tokens is not None:
+                token_limit = max_tokens + max(_OVERRUN_MARGIN_MIN, max_tokens // 10)
+            result = self._request(
+                method, path, body, headers, stream, result, deadline_ns, token_limit
+            )
+        except Exception as exc:  # the boundary: every request ends in an outcome class
+            result.outcome = outcomes.CLIENT_EXCEPTION
+            result.error = f"{type(exc).__name__}: {exc}"
+            result.t_end_ns = self.clock()
+        finally:
+            self._in_flight -= 1
+        if result.error:
+            result.error = _mask(result.error, headers)
+        return result
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        stream: bool,
+        result: RequestResult,
+        deadline_ns: int,
+        token_limit: int,
     ) -> RequestResult:
         head = [f"{method} {self.base_path}{path} HTTP/1.1", f"Host: {self.host_header}"]
-        if self.headers:
-            headers = {**self.headers, **headers}
         head += [f"{name}: {value}" for name, value in headers.items()]
         if body or method in ("POST", "PUT"):
             head.append(f"Content-Length: {len(body)}")
         raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        start = self.clock()
-        result = RequestResult(t_intended_ns=t_intended_ns or start, t_start_ns=start)
+        start = result.t_start_ns
         fresh = False
         for _attempt in range(2):
             conn: _Connection | None = None
             try:
-                conn = self._checkout(fresh=fresh)
-                keep = self._exchange(conn, raw, method, stream, result)
+                conn = self._checkout(deadline_ns, fresh=fresh)
+                keep = self._exchange(conn, raw, method, stream, result, deadline_ns, token_limit)
             except TimeoutError:
                 result.outcome = outcomes.TIMEOUT
                 result.error = f"no data for {self.timeout_s:g}s"
+                result.t_end_ns = self.clock()
+                self._discard(conn)
+                break
+            except _Abort as exc:
+                result.outcome = exc.outcome
+                result.error = str(exc)
+                result.t_end_ns = self.clock()
                 self._discard(conn)
                 break
             except (OSError, ProtocolError, _StaleConnection) as exc:
@@ -337,11 +481,16 @@ class TimingClient:
                     fresh = True
                     continue
                 result.error = f"{type(exc).__name__}: {exc}"
+                # a cut stream is truncated; a cut (or unframeable) JSON answer is not a stream
+                sse = stream and "event-stream" in result.headers.get("content-type", "")
                 result.outcome = outcomes.classify(
-                    result.status, stream=stream, connection_failed=True
+                    result.status, stream=sse, connection_failed=True
                 )
                 result.t_end_ns = self.clock()
                 break
+            except BaseException:
+                self._discard(conn)
+                raise
             else:
                 if keep and len(self._idle) < self._max_idle:
                     conn.reused = True
@@ -351,10 +500,23 @@ class TimingClient:
                 break
         return result
 
-    def _checkout(self, *, fresh: bool = False) -> _Connection:
+    def _phase_timeout_s(self, deadline_ns: int) -> float:
+        """Socket timeout for connect/send: the idle timeout, or less near the deadline."""
+        left_s = (deadline_ns - self.clock()) / _NS_PER_S
+        if left_s <= 0:
+            raise _DeadlineExceeded(_deadline_text(self.request_timeout_s))
+        return min(self.timeout_s, left_s)
+
+    def _checkout(self, deadline_ns: int | None = None, *, fresh: bool = False) -> _Connection:
         if self._idle and not fresh:
             return self._idle.pop()
-        sock = socket.create_connection((self.hostname, self.port), timeout=self.timeout_s)
+        timeout_s = self.timeout_s if deadline_ns is None else self._phase_timeout_s(deadline_ns)
+        try:
+            sock = socket.create_connection((self.hostname, self.port), timeout=timeout_s)
+        except TimeoutError:
+            if timeout_s < self.timeout_s:
+                raise _DeadlineExceeded(_deadline_text(self.request_timeout_s)) from None
+            raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.kernel_stamps and _SO_TIMESTAMPNS is not None:
             sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
@@ -369,54 +531,81 @@ class TimingClient:
                 conn.sock.close()
 
     def _exchange(
-        self, conn: _Connection, raw: bytes, method: str, stream: bool, res: RequestResult
+        self,
+        conn: _Connection,
+        raw: bytes,
+        method: str,
+        stream: bool,
+        res: RequestResult,
+        deadline_ns: int,
+        token_limit: int,
     ) -> bool:
         """Send, then read the whole answer into ``res``; True if the connection is reusable."""
         sock = conn.sock
-        sock.settimeout(self.timeout_s)
-        sock.sendall(raw)
+        timeout_s = self._phase_timeout_s(deadline_ns)
+        sock.settimeout(timeout_s)
+        try:
+            sock.sendall(raw)
+        except TimeoutError:
+            if timeout_s < self.timeout_s:
+                raise _DeadlineExceeded(_deadline_text(self.request_timeout_s)) from None
+            raise
         res.t_sent_ns = self.clock()
-        reader = _Reader(sock, self.clock, self.kernel_stamps, self.cooperative, self.timeout_s)
+        reader = _Reader(
+            sock,
+            self.clock,
+            self.kernel_stamps,
+            self.cooperative,
+            self.timeout_s,
+            deadline_ns=deadline_ns,
+            request_timeout_s=self.request_timeout_s,
+            max_bytes=self.max_response_bytes,
+        )
         reader.floor = res.t_sent_ns
         res.kernel_stamps = reader.kernel
         try:
-            return self._read_answer(reader, method, stream, res)
+            return self._read_answer(reader, method, stream, res, token_limit)
         finally:
+            res.bytes_received = reader.received
             reader.close()
 
-    def _read_answer(self, reader: _Reader, method: str, stream: bool, res: RequestResult) -> bool:
-        buf = b""
+    def _read_answer(
+        self, reader: _Reader, method: str, stream: bool, res: RequestResult, token_limit: int
+    ) -> bool:
+        buf = bytearray()
         while True:
             data = reader.read()
             if not data:
                 if not buf:
                     raise _StaleConnection("connection closed before the status line")
                 raise ProtocolError("connection closed inside the response headers")
-            res.bytes_received += len(data)
+            scan = max(len(buf) - 3, 0)
             buf += data
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", scan)
             if end >= 0:
                 break
-            if len(buf) > 65536:
+            if len(buf) > _HEAD_MAX_BYTES:
                 raise ProtocolError("response headers larger than 64 KiB")
         now = reader.stamp
         res.t_headers_ns = now
-        keep_alive = self._parse_head(buf[:end], res)
-        rest = buf[end + 4 :]
+        keep_alive = self._parse_head(bytes(buf[:end]), res)
+        rest = bytes(buf[end + 4 :])
         status = res.status or 0
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             res.t_end_ns = now
             res.outcome = outcomes.classify(status, stream=False)
             return keep_alive
         is_sse = stream and status == 200 and "event-stream" in res.headers.get("content-type", "")
-        sink: _SSESink | _BodySink = _SSESink(res, reader) if is_sse else _BodySink(res)
+        sink: _SSESink | _BodySink = (
+            _SSESink(res, reader, token_limit) if is_sse else _BodySink(res)
+        )
         feed = sink.feed
         dechunker: _Dechunker | None = None
         remaining: int | None = None
         if "chunked" in res.headers.get("transfer-encoding", "").lower():
             dechunker = _Dechunker()
         elif "content-length" in res.headers:
-            remaining = int(res.headers["content-length"])
+            remaining = _content_length(res.headers["content-length"])
         else:
             keep_alive = False  # body runs until the server closes
         complete = False
@@ -457,7 +646,6 @@ class TimingClient:
                 eof = True
                 keep_alive = False
                 break
-            res.bytes_received += len(data)
         sink.close(now)
         res.t_end_ns = now
         if is_sse:
@@ -498,6 +686,36 @@ class TimingClient:
         return "close" not in connection
 
 
+def _content_length(value: str) -> int:
+    """A ``Content-Length`` value; repeated identical values (``"5, 5"``) count once.
+
+    RFC 9110 §8.6 lets a recipient accept a list of identical values; anything else (differing
+    values, signs, non-ASCII digits) cannot frame the body.
+    """
+    values = {part.strip() for part in value.split(",")}
+    if len(values) == 1:
+        (single,) = values
+        if single.isascii() and single.isdigit():
+            return int(single)
+    raise ProtocolError(f"bad Content-Length {value[:60]!r}")
+
+
+def _deadline_text(request_timeout_s: float) -> str:
+    return f"exchange not complete within request_timeout_s={request_timeout_s:g}s"
+
+
+def _mask(text: str, headers: Mapping[str, str]) -> str:
+    """``text`` with every credential-carrying header value (and any key) masked."""
+    secrets: list[str] = []
+    for name, value in headers.items():
+        if any(word in name.lower() for word in _SECRET_HEADER_WORDS):
+            secrets.append(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and scheme.isalpha():
+                secrets.append(credential.strip())
+    return mask_secrets(text, *sorted(secrets, key=len, reverse=True))
+
+
 class _Reader:
     """Reads one response: ``recv`` (``recvmsg`` with kernel stamps) and when bytes arrived.
 
@@ -506,18 +724,29 @@ class _Reader:
     returned. With a cooperative waiter (gevent) the raw non-blocking socket is read and the
     waiter parks the greenlet until the socket is readable: one wake-up per read, no
     ``Timeout`` object, no failed ``recv`` first.
+
+    The exchange's bounds live here: ``received`` counts every byte read (head and body) and
+    passing ``max_bytes`` raises ``_Oversize``; no read starts after ``deadline_ns`` and no
+    wait lasts beyond it (the idle timeout is shortened to the time left once that is less),
+    else ``_DeadlineExceeded``.
     """
 
     __slots__ = (
+        "_capped",
         "_coop",
+        "_deadline_ns",
+        "_idle_s",
+        "_max_bytes",
         "_offset",
         "_raw",
+        "_request_timeout_s",
         "_sock",
         "clock",
         "floor",
         "kernel",
         "last_ns",
         "now",
+        "received",
         "stamp",
     )
 
@@ -528,12 +757,22 @@ class _Reader:
         kernel: bool,
         cooperative: CooperativeFactory | None,
         timeout_s: float,
+        *,
+        deadline_ns: int,
+        request_timeout_s: float,
+        max_bytes: int,
     ) -> None:
         self._sock = sock
         self.clock = clock
         self.kernel = kernel
         self.now = self.stamp = self.last_ns = self.floor = clock()
         self._offset = _realtime_offset() if kernel else 0
+        self._idle_s = timeout_s
+        self._capped = False
+        self._request_timeout_s = request_timeout_s
+        self._deadline_ns = deadline_ns
+        self._max_bytes = max_bytes
+        self.received = 0
         self._coop: CooperativeWait | None = None
         raw: Any = sock
         if cooperative is not None:
@@ -546,6 +785,12 @@ class _Reader:
         return self.last_ns
 
     def set_timeout(self, seconds: float) -> None:
+        """The idle timeout from now on (the total deadline still caps every wait)."""
+        self._idle_s = seconds
+        self._capped = False
+        self._apply(seconds)
+
+    def _apply(self, seconds: float) -> None:
         if self._coop is not None:
             self._coop.timeout_s = seconds
         else:
@@ -556,26 +801,47 @@ class _Reader:
             self._coop.close()
             self._coop = None
 
+    def _deadline(self) -> _DeadlineExceeded:
+        return _DeadlineExceeded(_deadline_text(self._request_timeout_s))
+
     def read(self) -> bytes:
         data: bytes
+        # The deadline, measured from the last read (the idle clock's origin, so the
+        # cooperative timer fires at the deadline itself): only the last idle period before
+        # it costs a timeout update per read.
+        left_ns = self._deadline_ns - self.last_ns
+        if left_ns <= 0:
+            raise self._deadline()
+        if left_ns < self._idle_s * _NS_PER_S:
+            self._capped = True
+            self._apply(left_ns / _NS_PER_S)
         raw = self._raw
         coop = self._coop
-        if coop is not None:
-            # Under load the socket is empty when we get here (every read drains it): wait
-            # first instead of paying a failed recv + exception per event.
-            coop.wait()
-        while True:
-            try:
-                if self.kernel:
-                    data, anc, _flags, _addr = raw.recvmsg(_RECV_BYTES, _ANC_BYTES)
-                else:
-                    data = raw.recv(_RECV_BYTES)
-                    anc = None
-                break
-            except (BlockingIOError, InterruptedError):
-                if coop is None:
-                    raise
+        try:
+            if coop is not None:
+                # Under load the socket is empty when we get here (every read drains it):
+                # wait first instead of paying a failed recv + exception per event.
                 coop.wait()
+            while True:
+                try:
+                    if self.kernel:
+                        data, anc, _flags, _addr = raw.recvmsg(_RECV_BYTES, _ANC_BYTES)
+                    else:
+                        data = raw.recv(_RECV_BYTES)
+                        anc = None
+                    break
+                except (BlockingIOError, InterruptedError):
+                    if coop is None:
+                        raise
+                    coop.wait()
+        except TimeoutError:
+            if self._capped:
+                raise self._deadline() from None
+            raise
+        received = self.received + len(data)
+        self.received = received
+        if received > self._max_bytes:
+            raise _Oversize(f"answer larger than max_response_bytes={self._max_bytes}")
         now = self.clock()
         self.now = self.last_ns = now
         stamp = now
@@ -744,33 +1010,64 @@ class _SSESink:
     lines) goes through the WHATWG decoder one whole event at a time, so the decoder never
     holds a partial event. A stream with a ``\\r`` (CRLF or CR line ends) goes to the decoder
     from there on.
+
+    A partial event waits in a ``bytearray`` that grows in place; each read searches only its
+    new bytes for the end of the event, so an event arriving in many reads costs time linear
+    in its size. ``work_bytes`` counts the bytes searched or copied on that path (tests hold
+    it linear). More than ``token_limit`` token events raise ``_Overrun``.
     """
 
-    __slots__ = ("_decoder", "_general", "_pending", "_reader", "_res", "_template")
+    __slots__ = (
+        "_decoder",
+        "_general",
+        "_pending",
+        "_reader",
+        "_res",
+        "_template",
+        "_token_limit",
+        "work_bytes",
+    )
 
-    def __init__(self, res: RequestResult, reader: _Reader | None = None) -> None:
+    def __init__(
+        self, res: RequestResult, reader: _Reader | None = None, token_limit: int = sys.maxsize
+    ) -> None:
         self._res = res
         self._reader = reader
         self._decoder = SSEDecoder()
         self._general = False
-        self._pending = b""
+        self._pending = bytearray()
         self._template: _TokenTemplate | None = None
+        self._token_limit = token_limit
+        self.work_bytes = 0
 
     def feed(self, payload: bytes, now: int) -> None:
         if self._general:
             for event in self._decoder.feed(payload):
                 self._data(event.data.encode(), event.event, now)
             return
-        buf = self._pending + payload if self._pending else payload
-        if b"\r" in buf:
-            self._general = True
-            self._pending = b""
-            self.feed(buf, now)
-            return
-        end = buf.find(b"\n\n")
-        if end < 0:
-            self._pending = buf
-            return
+        pending = self._pending
+        if pending:
+            if b"\r" in payload:
+                self._to_general(bytes(pending) + payload, now)
+                return
+            scan = len(pending) - 1  # a "\n\n" may straddle the old and the new bytes
+            pending += payload
+            end = pending.find(b"\n\n", scan)
+            self.work_bytes += len(pending) - scan
+            if end < 0:
+                return
+            buf = bytes(pending)
+            self.work_bytes += len(buf)
+            pending.clear()
+        else:
+            if b"\r" in payload:
+                self._to_general(payload, now)
+                return
+            buf = payload
+            end = buf.find(b"\n\n")
+            if end < 0:
+                pending += buf
+                return
         pos = 0
         while end >= 0:
             if end > pos:
@@ -784,13 +1081,19 @@ class _SSESink:
                         self._data(event.data.encode(), event.event, now)
             pos = end + 2
             end = buf.find(b"\n\n", pos)
-        self._pending = buf[pos:]
+        if pos < len(buf):
+            pending += memoryview(buf)[pos:]
+
+    def _to_general(self, data: bytes, now: int) -> None:
+        self._general = True
+        self._pending.clear()
+        self.feed(data, now)
 
     def close(self, now: int) -> None:
         if self._pending:
-            for event in self._decoder.feed(self._pending):
+            for event in self._decoder.feed(bytes(self._pending)):
                 self._data(event.data.encode(), event.event, now)
-            self._pending = b""
+            self._pending.clear()
         for event in self._decoder.flush():
             self._data(event.data.encode(), event.event, now)
 
@@ -809,7 +1112,8 @@ class _SSESink:
             if stamp is not None:
                 # Token chunk after the first: stamps only, no JSON.
                 res.t_last_token_ns = now
-                res.token_event_ns.append(now)
+                tokens = res.token_event_ns
+                tokens.append(now)
                 if stamp:
                     lag = now - stamp
                     res.emit_lag_ns.append(lag)
@@ -817,8 +1121,16 @@ class _SSESink:
                 reader = self._reader
                 if reader is not None and reader.kernel:
                     res.recv_lag_ns.append(reader.now - now)
+                if len(tokens) > self._token_limit:
+                    raise self._overrun()
                 return
         self._parse(data, name, now)
+
+    def _overrun(self) -> _Overrun:
+        return _Overrun(
+            f"{len(self._res.token_event_ns)} token events, more than max_tokens allows "
+            f"({self._token_limit} with the margin)"
+        )
 
     def _parse(self, data: bytes, name: str, now: int) -> None:
         res = self._res
@@ -877,6 +1189,8 @@ class _SSESink:
             reader = self._reader
             if reader is not None and reader.kernel:
                 res.recv_lag_ns.append(reader.now - now)
+            if len(res.token_event_ns) > self._token_limit:
+                raise self._overrun()
 
 
 def _error_text(res: RequestResult) -> str:
