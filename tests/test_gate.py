@@ -737,3 +737,18 @@ def test_bench_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "concurrent streams (2, 3) (default: 500)" in out
     assert "(default: 8.0)" in out
+
+
+def test_a_load_run_against_another_relay_is_noted() -> None:
+    summary = load_summary(TTFT_OK)
+    summary["host"] = "http://127.0.0.1:44281"
+    verdict = evaluate(conformance(), summary)
+    assert verdict.passed
+    assert verdict.notes == (
+        "the load run targeted http://127.0.0.1:44281, not the relay the conformance suite "
+        "checked (http://relay:3000): the two results are about different relay instances",
+    )
+    assert "note: the load run targeted http://127.0.0.1:44281" in render(verdict)
+    for same in ("http://relay:3000", "http://relay:3000/", "http://relay:3000/v1"):
+        summary["host"] = same
+        assert evaluate(conformance(), summary).notes == ()

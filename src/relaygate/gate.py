@@ -72,6 +72,7 @@ __all__ = [
     "load_report",
     "render",
     "run",
+    "same_relay",
     "terminal_width",
 ]
 
@@ -435,6 +436,13 @@ def evaluate(
                     "latency percentiles are invalid (the load generator was the bottleneck); "
                     "no latency SLO is judged, so the gate does not fail on it"
                 )
+    if conformance_verdict is not None and load_verdict is not None:
+        relay, host = conformance_verdict.relay_url, load_verdict.host
+        if "?" not in (relay, host) and not same_relay(relay, host):
+            notes.append(
+                f"the load run targeted {host}, not the relay the conformance suite checked "
+                f"({relay}): the two results are about different relay instances"
+            )
     return Verdict(
         passed=not reasons,
         reasons=tuple(reasons),
@@ -444,6 +452,15 @@ def evaluate(
         load=load_verdict,
         allow_skips=tuple(allow_skips),
     )
+
+
+def same_relay(url_a: str, url_b: str) -> bool:
+    """Whether two base URLs name one relay (``/v1``, a trailing ``/`` and case aside)."""
+
+    def base(url: str) -> str:
+        return url.strip().rstrip("/").removesuffix("/v1").rstrip("/").lower()
+
+    return base(url_a) == base(url_b)
 
 
 def _skip_reasons(c: ConformanceVerdict) -> list[str]:

@@ -191,10 +191,6 @@ def _prober(load: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"requests": rl["requests"], "rate_limited": rl.get("rate_limited")}
 
 
-def _same_url(a: str, b: str) -> bool:
-    return a.rstrip("/").lower() == b.rstrip("/").lower()
-
-
 def _rate_limit(load: Mapping[str, Any]) -> dict[str, Any] | None:
     rl = load.get("rate_limit")
     if not isinstance(rl, Mapping) or not (rl.get("steps") or rl.get("discovered")):
@@ -214,6 +210,8 @@ def render_page(
 ) -> str:
     """The page as a string. ``verdict`` is a :class:`relaygate.gate.Verdict` (or None)."""
     import jinja2
+
+    from relaygate.gate import same_relay
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
@@ -248,7 +246,7 @@ def render_page(
     relay_url = conformance_url or load_host or "?"
     # Two reports about two different relays must not read as one; say so in one line.
     other_host = load_host if conformance_url and load_host else ""
-    if other_host and _same_url(other_host, conformance_url):
+    if other_host and same_relay(other_host, conformance_url):
         other_host = ""
     html = env.get_template("index.html.j2").render(
         title=title,
