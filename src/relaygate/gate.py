@@ -70,6 +70,7 @@ __all__ = [
     "add_arguments",
     "evaluate",
     "load_report",
+    "relay_mismatch",
     "render",
     "run",
     "same_relay",
@@ -437,12 +438,9 @@ def evaluate(
                     "no latency SLO is judged, so the gate does not fail on it"
                 )
     if conformance_verdict is not None and load_verdict is not None:
-        relay, host = conformance_verdict.relay_url, load_verdict.host
-        if "?" not in (relay, host) and not same_relay(relay, host):
-            notes.append(
-                f"the load run targeted {host}, not the relay the conformance suite checked "
-                f"({relay}): the two results are about different relay instances"
-            )
+        mismatch = relay_mismatch(conformance_verdict.relay_url, load_verdict.host)
+        if mismatch:
+            notes.append(mismatch)
     return Verdict(
         passed=not reasons,
         reasons=tuple(reasons),
@@ -461,6 +459,18 @@ def same_relay(url_a: str, url_b: str) -> bool:
         return url.strip().rstrip("/").removesuffix("/v1").rstrip("/").lower()
 
     return base(url_a) == base(url_b)
+
+
+def relay_mismatch(relay_url: str, load_host: str) -> str | None:
+    """One line saying the two reports are about different relays, or None when they agree."""
+    if not relay_url or not load_host or "?" in (relay_url, load_host):
+        return None
+    if same_relay(relay_url, load_host):
+        return None
+    return (
+        f"the load run targeted {load_host}, not the relay the conformance suite checked "
+        f"({relay_url}): the two results are about different relay instances"
+    )
 
 
 def _skip_reasons(c: ConformanceVerdict) -> list[str]:

@@ -211,7 +211,7 @@ def render_page(
     """The page as a string. ``verdict`` is a :class:`relaygate.gate.Verdict` (or None)."""
     import jinja2
 
-    from relaygate.gate import same_relay
+    from relaygate.gate import relay_mismatch
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
@@ -245,12 +245,14 @@ def render_page(
     load_host = str((load or {}).get("host") or "")
     relay_url = conformance_url or load_host or "?"
     # Two reports about two different relays must not read as one; say so in one line.
-    other_host = load_host if conformance_url and load_host else ""
-    if other_host and same_relay(other_host, conformance_url):
-        other_host = ""
+    mismatch = relay_mismatch(conformance_url, load_host)
+    verdict_json = verdict.to_json() if verdict is not None else None
+    if verdict_json is not None and mismatch:
+        # shown once, as the page's own warning above the verdict
+        verdict_json["notes"] = [n for n in verdict_json["notes"] if n != mismatch]
     html = env.get_template("index.html.j2").render(
         title=title,
-        verdict=verdict.to_json() if verdict is not None else None,
+        verdict=verdict_json,
         meta={
             "relay_url": relay_url,
             "profile": (conformance or {}).get("profile", "–"),
@@ -267,7 +269,7 @@ def render_page(
         skips=_skips(cases),
         judged=judged,
         skip_classes=_skip_classes(),
-        other_host=other_host,
+        relay_mismatch=mismatch,
         prober=prober,
         cases=cases,
         load=load,
