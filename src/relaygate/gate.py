@@ -8,7 +8,8 @@
 
 Exit codes: 0 the gate passed, 1 it failed, 2 the input was unusable (no report given, a file
 missing, not JSON or not a relaygate report, an ``--slo`` rule that does not parse, an
-``--allow-skip`` value that is no area, skip class or case id pattern).
+``--allow-skip`` value that is no area, skip class or case id pattern, ``--slo`` without a load
+summary or ``--allow-skip`` without a conformance report).
 
 A pass needs evidence: a skipped case was not verified. What fails the gate (each is a line of
 :attr:`Verdict.reasons`):
