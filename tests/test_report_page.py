@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import html.parser
 import re
 from pathlib import Path
@@ -109,17 +110,19 @@ def test_page_shows_verdict_failures_deviations_and_skips_separately(tmp_path: P
     page = _page(tmp_path)
     assert "GATE FAILED" in page
     failures = page.index("Failures (1)")
+    # issue #10: skipped MUST cases are "not verified", listed right after failures
+    not_verified = page.index("Not verified (1)")
     deviations = page.index("Documented deviations (1)")
-    skipped = page.index("Skipped (")
-    assert failures < deviations < skipped
-    failure_block = page[failures:deviations]
+    skipped = page.index("Skipped, not failing the gate (0)")
+    assert failures < not_verified < deviations < skipped
+    failure_block = page[failures:not_verified]
     assert "an unknown key is refused with 401" in failure_block
     assert "HTTP 401, error.code &#39;invalid_api_key&#39;" in failure_block
     assert "HTTP 403 application/json" in failure_block
     assert "curl -sS -X POST" in failure_block
     assert "CaseFailure" not in failure_block
     assert "one-api answers 401 for an exhausted token" in page[deviations:skipped]
-    assert "the relay has no limiter" in page[skipped:]
+    assert "the relay has no limiter" in page[not_verified:deviations]
     assert "120.25" in page  # TTFT p99
     assert "CHECK PASSED" in page
     assert "data:image/png;base64," in page
@@ -181,3 +184,87 @@ def test_page_renders_in_chromium_without_console_messages(
     assert console == []
     assert shot.read_bytes().startswith(b"\x89PNG")
     assert shot.stat().st_size > 20_000  # a blank page is ~5 KB
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing left out silently (issue #10, issue #15 item 8)
+
+SKIPS: dict[str, Any] = {
+    **CONFORMANCE,
+    "cases": [
+        *CONFORMANCE["cases"],
+        _case("quota.formula[gpt-4]", "skipped", "needs ground truth: pass --upstream-url"),
+        _case("quota.formula[gpt-4o]", "skipped", "needs ground truth: pass --upstream-url"),
+        _case("auth.cors", "skipped", "profile: this relay documents no CORS support"),
+    ],
+}
+
+
+def _text(page: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def test_not_verified_is_counted_and_listed_right_after_failures() -> None:
+    verdict = gate.evaluate(SKIPS, None, allow_skips=["profile"])
+    text = _text(render_page(SKIPS, None, verdict=verdict))
+    assert "1 failed 3 not verified" in text  # the headline pills
+    assert "3 MUST cases not verified (skipped: 2 live, 1 other;" in text  # the banner
+    block = text[text.index("Not verified (3)") : text.index("Documented deviations")]
+    assert "2 × [live] needs ground truth: pass --upstream-url" in block
+    assert "quota.formula[gpt-4] quota.formula[gpt-4o]" in block
+    assert "1 × [other] the relay has no limiter" in block
+    assert "Nothing was checked in rate_limits" in block
+    other = text[text.index("Skipped, not failing the gate (1)") :]
+    assert "1 × [profile] profile: this relay documents no CORS support" in other
+    assert "allowed by --allow-skip profile" in other
+    # the area table has a column for it: Quota and billing has 2 not verified
+    assert re.search(r"Quota and billing \(F6[^)]*\) 0 0 2 1 2", text)
+
+
+def test_without_a_verdict_the_page_judges_with_nothing_allowed() -> None:
+    text = _text(render_page(SKIPS, None))
+    assert "no verdict (reports only)" in text
+    assert "Not verified (4)" in text and "Skipped, not failing the gate (0)" in text
+
+
+PROBER_LOAD: dict[str, Any] = {
+    **LOAD,
+    "scenario": "RateLimitUser,StreamingChatUser",
+    "rate_limit": {**LOAD["rate_limit"], "requests": 479, "rate_limited": 228},
+}
+
+
+def test_the_prober_traffic_has_its_own_row_and_the_plot_says_so(tmp_path: Path) -> None:
+    (tmp_path / "load-over-time.png").write_bytes(PNG)
+    page = render_page(CONFORMANCE, PROBER_LOAD, plots_dir=tmp_path)
+    row = page[page.index('<tr id="prober-row">') :]
+    row = _text(row[: row.index("</tr>")])
+    assert row == "429 prober – – – 228 – – – – 479"
+    text = _text(page)
+    assert "load users 100 – – 0 – – – – 100" in text
+    assert "they are counted in its own row, not in the load users' row" in text
+    assert "load users only: the 429 prober's 479 requests (228 answered 429)" in text
+    # without a prober run there is no row and no note
+    assert "prober-row" not in render_page(CONFORMANCE, LOAD)
+
+
+def test_two_relay_addresses_are_named_in_one_line_and_masked() -> None:
+    elsewhere = {**LOAD, "host": f"http://127.0.0.1:4000/?key={SECRET}"}
+    page = render_page(CONFORMANCE, elsewhere)
+    assert SECRET not in page
+    text = _text(page)
+    line = (
+        "The load run targeted http://127.0.0.1:4000/?key=sk-liv…123, not the relay the "
+        "conformance suite checked (http://127.0.0.1:3000): the two results are about "
+        "different relay instances."
+    )
+    assert line in text
+    # with a verdict the line is there once (the verdict's note is not repeated)
+    with_verdict = _text(
+        render_page(CONFORMANCE, elsewhere, verdict=gate.evaluate(None, elsewhere))
+    )
+    assert with_verdict.count("the two results are about different relay instances") == 1
+    same = _text(render_page(CONFORMANCE, {**LOAD, "host": "http://127.0.0.1:3000/v1"}))
+    assert "different relay instances" not in same
+    assert same.count("127.0.0.1:3000") == 1 and "relay: the one above" in same
+    assert gate.evaluate(CONFORMANCE, elsewhere).notes[0].startswith("the load run targeted")

@@ -32,7 +32,8 @@ _KEY = "sk-relaygate-upstream"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``relaygate bench``."""
+    """Flags of ``relaygate bench``; ``--help`` shows each default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--streams", type=int, default=500, help="concurrent streams (2, 3)")
     parser.add_argument(
         "--itl-ms", type=float, default=50.0, help="gap between events (2, 3); 20 saturates it"

@@ -3,18 +3,30 @@
 ::
 
     relaygate gate --conformance reports/conformance.json --load reports/load-summary.json \\
-                   [--slo 'ttft_p99_ms<=800' ...] [--allow-deviations] [--json]
+                   [--slo 'ttft_p99_ms<=800' ...] [--allow-deviations] \\
+                   [--allow-skip AREA|CLASS|ID-GLOB ...] [--json]
 
 Exit codes: 0 the gate passed, 1 it failed, 2 the input was unusable (no report given, a file
-missing, not JSON or not a relaygate report, an ``--slo`` rule that does not parse).
+missing, not JSON or not a relaygate report, an ``--slo`` rule that does not parse, an
+``--allow-skip`` value that is no area, skip class or case id pattern, ``--slo`` without a load
+summary or ``--allow-skip`` without a conformance report).
 
-What fails the gate (each is a line of :attr:`Verdict.reasons`):
+A pass needs evidence: a skipped case was not verified. What fails the gate (each is a line of
+:attr:`Verdict.reasons`):
 
 * a conformance case whose outcome is anything but ``passed``, ``skipped`` or ``deviation``
   (``failed``, and any outcome this version does not know, e.g. an error);
 * a ``deviation`` (behaviour the profile documents as different from the FAQ/OpenAI) unless
-  ``allow_deviations``; skipped cases never fail, they are counted and listed by reason;
-* a conformance report without a single case;
+  ``allow_deviations``;
+* a skipped MUST-level case ("not verified") unless ``allow_skips`` names its area, its skip
+  class (``live``, ``key``, ``profile``, ``other``: see
+  :data:`relaygate.suite.results.SKIP_CLASSES`) or matches its id (fnmatch on the full
+  parametrised id or the bare id); skipped SHOULD-level cases never fail, they are listed;
+* an area of the report in which no case was executed (passed, failed or deviation) unless
+  ``allow_skips`` names the area or every skip in it is of class ``profile`` (the relay has no
+  such feature);
+* a conformance report without a single case, or without a single executed case ("nothing was
+  checked"), whatever ``allow_skips`` says;
 * an SLO result of the load run (the summary's ``slo`` list) that did not pass, and an extra
   rule (``slos``) that does not hold against the summary's numbers; a metric the summary does
   not hold fails ("not measured"), as it does in Locust;
@@ -33,8 +45,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -51,12 +66,16 @@ __all__ = [
     "LoadVerdict",
     "SLOLine",
     "SkipGroup",
+    "UncheckedArea",
     "Verdict",
     "add_arguments",
     "evaluate",
     "load_report",
+    "relay_mismatch",
     "render",
     "run",
+    "same_relay",
+    "terminal_width",
 ]
 
 EXIT_PASSED = 0
@@ -70,7 +89,13 @@ _COUNT_ORDER = ("passed", "failed", "deviation", "skipped")
 _MAX_FAILED = 5
 _MAX_DEVIATIONS = 4
 _MAX_SKIP_GROUPS = 3
+_MAX_OTHER_SKIP_GROUPS = 2
+# Width of the render when stdout is no terminal (CI logs); a terminal's own width otherwise.
 _WIDTH = 100
+_MIN_WIDTH = 40
+_SKIP_CLASS_ORDER = ("live", "key", "profile", "other")
+# A case id or an fnmatch glob over ids: "auth.*", "quota.formula[gpt-4]", "*.retry-after".
+_ID_PATTERN = re.compile(r"^[\w*?\[\]-]+\.\S+$")
 # "relaygate.suite.failures.CaseFailure: " / "AssertionError: " in front of a failure reason.
 _EXC_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure): ")
 _RULE_METRIC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*?)\s*(?:<=|>=|==|<|>)")
@@ -102,13 +127,37 @@ class CaseLine:
 
 @dataclasses.dataclass(frozen=True)
 class SkipGroup:
-    """Skipped cases that share one reason."""
+    """Skipped cases that share one reason (and class, and what allowed them, when judged)."""
 
     reason: str
     ids: tuple[str, ...]
+    skip_class: str | None = None
+    allowed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"reason": self.reason, "count": len(self.ids), "ids": list(self.ids)}
+        doc: dict[str, Any] = {}
+        if self.skip_class is not None:
+            doc["class"] = self.skip_class
+        doc |= {"reason": self.reason, "count": len(self.ids), "ids": list(self.ids)}
+        if self.allowed_by is not None:
+            doc["allowed_by"] = self.allowed_by
+        return doc
+
+
+@dataclasses.dataclass(frozen=True)
+class UncheckedArea:
+    """An area of the report in which every case was skipped.
+
+    ``allowed_by`` is the ``--allow-skip`` value that accepts it, ``"profile"`` when every skip
+    in it is of class ``profile``, or None: then it fails the gate.
+    """
+
+    area: str
+    skipped: int
+    allowed_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +191,25 @@ class ConformanceVerdict:
     failed: tuple[CaseLine, ...]
     deviations: tuple[CaseLine, ...]
     skipped: tuple[SkipGroup, ...]
+    # MUST-level skips no --allow-skip accepts: each fails the gate.
+    not_verified: tuple[SkipGroup, ...] = ()
+    # MUST-level skips an --allow-skip accepts, and SHOULD-level skips: listed, never failing.
+    allowed_skips: tuple[SkipGroup, ...] = ()
+    should_skips: tuple[SkipGroup, ...] = ()
+    unchecked_areas: tuple[UncheckedArea, ...] = ()
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def executed(self) -> int:
+        """Cases that ran to a verdict: every outcome but ``skipped``."""
+        return self.total - self.counts.get("skipped", 0)
+
+    @property
+    def not_verified_count(self) -> int:
+        return sum(len(g.ids) for g in self.not_verified)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -154,9 +218,14 @@ class ConformanceVerdict:
             "mode": self.mode,
             "total": self.total,
             "counts": dict(self.counts),
+            "not_verified_count": self.not_verified_count,
             "failed": [c.to_json() for c in self.failed],
+            "not_verified": [g.to_json() for g in self.not_verified],
             "deviations": [c.to_json() for c in self.deviations],
             "skipped": [g.to_json() for g in self.skipped],
+            "allowed_skips": [g.to_json() for g in self.allowed_skips],
+            "should_skips": [g.to_json() for g in self.should_skips],
+            "unchecked_areas": [a.to_json() for a in self.unchecked_areas],
         }
 
 
@@ -194,6 +263,7 @@ class Verdict:
     allow_deviations: bool
     conformance: ConformanceVerdict | None
     load: LoadVerdict | None
+    allow_skips: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -207,6 +277,7 @@ class Verdict:
             "reasons": list(self.reasons),
             "notes": list(self.notes),
             "allow_deviations": self.allow_deviations,
+            "allow_skips": list(self.allow_skips),
             "conformance": self.conformance.to_json() if self.conformance else None,
             "load": self.load.to_json() if self.load else None,
         }
@@ -261,7 +332,7 @@ def _check_conformance(doc: Mapping[str, Any]) -> None:
             and isinstance(case.get("outcome"), str)
         ):
             raise GateInputError(f'cases[{index}] has no string "id" and "outcome"')
-        for key in ("title", "reason", "details"):
+        for key in ("title", "reason", "details", "area", "level", "skip_class"):
             if not isinstance(case.get(key, ""), str):
                 raise GateInputError(f"cases[{index}].{key} is not a string")
 
@@ -303,29 +374,41 @@ def evaluate(
     *,
     slos: Sequence[str] = (),
     allow_deviations: bool = False,
+    allow_skips: Sequence[str] = (),
 ) -> Verdict:
     """Judge a conformance report and/or a load summary (as loaded JSON); see the module doc.
 
     ``slos`` are extra rules (``--slo`` syntax) evaluated against the load summary's numbers.
+    ``allow_skips`` (``--allow-skip``) are areas, skip classes or case id globs whose skipped
+    MUST cases do not fail the gate (they are still listed).
     Raises :class:`GateInputError` when neither report is given, a report has the wrong
-    shape, ``slos`` are given without a load summary, or a rule does not parse.
+    shape, ``slos`` are given without a load summary, ``allow_skips`` without a conformance
+    report, a rule does not parse, or an ``allow_skips`` value is no area, class or id pattern.
     """
     if conformance is None and load is None:
         raise GateInputError("nothing to judge: give a conformance report and/or a load summary")
     if slos and load is None:
         raise GateInputError("--slo rules need a load summary (--load)")
+    if allow_skips and conformance is None:
+        raise GateInputError("--allow-skip needs a conformance report (--conformance)")
     reasons: list[str] = []
     notes: list[str] = []
     conformance_verdict = None
     load_verdict = None
     if conformance is not None:
         _check_conformance(conformance)
-        conformance_verdict = _judge_conformance(conformance)
+        conformance_verdict = _judge_conformance(conformance, allow_skips)
         failed = len(conformance_verdict.failed)
         if conformance_verdict.total == 0:
             reasons.append("the conformance report holds no case")
+        elif conformance_verdict.executed == 0:
+            reasons.append(
+                f"nothing was checked: all {conformance_verdict.total} conformance cases "
+                "were skipped"
+            )
         if failed:
             reasons.append(f"{failed} conformance case{'s' if failed != 1 else ''} failed")
+        reasons += _skip_reasons(conformance_verdict)
         deviations = len(conformance_verdict.deviations)
         if deviations and not allow_deviations:
             reasons.append(
@@ -355,6 +438,10 @@ def evaluate(
                     "latency percentiles are invalid (the load generator was the bottleneck); "
                     "no latency SLO is judged, so the gate does not fail on it"
                 )
+    if conformance_verdict is not None and load_verdict is not None:
+        mismatch = relay_mismatch(conformance_verdict.relay_url, load_verdict.host)
+        if mismatch:
+            notes.append(mismatch)
     return Verdict(
         passed=not reasons,
         reasons=tuple(reasons),
@@ -362,7 +449,51 @@ def evaluate(
         allow_deviations=allow_deviations,
         conformance=conformance_verdict,
         load=load_verdict,
+        allow_skips=tuple(allow_skips),
     )
+
+
+def same_relay(url_a: str, url_b: str) -> bool:
+    """Whether two base URLs name one relay (``/v1``, a trailing ``/`` and case aside)."""
+
+    def base(url: str) -> str:
+        return url.strip().rstrip("/").removesuffix("/v1").rstrip("/").lower()
+
+    return base(url_a) == base(url_b)
+
+
+def relay_mismatch(relay_url: str, load_host: str) -> str | None:
+    """One line saying the two reports are about different relays, or None when they agree."""
+    if not relay_url or not load_host or "?" in (relay_url, load_host):
+        return None
+    if same_relay(relay_url, load_host):
+        return None
+    return (
+        f"the load run targeted {load_host}, not the relay the conformance suite checked "
+        f"({relay_url}): the two results are about different relay instances"
+    )
+
+
+def _skip_reasons(c: ConformanceVerdict) -> list[str]:
+    """The gate's reasons about skips: MUST cases not verified, areas where nothing ran."""
+    reasons = []
+    if c.not_verified:
+        by_class: dict[str, int] = {}
+        for group in c.not_verified:
+            key = group.skip_class or "other"
+            by_class[key] = by_class.get(key, 0) + len(group.ids)
+        classes = ", ".join(f"{n} {name}" for name, n in by_class.items())
+        reasons.append(
+            f"{_plural(c.not_verified_count, 'MUST case')} not verified (skipped: {classes}; "
+            "--allow-skip accepts an expected skip)"
+        )
+    failing = [a.area for a in c.unchecked_areas if a.allowed_by is None]
+    if failing and c.executed:
+        reasons.append(
+            f"nothing checked in {_plural(len(failing), 'area')}: {', '.join(failing)} "
+            "(every case skipped; --allow-skip AREA accepts an area)"
+        )
+    return reasons
 
 
 def _text(value: Any) -> str:
@@ -387,21 +518,125 @@ def _expected_actual(details: str) -> tuple[str | None, str | None]:
     return expected, actual
 
 
-def _judge_conformance(doc: Mapping[str, Any]) -> ConformanceVerdict:
+@dataclasses.dataclass(frozen=True)
+class _Allow:
+    """The ``--allow-skip`` values, sorted by kind (validated against the report's areas)."""
+
+    areas: tuple[str, ...]
+    classes: tuple[str, ...]
+    patterns: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, values: Sequence[str], report_areas: Sequence[str]) -> _Allow:
+        from relaygate.suite.results import AREAS, SKIP_CLASSES
+
+        known_areas = {*AREAS, *report_areas}
+        areas: list[str] = []
+        classes: list[str] = []
+        patterns: list[str] = []
+        for raw in values:
+            value = raw.strip()
+            if value in known_areas:
+                areas.append(value)
+            elif value in SKIP_CLASSES:
+                classes.append(value)
+            elif _ID_PATTERN.match(value):
+                patterns.append(value)
+            else:
+                raise GateInputError(
+                    f"--allow-skip {raw!r} is no area ({', '.join(AREAS)}), skip class "
+                    f"({', '.join(SKIP_CLASSES)}) or case id pattern (e.g. 'auth.*')"
+                )
+        return cls(tuple(areas), tuple(classes), tuple(patterns))
+
+    def allowing(self, case_id: str, area: str, skip_class: str) -> str | None:
+        """The value that allows this skipped case, or None."""
+        if area in self.areas:
+            return area
+        if skip_class in self.classes:
+            return skip_class
+        bare = case_id.split("[", 1)[0]
+        for pattern in self.patterns:
+            # Exact first: "[...]" in an id would read as a character set to fnmatch.
+            if pattern in (case_id, bare) or any(
+                fnmatch.fnmatchcase(name, pattern) for name in (case_id, bare)
+            ):
+                return pattern
+        return None
+
+
+def _case_area(case: Mapping[str, Any]) -> str:
+    area = case.get("area")
+    return str(area) if area else str(case["id"]).split(".", 1)[0]
+
+
+def _case_skip_class(case: Mapping[str, Any], reason: str) -> str:
+    """The report's ``skip_class``; reports written before it existed: from the reason."""
+    from relaygate.suite.results import SKIP_CLASSES, skip_class
+
+    recorded = case.get("skip_class")
+    return recorded if recorded in SKIP_CLASSES else skip_class(reason)
+
+
+def _groups(
+    skips: Mapping[tuple[str, str, str | None], list[str]],
+) -> tuple[SkipGroup, ...]:
+    groups = [
+        SkipGroup(reason, tuple(ids), skip_class, allowed_by)
+        for (skip_class, reason, allowed_by), ids in skips.items()
+    ]
+    return tuple(
+        sorted(
+            groups,
+            key=lambda g: (
+                _SKIP_CLASS_ORDER.index(g.skip_class or "other"),
+                -len(g.ids),
+                g.reason,
+            ),
+        )
+    )
+
+
+def _judge_conformance(
+    doc: Mapping[str, Any], allow_skips: Sequence[str] = ()
+) -> ConformanceVerdict:
     counts: dict[str, int] = dict.fromkeys(_COUNT_ORDER, 0)
     failed: list[CaseLine] = []
     deviations: list[CaseLine] = []
     skipped: dict[str, list[str]] = {}
+    not_verified: dict[tuple[str, str, str | None], list[str]] = {}
+    allowed: dict[tuple[str, str, str | None], list[str]] = {}
+    should: dict[tuple[str, str, str | None], list[str]] = {}
+    # area -> (executed, skipped, skip classes seen), in report order
+    areas: dict[str, tuple[int, int, set[str]]] = {}
+    allow = _Allow.parse(allow_skips, [_case_area(case) for case in doc["cases"]])
     for case in doc["cases"]:
         outcome = case["outcome"]
         counts[outcome] = counts.get(outcome, 0) + 1
         case_id = _text(case["id"])
+        area = _case_area(case)
         title = _text(case.get("title"))
         reason = _clean_reason(_text(case.get("reason")))
+        executed, skips, classes = areas.get(area, (0, 0, set()))
+        if outcome == "skipped":
+            areas[area] = (executed, skips + 1, classes)
+        else:
+            areas[area] = (executed + 1, skips, classes)
         if outcome == "passed":
             continue
         if outcome == "skipped":
-            skipped.setdefault(reason or "no reason given", []).append(case_id)
+            shown = reason or "no reason given"
+            skipped.setdefault(shown, []).append(case_id)
+            skip_class = _case_skip_class(case, reason)
+            classes.add(skip_class)
+            if case.get("level", "MUST") == "SHOULD":
+                should.setdefault((skip_class, shown, None), []).append(case_id)
+                continue
+            allowed_by = allow.allowing(case_id, area, skip_class)
+            if allowed_by is None:
+                not_verified.setdefault((skip_class, shown, None), []).append(case_id)
+            else:
+                allowed.setdefault((skip_class, shown, allowed_by), []).append(case_id)
         elif outcome == "deviation":
             deviations.append(CaseLine(case_id, title, outcome, reason))
         else:
@@ -411,6 +646,12 @@ def _judge_conformance(doc: Mapping[str, Any]) -> ConformanceVerdict:
         (SkipGroup(reason, tuple(ids)) for reason, ids in skipped.items()),
         key=lambda g: (-len(g.ids), g.reason),
     )
+    unchecked = []
+    for area, (executed, skips, classes) in areas.items():
+        if executed:
+            continue
+        allowed_by = area if area in allow.areas else "profile" if classes == {"profile"} else None
+        unchecked.append(UncheckedArea(_text(area), skips, allowed_by))
     return ConformanceVerdict(
         relay_url=_text(doc.get("relay_url")) or "?",
         profile=_text(doc.get("profile")) or "?",
@@ -419,6 +660,10 @@ def _judge_conformance(doc: Mapping[str, Any]) -> ConformanceVerdict:
         failed=tuple(failed),
         deviations=tuple(deviations),
         skipped=tuple(groups),
+        not_verified=_groups(not_verified),
+        allowed_skips=_groups(allowed),
+        should_skips=_groups(should),
+        unchecked_areas=tuple(unchecked),
     )
 
 
@@ -496,77 +741,120 @@ def _judge_load(summary: Mapping[str, Any], extra: Sequence[str]) -> LoadVerdict
 # Rendering
 
 
-def _clip(text: str, width: int = _WIDTH) -> str:
-    """One line of at most ``width`` characters; the indentation is kept, newlines folded."""
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` folded into lines of at most ``width`` characters; nothing is cut off.
+
+    The indentation is kept and continuation lines are indented 4 more; a word longer than a
+    line (a URL, a curl) stays whole rather than being broken.
+    """
     indent = text[: len(text) - len(text.lstrip(" "))]
-    text = indent + " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    words = " ".join(text.split())
+    if not words:
+        return [indent.rstrip()]
+    return textwrap.wrap(
+        words,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
-def _id_list(ids: Sequence[str], *, indent: str, width: int = _WIDTH) -> str:
-    """As many whole ids as fit on one line, then ``+N more``."""
+def _id_list(ids: Sequence[str], *, indent: str, width: int) -> list[str]:
+    """As many whole ids as fit on one line, then ``+N more`` (the JSON verdict has them all)."""
     line = indent
     for index, case_id in enumerate(ids):
         rest = len(ids) - index
         piece = case_id if index == 0 else f", {case_id}"
         tail = f", +{rest - 1} more" if rest > 1 else ""
         if len(line) + len(piece) + len(tail) > width and index > 0:
-            return f"{line}, +{rest} more"
+            return [f"{line}, +{rest} more"]
         line += piece
-    return _clip(line, width)
+    return [line]
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def render(verdict: Verdict) -> str:
-    """The verdict for a terminal: one screen, header ``GATE PASSED`` or ``GATE FAILED``."""
-    header = "GATE PASSED" if verdict.passed else "GATE FAILED"
-    lines = [header]
-    lines += [_clip(f"  - {reason}") for reason in verdict.reasons]
+def terminal_width() -> int:
+    """Columns of the terminal stdout is (``COLUMNS`` wins); 100 when it is no terminal."""
+    return max(_MIN_WIDTH, shutil.get_terminal_size((_WIDTH, 24)).columns)
+
+
+def render(verdict: Verdict, *, width: int | None = None) -> str:
+    """The verdict for a terminal, header ``GATE PASSED`` or ``GATE FAILED``.
+
+    Long lines wrap at ``width`` (default: :func:`terminal_width`); no text is cut off. Long
+    lists end in ``... N more`` pointing at the JSON verdict and the report page.
+    """
+    width = max(_MIN_WIDTH, width or terminal_width())
+    lines = ["GATE PASSED" if verdict.passed else "GATE FAILED"]
+    for reason in verdict.reasons:
+        lines += _wrap(f"  - {reason}", width)
     if verdict.conformance is not None:
-        lines += _render_conformance(verdict.conformance, verdict.allow_deviations)
+        lines += _render_conformance(verdict.conformance, verdict.allow_deviations, width)
     if verdict.load is not None:
-        lines += _render_load(verdict.load)
-    lines += [_clip(f"note: {note}") for note in verdict.notes]
+        lines += _render_load(verdict.load, width)
+    for note in verdict.notes:
+        lines += _wrap(f"note: {note}", width)
     return mask_secrets("\n".join(lines))
 
 
-def _render_conformance(c: ConformanceVerdict, allow_deviations: bool) -> list[str]:
+def _skip_label(group: SkipGroup) -> str:
+    return f"{len(group.ids)}x [{group.skip_class or 'other'}] {group.reason}"
+
+
+def _render_conformance(c: ConformanceVerdict, allow_deviations: bool, width: int) -> list[str]:
     counts = ", ".join(
         _plural(n, "deviation") if outcome == "deviation" else f"{n} {outcome}"
         for outcome, n in c.counts.items()
     )
-    lines = [
-        _clip(f"conformance: {c.total} cases ({counts}); profile {c.profile}, mode {c.mode}"),
-        _clip(f"  relay {c.relay_url}"),
-    ]
+    if c.not_verified:
+        counts += f"; {c.not_verified_count} NOT VERIFIED"
+    lines = _wrap(
+        f"conformance: {c.total} cases ({counts}); profile {c.profile}, mode {c.mode}", width
+    )
+    lines += _wrap(f"  relay {c.relay_url}", width)
     for case in c.failed[:_MAX_FAILED]:
         label = "FAILED" if case.outcome == "failed" else f"FAILED ({case.outcome})"
-        lines.append(_clip(f"{label} {case.id}: {case.title or case.reason}"))
+        lines += _wrap(f"{label} {case.id}: {case.title or case.reason}", width)
         if case.expected is not None or case.actual is not None:
             expected, actual = case.expected or "?", case.actual or "?"
-            lines.append(_clip(f"    expected {expected} | actual {actual}"))
+            lines += _wrap(f"    expected {expected} | actual {actual}", width)
         elif case.reason:
-            lines.append(_clip(f"    {case.reason}"))
+            lines += _wrap(f"    {case.reason}", width)
     if len(c.failed) > _MAX_FAILED:
         lines.append(f"... {len(c.failed) - _MAX_FAILED} more failed (conformance.json/.html)")
+    # Not verified comes right after failures: it fails the gate just the same.
+    for group in c.not_verified[:_MAX_SKIP_GROUPS]:
+        lines += _wrap(f"NOT VERIFIED {_skip_label(group)}", width)
+        lines += _id_list(group.ids, indent="    ", width=width)
+    if len(c.not_verified) > _MAX_SKIP_GROUPS:
+        rest = sum(len(g.ids) for g in c.not_verified[_MAX_SKIP_GROUPS:])
+        lines.append(f"... {rest} more not verified for other reasons (--json lists them)")
     label = "DEVIATION (allowed)" if allow_deviations else "DEVIATION"
     for case in c.deviations[:_MAX_DEVIATIONS]:
-        lines.append(_clip(f"{label} {case.id}: {case.reason}"))
+        lines += _wrap(f"{label} {case.id}: {case.reason}", width)
     if len(c.deviations) > _MAX_DEVIATIONS:
         lines.append(f"... {len(c.deviations) - _MAX_DEVIATIONS} more deviations")
-    for group in c.skipped[:_MAX_SKIP_GROUPS]:
-        lines.append(_clip(f"SKIPPED {len(group.ids)}x {group.reason}"))
-        lines.append(_id_list(group.ids, indent="    "))
-    if len(c.skipped) > _MAX_SKIP_GROUPS:
-        rest = sum(len(g.ids) for g in c.skipped[_MAX_SKIP_GROUPS:])
-        lines.append(f"... {rest} more skipped for other reasons")
+    for area in c.unchecked_areas:
+        if area.allowed_by is not None:
+            why = "all profile skips" if area.allowed_by == "profile" else "allowed"
+            lines += _wrap(f"UNCHECKED AREA {area.area} ({why}: {area.allowed_by})", width)
+    others = [(g, f"allowed: {g.allowed_by}") for g in c.allowed_skips]
+    others += [(g, "SHOULD") for g in c.should_skips]
+    for group, why in others[:_MAX_OTHER_SKIP_GROUPS]:
+        lines += _wrap(f"SKIPPED ({why}) {_skip_label(group)}", width)
+        lines += _id_list(group.ids, indent="    ", width=width)
+    if len(others) > _MAX_OTHER_SKIP_GROUPS:
+        rest = sum(len(g.ids) for g, _ in others[_MAX_OTHER_SKIP_GROUPS:])
+        lines.append(f"... {rest} more skipped (allowed or SHOULD; --json lists them)")
     return lines
 
 
-def _render_load(load: LoadVerdict) -> list[str]:
+def _render_load(load: LoadVerdict, width: int) -> list[str]:
     facts = [load.scenario]
     if load.requests is not None:
         facts.append(_plural(load.requests, "request"))
@@ -574,15 +862,15 @@ def _render_load(load: LoadVerdict) -> list[str]:
         facts.append(_plural(load.users, "user"))
     if load.duration_s is not None:
         facts.append(f"{load.duration_s:g} s")
-    lines = [_clip(f"load: {', '.join(facts)}; host {load.host}")]
+    lines = _wrap(f"load: {', '.join(facts)}; host {load.host}", width)
     for result in load.slos:
         suffix = " [gate]" if result.source == "gate" else ""
-        lines.append(_clip(result.check_line + suffix))
+        lines += _wrap(result.check_line + suffix, width)
         if result.note:
-            lines.append(_clip(f"    {result.note}"))
+            lines += _wrap(f"    {result.note}", width)
     if not load.latency_valid:
         for reason in load.latency_reasons or ("the self-check gave no reason",):
-            lines.append(_clip(f"self-check: latency percentiles INVALID - {reason}"))
+            lines += _wrap(f"self-check: latency percentiles INVALID - {reason}", width)
     return lines
 
 
@@ -599,8 +887,28 @@ def _slo_rule(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_EPILOG = """\
+A pass needs evidence: a skipped MUST case fails the gate ("not verified") unless an
+--allow-skip accepts it, and an area where every case was skipped fails unless
+--allow-skip AREA names it or all its skips are of class profile. A report in which
+nothing was executed always fails. Skip classes: live (no ground truth: --upstream-url,
+admin API), key (a key the run could not get), profile (the profile says the relay has
+no such feature), other. See docs/gating.md.
+
+exit codes:
+  0  the gate passed
+  1  the gate failed (a failed case, a deviation, a MUST case not verified, an area or
+     report where nothing was checked, a failed or unmeasured SLO)
+  2  unusable input (no report, a missing or malformed file, a bad --slo rule or
+     --allow-skip value)
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``relaygate gate`` (cheap: the judging code is imported by :func:`run`)."""
+    parser.description = "judge saved conformance/load reports: exit 0 pass, 1 fail, 2 bad input"
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--conformance",
         metavar="FILE",
@@ -625,6 +933,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept deviations the relay profile documents (they are still listed)",
     )
+    parser.add_argument(
+        "--allow-skip",
+        metavar="X",
+        action="append",
+        default=[],
+        help="accept skipped MUST cases (repeatable; they are still listed): an area "
+        "(quota), a skip class (live, key, profile, other) or a case id glob matched on the "
+        "full or bare id (auth.*, quota.formula[gpt-4])",
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
 
@@ -640,7 +957,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         conformance = load_report(args.conformance, "conformance") if args.conformance else None
         load = load_report(args.load, "load") if args.load else None
-        verdict = evaluate(conformance, load, slos=args.slo, allow_deviations=args.allow_deviations)
+        verdict = evaluate(
+            conformance,
+            load,
+            slos=args.slo,
+            allow_deviations=args.allow_deviations,
+            allow_skips=args.allow_skip,
+        )
     except GateInputError as exc:
         print(f"relaygate gate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,10 @@ Self-contained means no network fetch of any kind: CSS inline, plots embedded as
 PNGs, no scripts from anywhere (the page has no script at all; ``<details>`` does the folding).
 Everything taken from a report is HTML-escaped by Jinja2's autoescape and passed through
 :func:`relaygate.keys.mask_secrets` first, so a key that slipped into a report is masked here.
+
+Nothing is left out silently: skipped MUST cases the gate did not accept are listed as "not
+verified" right after failures; the 429 prober's traffic, which is not in the load users'
+outcome counts, has its own row; two different relay addresses in the two reports are named.
 """
 
 from __future__ import annotations
@@ -98,6 +102,12 @@ def _plot_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _skip_classes() -> dict[str, str]:
+    from relaygate.suite.results import SKIP_CLASSES
+
+    return SKIP_CLASSES
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("relaygate", "locust", "pytest"):
@@ -145,6 +155,42 @@ def _skips(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _judged(conformance: Mapping[str, Any] | None, verdict: Any) -> Mapping[str, Any] | None:
+    """The gate's view of the conformance report: the verdict's, or judged with no allowance."""
+    from relaygate import gate
+
+    if verdict is not None:
+        judged = verdict.to_json().get("conformance")
+        return judged if isinstance(judged, Mapping) else None
+    if conformance is None:
+        return None
+    try:
+        judged = gate.evaluate(conformance, None).to_json()["conformance"]
+    except gate.GateInputError:
+        return None
+    return judged if isinstance(judged, Mapping) else None
+
+
+def _area_not_verified(judged: Mapping[str, Any] | None, areas: list[dict[str, Any]]) -> None:
+    """Add each area's count of not verified cases (the area table's column)."""
+    ids = {i for g in (judged or {}).get("not_verified", []) for i in g.get("ids", [])}
+    for row in areas:
+        row["not_verified"] = 0
+    by_area = {row["area"]: row for row in areas}
+    for case_id in ids:
+        area_row = by_area.get(case_id.split(".", 1)[0])
+        if area_row is not None:
+            area_row["not_verified"] += 1
+
+
+def _prober(load: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The 429 prober's own traffic: it is not in the load users' ``requests`` counts."""
+    rl = load.get("rate_limit")
+    if not isinstance(rl, Mapping) or not isinstance(rl.get("requests"), int):
+        return None
+    return {"requests": rl["requests"], "rate_limited": rl.get("rate_limited")}
+
+
 def _rate_limit(load: Mapping[str, Any]) -> dict[str, Any] | None:
     rl = load.get("rate_limit")
     if not isinstance(rl, Mapping) or not (rl.get("steps") or rl.get("discovered")):
@@ -165,6 +211,8 @@ def render_page(
     """The page as a string. ``verdict`` is a :class:`relaygate.gate.Verdict` (or None)."""
     import jinja2
 
+    from relaygate.gate import relay_mismatch
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
         autoescape=True,
@@ -178,16 +226,33 @@ def render_page(
     cases = list((conformance or {}).get("cases") or [])
     failures = [_split_failure(c) for c in cases if c.get("outcome") == "failed"]
     deviations = [_split_failure(c) for c in cases if c.get("outcome") == "deviation"]
+    judged = _judged(conformance, verdict)
+    areas = _areas(cases)
+    _area_not_verified(judged, areas)
+    prober = _prober(load) if load is not None else None
     plots = []
     if load is not None and plots_dir is not None:
         for name, caption in PLOTS:
             uri = _plot_uri(plots_dir / name)
+            if uri and name == "load-over-time.png" and prober is not None:
+                caption += (
+                    f" - load users only: the 429 prober's {prober['requests']} requests "
+                    f"({prober['rate_limited']} answered 429) are in the rate-limit plot"
+                )
             if uri:
                 plots.append({"name": name, "caption": caption, "uri": uri})
-    relay_url = str((conformance or {}).get("relay_url") or (load or {}).get("host") or "?")
+    conformance_url = str((conformance or {}).get("relay_url") or "")
+    load_host = str((load or {}).get("host") or "")
+    relay_url = conformance_url or load_host or "?"
+    # Two reports about two different relays must not read as one; say so in one line.
+    mismatch = relay_mismatch(conformance_url, load_host)
+    verdict_json = verdict.to_json() if verdict is not None else None
+    if verdict_json is not None and mismatch:
+        # shown once, as the page's own warning above the verdict
+        verdict_json["notes"] = [n for n in verdict_json["notes"] if n != mismatch]
     html = env.get_template("index.html.j2").render(
         title=title,
-        verdict=verdict.to_json() if verdict is not None else None,
+        verdict=verdict_json,
         meta={
             "relay_url": relay_url,
             "profile": (conformance or {}).get("profile", "–"),
@@ -198,10 +263,14 @@ def render_page(
         },
         conformance=conformance,
         summary=(conformance or {}).get("summary") or {},
-        areas=_areas(cases),
+        areas=areas,
         failures=failures,
         deviations=deviations,
         skips=_skips(cases),
+        judged=judged,
+        skip_classes=_skip_classes(),
+        relay_mismatch=mismatch,
+        prober=prober,
         cases=cases,
         load=load,
         latency=[

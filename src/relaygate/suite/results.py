@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import orjson
 
 from relaygate.keys import mask_secrets
 
-__all__ = ["AREAS", "CaseMeta", "CaseResult", "write_reports"]
+__all__ = ["AREAS", "SKIP_CLASSES", "CaseMeta", "CaseResult", "skip_class", "write_reports"]
 
 # Categories are data (STYLE.md): area id -> title, in report order.
 AREAS: dict[str, str] = {
@@ -28,6 +29,51 @@ AREAS: dict[str, str] = {
     "properties": "Generated requests (property-based)",
 }
 LEVELS = ("MUST", "SHOULD")
+
+# Why a case could not be verified, as a class the gate can allow (``--allow-skip CLASS``):
+SKIP_CLASSES: dict[str, str] = {
+    "live": "needs ground truth the run did not have (mock upstream journal, admin API)",
+    "key": "needs a key the run could not get (--relay-key, a provisioned key state)",
+    "profile": "the relay's profile documents that the feature is absent",
+    "other": "any other reason",
+}
+# (class, reason prefixes), first match wins; the texts are the suite's ``pytest.skip`` reasons
+# (conformance/, suite/checks.py, pytest_plugin.py, provision/ via key_in_state).
+_SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("profile", ("profile:", "profile reads balances from")),
+    (
+        "key",
+        (
+            "needs a funded key",
+            "cannot provision the key this case needs",
+            "the restricted key allows no model",
+        ),
+    ),
+    (
+        "live",
+        (
+            "needs ground truth",
+            "needs the mock upstream's journal",
+            "the relay exposes no balance this suite can read",
+            "no admin token",
+            "needs an admin",
+        ),
+    ),
+)
+# "the static adapter cannot configure a group ratio and a channel": no admin API in this run.
+_NO_ADMIN_API = re.compile(r"^the \S+ adapter cannot configure ")
+
+
+def skip_class(reason: str) -> str:
+    """The class (a key of :data:`SKIP_CLASSES`) of a skip reason the suite wrote."""
+    text = reason.strip().removeprefix("Skipped: ").strip()
+    lowered = text.lower()
+    for name, prefixes in _SKIP_PREFIXES:
+        if lowered.startswith(prefixes):
+            return name
+    if _NO_ADMIN_API.match(lowered):
+        return "live"
+    return "other"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +112,7 @@ class CaseResult:
             "outcome": self.outcome,
             "reason": self.reason,
             "duration_s": round(self.duration_s, 4),
+            **({"skip_class": skip_class(self.reason)} if self.outcome == "skipped" else {}),
             **({"spec": self.meta.spec} if self.meta.spec else {}),
             **({"details": self.details} if self.details else {}),
         }
