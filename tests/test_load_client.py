@@ -280,7 +280,7 @@ def test_idle_connections_closed_by_the_server_are_replaced_by_a_fresh_one() -> 
         pooled = [client._checkout(fresh=True) for _ in range(3)]
         for conn in pooled:
             conn.reused = True
-        client._idle.extend(pooled)
+        client._pool.idle.extend(pooled)
         time.sleep(0.6)  # the server closes all three
         results = [client.get("/x") for _ in range(3)]
         assert [r.status for r in results] == [200, 200, 200], [r.error for r in results]
@@ -374,7 +374,7 @@ def test_slow_drip_stream_ends_at_the_total_deadline(server: FakeServer) -> None
         assert 0.6 <= took_s < 0.6 + 0.4
         assert res.error and "0.6" in res.error
         assert res.token_event_ns and res.t_end_ns is not None
-        assert client._idle == [] and client.in_flight() == 0
+        assert client._pool.idle == [] and client.in_flight() == 0
 
 
 def test_total_deadline_caps_a_silent_wait_shorter_than_the_idle_timeout(
@@ -414,7 +414,7 @@ def test_a_50_mb_answer_is_cut_at_the_byte_cap(server: FakeServer, path: str, st
         assert peak < 8 * cap  # bounded: never the 50 MB
         assert took_s < 5.0
         assert res.error and "1048576" in res.error
-        assert client._idle == []
+        assert client._pool.idle == []
 
 
 def test_a_stream_beyond_max_tokens_is_aborted_as_overrun(server: FakeServer) -> None:
@@ -424,7 +424,7 @@ def test_a_stream_beyond_max_tokens_is_aborted_as_overrun(server: FakeServer) ->
         assert res.outcome == outcomes.OVERRUN, (res.outcome, res.error)
         # the margin: more than max_tokens + max(8, 10 %) token events
         assert len(res.token_event_ns) == 10 + 8 + 1
-        assert client._idle == []
+        assert client._pool.idle == []
         # without the cap (or with room for them) the same stream is ok
         assert client.post_json("/overrun", body).outcome == outcomes.OK
         assert client.post_json("/overrun", body, max_tokens=100).outcome == outcomes.OK
@@ -448,14 +448,14 @@ def test_malformed_framing_ends_in_an_outcome(server: FakeServer, path: str, exp
         res = client.post_json(path, {"model": "m"})
         assert res.outcome == expected, (res.outcome, res.error)
         if expected != outcomes.OK:
-            assert res.error and client._idle == []
+            assert res.error and client._pool.idle == []
         assert client.in_flight() == 0
 
 
 def test_an_unexpected_exception_is_a_client_exception_with_the_key_masked(
     server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relaygate.load import client as module
+    from relaygate.load.body_sinks import SSESink
 
     key = "sk-live-0123456789abcdef"
 
@@ -468,20 +468,20 @@ def test_an_unexpected_exception_is_a_client_exception_with_the_key_masked(
         assert res.outcome == outcomes.CLIENT_EXCEPTION and res.status is None
         assert res.error and res.error.startswith("UnicodeEncodeError")
         assert res.t_end_ns is not None and client.in_flight() == 0
-        monkeypatch.setattr(module._SSESink, "_parse", boom)
+        monkeypatch.setattr(SSESink, "_parse", boom)
         res = client.post_json("/timed", {"model": "m"}, {"Authorization": f"Bearer {key}"})
         assert res.outcome == outcomes.CLIENT_EXCEPTION, (res.outcome, res.error)
         assert res.error and res.error.startswith("RuntimeError: parser broke")
-        assert key not in res.error and client._idle == []
+        assert key not in res.error and client._pool.idle == []
     assert outcomes.CLIENT_EXCEPTION in outcomes.OUTCOMES
 
 
 def test_the_pool_never_reuses_a_connection_after_an_abort(server: FakeServer) -> None:
     with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.3) as client:
         assert post(client, "/429").outcome == outcomes.RATE_LIMITED
-        assert len(client._idle) == 1 and server.connections == 1
+        assert len(client._pool.idle) == 1 and server.connections == 1
         assert post(client, "/drip").outcome == outcomes.REQUEST_TIMEOUT
-        assert client._idle == []
+        assert client._pool.idle == []
         assert post(client, "/429").outcome == outcomes.RATE_LIMITED
         assert server.connections == 2
 

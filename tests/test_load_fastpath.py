@@ -15,16 +15,10 @@ from pathlib import Path
 import pytest
 
 from relaygate.load import outcomes
-from relaygate.load.client import (
-    RequestResult,
-    TimingClient,
-    _Dechunker,
-    _fast_token,
-    _SSESink,
-    _TokenTemplate,
-    kernel_stamps_supported,
-)
+from relaygate.load.body_sinks import SSESink, TokenTemplate, fast_token
+from relaygate.load.client import RequestResult, TimingClient, kernel_stamps_supported
 from relaygate.load.histogram import Histogram
+from relaygate.load.http11 import Dechunker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +57,8 @@ def stream_frames(prefix: bytes = b"data: ", end: bytes = b"\n\n") -> list[bytes
 def decode(reads: list[bytes]) -> RequestResult:
     """Dechunk + SSE-decode ``reads``; the i-th read arrives at time 1000 * (i + 1)."""
     res = RequestResult()
-    sink = _SSESink(res)
-    dechunker = _Dechunker()
+    sink = SSESink(res)
+    dechunker = Dechunker()
     now = 0
     for i, data in enumerate(reads):
         now = 1000 * (i + 1)
@@ -120,8 +114,8 @@ def test_one_event_per_read_stamps_each_event_and_role_is_no_token() -> None:
 
 def test_fast_token_accepts_only_plain_token_chunks() -> None:
     plain = frame(base({"content": "x"}, relaygate_emit_ns=42))[6:-2]
-    assert _fast_token(plain) == 42
-    assert _fast_token(frame(base({"content": "x"}))[6:-2]) == 0
+    assert fast_token(plain) == 42
+    assert fast_token(frame(base({"content": "x"}))[6:-2]) == 0
     rejected = [
         base({"role": "assistant", "content": ""}),
         base({"content": "x"}, "stop"),
@@ -132,18 +126,18 @@ def test_fast_token_accepts_only_plain_token_chunks() -> None:
         {"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]},
     ]
     for obj in rejected:
-        assert _fast_token(json.dumps(obj, separators=(",", ":")).encode()) is None, obj
+        assert fast_token(json.dumps(obj, separators=(",", ":")).encode()) is None, obj
     spaced = json.dumps(base({"content": "x"}, "stop")).encode()  # ", " and ": " separators
-    assert _fast_token(spaced) is None
-    assert _fast_token(plain[:-1]) is None  # truncated JSON is never taken for a token
+    assert fast_token(spaced) is None
+    assert fast_token(plain[:-1]) is None  # truncated JSON is never taken for a token
     # the words inside the content never count as keys (quotes in strings are escaped)
     tricky = frame(base({"content": 'say "error" and "finish_reason":"stop"'}))[6:-2]
-    assert _fast_token(tricky) == 0
+    assert fast_token(tricky) == 0
 
 
 def test_token_template_matches_same_structure_only() -> None:
     first = frame(base({"content": "a"}, relaygate_emit_ns=5))[6:-2]
-    template = _TokenTemplate.of(first)
+    template = TokenTemplate.of(first)
     assert template is not None
     assert template.match(frame(base({"content": 'b\\"c'}, relaygate_emit_ns=77))[6:-2]) == 77
     assert template.match(frame(base({"content": ""}, relaygate_emit_ns=7))[6:-2]) is None
@@ -332,7 +326,7 @@ def test_one_huge_event_in_small_reads_costs_linear_work(end: bytes) -> None:
     size = 4 * 1024 * 1024
     body = b'data: {"choices":[{"delta":{"content":"' + b"x" * size + b'"}}]}' + end
     res = RequestResult()
-    sink = _SSESink(res)
+    sink = SSESink(res)
     for i in range(0, len(body), 1024):
         sink.feed(body[i : i + 1024], i)
     sink.close(len(body))

@@ -5,6 +5,8 @@ here, in modules that do **not** import Locust or gevent (so importing this pack
 monkey-patches anything):
 
 * :mod:`relaygate.load.client`     - timing HTTP/1.1 + SSE client (per-event arrival stamps)
+  (its parts: :mod:`relaygate.load.http11` framing and pool, :mod:`relaygate.load.body_sinks`
+  SSE events and the token fast path, :mod:`relaygate.load.stamps` kernel receive stamps)
 * :mod:`relaygate.load.histogram`  - fixed-resolution mergeable histogram
 * :mod:`relaygate.load.metrics`    - the registry and per-request recording
 * :mod:`relaygate.load.outcomes`   - outcome classes
