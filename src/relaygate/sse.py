@@ -30,7 +30,9 @@ class SSEDecoder:
     """Feed raw bytes; iterate complete :class:`SSEEvent` objects."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        # The unfinished line, in pieces: joined once when its end arrives, so a long event
+        # read in small pieces costs linear time, not quadratic (no re-copy per read).
+        self._pending: list[bytes] = []
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
@@ -41,7 +43,12 @@ class SSEDecoder:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = False
-        buffer = self._buffer + chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            if chunk:
+                self._pending.append(chunk)
+            return
+        buffer = b"".join((*self._pending, chunk)) if self._pending else chunk
+        self._pending = []
         start = 0
         length = len(buffer)
         while start < length:
@@ -61,13 +68,14 @@ class SSEDecoder:
             if event is not None:
                 yield event
             start = nxt
-        self._buffer = buffer[start:]
+        if start < length:
+            self._pending.append(buffer[start:])
 
     def flush(self) -> Iterator[SSEEvent]:
         """End of stream: a final event without its blank line is still returned."""
-        if self._buffer:
-            event = self._line(self._buffer)
-            self._buffer = b""
+        if self._pending:
+            event = self._line(b"".join(self._pending))
+            self._pending = []
             if event is not None:
                 yield event
         if self._data:
