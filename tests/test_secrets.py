@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -287,3 +288,44 @@ def test_the_launcher_state_file_is_created_private(
     finally:
         os.umask(old_umask)
     assert [mode for name, mode in modes.items() if "relay.json" in name] == [0o600]
+
+
+# -- end to end: `relaygate demo` against a relay it did not start (slow: ~40-60 s) -------------
+@pytest.mark.timeout(240)
+def test_demo_end_to_end_writes_no_secret_anywhere(tmp_path: Path) -> None:
+    """The demo's suite and short load run, with a key, an admin token and a key-carrying
+    ``RELAYGATE_RELAY_HEADERS`` value: no file it wrote and nothing it printed holds one."""
+    from relaygate.stack import EmbeddedStack
+
+    out = tmp_path / "reports"
+    env = {**os.environ, "RELAYGATE_RELAY_HEADERS": f"X-Provider-Key: {HEADER_VALUE}"}
+    with EmbeddedStack() as info:
+        argv = [
+            sys.executable, "-m", "relaygate", "demo", "--report-dir", str(out),
+            "--relay-url", info.relay_url + "/v1", "--relay-key", info.relay_key,
+            "--relay-admin-token", info.admin_token, "--upstream-url", info.upstream_url,
+            "--load-seconds", "4", "--users", "2",
+        ]  # fmt: skip
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=220,
+            check=False,
+            env=env,
+        )
+    secrets = (info.relay_key, info.admin_token, info.upstream_key, HEADER_VALUE)
+    # (the gate's verdict may vary on a loaded machine: the self-check; not what this tests)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {"conformance.json", "index.html", "load-summary.json"} <= {p.name for p in written}, (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
+    conformance = json.loads((out / "conformance.json").read_text())
+    assert conformance["summary"]["failed"] == 0  # the extra header broke nothing
+    for where, text in [
+        ("stdout", proc.stdout),
+        ("stderr", proc.stderr),
+        *((str(p), p.read_bytes().decode("utf-8", "replace")) for p in written),
+    ]:
+        for secret in secrets:
+            assert secret not in text, f"{mask_key(secret)} appears in {where}"

@@ -21,6 +21,7 @@ from relaygate.suite.client import (
     byte_cap_reason,
     curl_command,
     deadline_reason,
+    sdk_http_client,
 )
 from relaygate.suite.failures import CaseFailure, require
 
@@ -223,3 +224,22 @@ def test_curl_masks_every_credential() -> None:
         assert secret not in curl
     assert "X-Plain: hello" in curl
     assert "sk-rel…789" in curl  # still tells keys apart
+
+
+def test_the_sdk_client_has_the_same_deadline_and_cap(stand_in: str) -> None:
+    openai = pytest.importorskip("openai")
+    sdk = openai.OpenAI(
+        base_url=stand_in, api_key="sk-none", max_retries=0, http_client=sdk_http_client(1.0)
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.APITimeoutError) as timed_out:
+            sdk.get("/drip", cast_to=object)
+        assert time.monotonic() - started < 2.0
+        assert deadline_reason(1.0) in str(timed_out.value.__cause__)
+        with pytest.raises(openai.APIConnectionError) as flooded:
+            sdk.get("/flood", cast_to=object)
+        assert byte_cap_reason(16 * MiB) in str(flooded.value.__cause__)
+        assert sdk.get("/ok", cast_to=object) == {"ok": True}
+    finally:
+        sdk.close()

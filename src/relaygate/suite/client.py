@@ -14,10 +14,11 @@ import contextlib
 import dataclasses
 import shlex
 import socket
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -41,6 +42,7 @@ __all__ = [
     "deadline_reason",
     "header_pairs",
     "new_tag",
+    "sdk_http_client",
 ]
 
 _UNSET: Any = object()
@@ -464,6 +466,68 @@ class RelayClient:
                 else f"{type(answer.transport_error).__name__}: {answer.transport_error}"
             ),
         )
+
+
+def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """An HTTP client for the official OpenAI SDK (``OpenAI(http_client=...)``) with the
+    suite's total deadline and byte cap per request: the SDK's own ``timeout`` is httpx's,
+    per operation, so a stream that drips forever would never end.
+
+    Built on the httpx the installed SDK uses (``openai.DefaultHttpxClient``'s). A request
+    past the deadline raises that library's ``ReadTimeout``, an answer past the cap its
+    ``ReadError``, each with the reason; the SDK reports them as its timeout/connection errors.
+    """
+    import openai
+
+    client_cls = openai.DefaultHttpxClient
+    lib: Any = sys.modules[client_cls.__mro__[1].__module__.partition(".")[0]]
+
+    class BoundedStream(lib.SyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, watchdog: _Watchdog) -> None:
+            self._inner = inner
+            self._watchdog = watchdog
+
+        def __iter__(self) -> Iterator[bytes]:
+            received = 0
+            try:
+                for chunk in self._inner:
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise lib.ReadError(byte_cap_reason(max_bytes))
+                    if self._watchdog.expired():
+                        raise lib.ReadTimeout(deadline_reason(timeout_s))
+                    yield chunk
+            except lib.TransportError as exc:
+                if self._watchdog.expired() and not isinstance(exc, lib.ReadTimeout):
+                    raise lib.ReadTimeout(deadline_reason(timeout_s)) from exc
+                raise
+
+        def close(self) -> None:
+            self._watchdog.finish()  # before the connection can go back to the pool
+            self._inner.close()
+
+    class BoundedTransport(lib.BaseTransport):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._inner = lib.HTTPTransport()
+
+        def handle_request(self, request: Any) -> Any:
+            watchdog = _Watchdog(timeout_s)
+            try:
+                response = self._inner.handle_request(request)
+            except lib.TimeoutException as exc:
+                watchdog.finish()
+                raise lib.ReadTimeout(deadline_reason(timeout_s), request=request) from exc
+            except BaseException:
+                watchdog.finish()
+                raise
+            watchdog.watch(response)
+            response.stream = BoundedStream(response.stream, watchdog)
+            return response
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return client_cls(transport=BoundedTransport(), timeout=timeout_s)
 
 
 class UpstreamJournal:
