@@ -27,6 +27,8 @@ from relaygate.suite.failures import CaseFailure, require
 
 MiB = 1 << 20
 
+pytest_plugins = ["pytester"]
+
 
 class _StandIn(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -243,3 +245,32 @@ def test_the_sdk_client_has_the_same_deadline_and_cap(stand_in: str) -> None:
         assert sdk.get("/ok", cast_to=object) == {"ok": True}
     finally:
         sdk.close()
+
+
+OPTION_PROBE = """
+def test_probe(relay, client):
+    print(f"PROBE timeout={client.timeout_s} max_bytes={client.max_bytes} {relay.max_bytes}")
+"""
+
+
+def test_the_options_reach_the_client(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_probe=OPTION_PROBE)
+    url = ["--relay-url", "http://127.0.0.1:9", "-s", "-p", "no:cacheprovider"]
+    result = pytester.runpytest(*url)
+    result.stdout.fnmatch_lines([f"*PROBE timeout=30.0 max_bytes={16 * MiB} {16 * MiB}"])
+    pytester.makeini("[pytest]\nrelay_max_bytes = 2048\n")
+    pytester.runpytest(*url).stdout.fnmatch_lines(["*PROBE timeout=30.0 max_bytes=2048 2048"])
+    monkeypatch.setenv("RELAYGATE_RELAY_MAX_BYTES", "4096")
+    pytester.runpytest(*url).stdout.fnmatch_lines(["*PROBE * max_bytes=4096 4096"])
+    result = pytester.runpytest(*url, "--relay-max-bytes", "100", "--relay-timeout", "2.5")
+    result.stdout.fnmatch_lines(["*PROBE timeout=2.5 max_bytes=100 100"])
+    for bad in (
+        ["--relay-max-bytes", "lots"],
+        ["--relay-max-bytes", "0"],
+        ["--relay-timeout", "-1"],
+    ):
+        result = pytester.runpytest(*url, *bad)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*relaygate:*"])
