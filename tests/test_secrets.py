@@ -317,9 +317,8 @@ def test_demo_end_to_end_writes_no_secret_anywhere(tmp_path: Path) -> None:
     secrets = (info.relay_key, info.admin_token, info.upstream_key, HEADER_VALUE)
     # (the gate's verdict may vary on a loaded machine: the self-check; not what this tests)
     written = [p for p in out.rglob("*") if p.is_file()]
-    assert {"conformance.json", "index.html", "load-summary.json"} <= {p.name for p in written}, (
-        proc.stdout[-3000:] + proc.stderr[-3000:]
-    )
+    expected = {"conformance.json", "index.html", "load-summary.json", "suite.log", "load.log"}
+    assert expected <= {p.name for p in written}, proc.stdout[-3000:] + proc.stderr[-3000:]
     conformance = json.loads((out / "conformance.json").read_text())
     assert conformance["summary"]["failed"] == 0  # the extra header broke nothing
     for where, text in [

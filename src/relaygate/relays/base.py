@@ -174,6 +174,7 @@ def write_private(path: Path, text: str) -> None:
     a moment when the keys in it are world-readable (whatever the umask) or half written.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crashed run with the same pid
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
