@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from relaygate.sse import SSEDecoder
@@ -60,7 +61,8 @@ class _StandIn(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._drain()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            getattr(self, "_" + self.path.strip("/").replace("-", "_"))()
+            route = self.path.split("?")[0].strip("/").split("/")[0]  # /drip/x?y -> drip
+            getattr(self, "_" + route.replace("-", "_"))()
 
     def _ok(self) -> None:
         body = b'{"ok": true}'
@@ -274,3 +276,16 @@ def test_the_options_reach_the_client(
         result = pytester.runpytest(*url, *bad)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*relaygate:*"])
+
+
+def test_the_journal_reads_are_bounded_too(stand_in: str) -> None:
+    from relaygate.suite.client import UpstreamJournal
+
+    journal = UpstreamJournal(stand_in + "/drip", timeout_s=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadError, match=r"mock upstream's answer did not finish"):
+            journal.entries("t")
+        assert time.monotonic() - started < 2.0
+    finally:
+        journal.close()

@@ -423,7 +423,7 @@ def _journal(relay: RelayTarget) -> Iterator[UpstreamJournal | None]:
     if relay.upstream_url is None:
         yield None
         return
-    journal = UpstreamJournal(relay.upstream_url, relay.timeout_s)
+    journal = UpstreamJournal(relay.upstream_url, relay.timeout_s, relay.max_bytes)
     try:
         yield journal
     finally:

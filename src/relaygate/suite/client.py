@@ -280,6 +280,60 @@ class _Answer:
     elapsed_s: float
 
 
+def _bounded_exchange(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    max_bytes: int,
+    *,
+    raw: bool,
+    on_chunk: Callable[[int, bytes], bool] | None = None,
+) -> _Answer:
+    """One exchange within the total deadline and the byte cap; ``on_chunk`` returning True
+    stops reading (the caller has what it wanted: not a cut)."""
+    started = time.perf_counter()
+    watchdog = _Watchdog(timeout_s)
+    status, got_headers = 0, httpx.Headers()
+    chunks: list[tuple[int, bytes]] = []
+    received = 0
+    cut: str | None = None
+    error: httpx.HTTPError | None = None
+    try:
+        with http.stream(method, url, content=body, headers=headers) as response:
+            status, got_headers = response.status_code, response.headers
+            watchdog.watch(response)
+            try:
+                for chunk in response.iter_raw() if raw else response.iter_bytes():
+                    now = time.monotonic_ns()
+                    if received + len(chunk) > max_bytes:
+                        chunks.append((now, chunk[: max_bytes - received]))
+                        cut = byte_cap_reason(max_bytes)
+                        break
+                    received += len(chunk)
+                    chunks.append((now, chunk))
+                    if watchdog.expired():
+                        cut = deadline_reason(timeout_s)
+                        break
+                    if on_chunk is not None and on_chunk(now, chunk):
+                        break
+            except httpx.HTTPError as exc:
+                if watchdog.expired():
+                    cut = deadline_reason(timeout_s)
+                else:
+                    error = exc
+            finally:
+                watchdog.finish()  # before the connection can go back to the pool
+    except httpx.TimeoutException:
+        # no answer (headers) within the deadline: httpx's per-operation timeouts fired
+        cut = deadline_reason(timeout_s)
+    finally:
+        watchdog.finish()
+    return _Answer(status, got_headers, chunks, cut, error, time.perf_counter() - started)
+
+
 class RelayClient:
     """Calls to the relay under test: every exchange has one total deadline (``timeout_s``)
     and one byte cap (``max_bytes``), and reproduces itself as a curl with secrets masked."""
@@ -339,47 +393,17 @@ class RelayClient:
         raw: bool,
         on_chunk: Callable[[int, bytes], bool] | None = None,
     ) -> _Answer:
-        """One exchange within the deadline and the byte cap; ``on_chunk`` returning True stops
-        reading (the caller has what it wanted: not a cut)."""
-        started = time.perf_counter()
-        watchdog = _Watchdog(self.timeout_s)
-        status, got_headers = 0, httpx.Headers()
-        chunks: list[tuple[int, bytes]] = []
-        received = 0
-        cut: str | None = None
-        error: httpx.HTTPError | None = None
-        try:
-            with self._http.stream(method, url, content=body, headers=headers) as response:
-                status, got_headers = response.status_code, response.headers
-                watchdog.watch(response)
-                try:
-                    for chunk in response.iter_raw() if raw else response.iter_bytes():
-                        now = time.monotonic_ns()
-                        if received + len(chunk) > self.max_bytes:
-                            chunks.append((now, chunk[: self.max_bytes - received]))
-                            cut = byte_cap_reason(self.max_bytes)
-                            break
-                        received += len(chunk)
-                        chunks.append((now, chunk))
-                        if watchdog.expired():
-                            cut = deadline_reason(self.timeout_s)
-                            break
-                        if on_chunk is not None and on_chunk(now, chunk):
-                            break
-                except httpx.HTTPError as exc:
-                    if watchdog.expired():
-                        cut = deadline_reason(self.timeout_s)
-                    else:
-                        error = exc
-                finally:
-                    # before the connection can go back to the pool
-                    watchdog.finish()
-        except httpx.TimeoutException:
-            # no answer (headers) within the deadline: httpx's per-operation timeouts fired
-            cut = deadline_reason(self.timeout_s)
-        finally:
-            watchdog.finish()
-        return _Answer(status, got_headers, chunks, cut, error, time.perf_counter() - started)
+        return _bounded_exchange(
+            self._http,
+            method,
+            url,
+            body,
+            headers,
+            self.timeout_s,
+            self.max_bytes,
+            raw=raw,
+            on_chunk=on_chunk,
+        )
 
     def request(
         self,
@@ -533,16 +557,34 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
 class UpstreamJournal:
     """The mock upstream's journal: what the relay really forwarded."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = 10.0, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
         self._http = httpx.Client(timeout=timeout_s)
 
     def close(self) -> None:
         self._http.close()
 
     def entries(self, tag: str) -> list[dict[str, Any]]:
-        response = self._http.get(
-            self.base_url + "/_relaygate/journal", params={"tag": tag, "limit": 1000}
+        """The journal entries for ``tag``; an answer cut by the deadline or the byte cap
+        raises :class:`httpx.ReadError` with the reason (it is no ground truth)."""
+        url = httpx.URL(self.base_url + "/_relaygate/journal", params={"tag": tag, "limit": 1000})
+        answer = _bounded_exchange(
+            self._http, "GET", str(url), None, {}, self.timeout_s, self.max_bytes, raw=True
+        )
+        if answer.transport_error is not None:
+            raise answer.transport_error
+        if answer.cut_reason is not None:
+            reason = answer.cut_reason.replace("the relay", "the mock upstream")
+            raise httpx.ReadError(f"journal {url}: {reason}")
+        response = httpx.Response(  # decodes the raw body (content-encoding) once
+            answer.status,
+            headers=answer.headers,
+            content=b"".join(c for _, c in answer.chunks),
+            request=httpx.Request("GET", url),
         )
         response.raise_for_status()
         data = response.json()
