@@ -19,6 +19,8 @@ from typing import IO, Any, ClassVar
 import pytest
 
 from relaygate.keys import mask_key
+from relaygate.load.ratelimit import ProbeConfig
+from relaygate.mock.config import MockConfig
 from relaygate.provision.base import KeyState, ProvisionedKey
 from relaygate.provision.oneapi import _User
 from relaygate.relay.config import RelayConfig
@@ -103,6 +105,8 @@ def test_every_object_holding_a_key_has_a_masked_repr(tmp_path: Path) -> None:
         Token(id=1, user_id=1, key=KEY),
         Channel(id=1, name="c", base_url="http://u", key=HEADER_VALUE, models=[], groups=[]),
         _User(id=1, username="u", password=ADMIN, access_token=KEY),
+        MockConfig(keys=(HEADER_VALUE,)),
+        ProbeConfig(keys=[KEY]),
     ]
     for obj in objects:
         shown = repr(obj)
