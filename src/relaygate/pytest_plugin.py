@@ -26,6 +26,7 @@ option                      env var                           meaning
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -119,7 +120,7 @@ def relay_options(config: pytest.Config) -> RelayOptions:
         max_bytes = int(values["relay_max_bytes"] or DEFAULT_MAX_BYTES)
     except ValueError as exc:
         raise pytest.UsageError(f"relaygate: bad numeric option: {exc}") from None
-    if not (timeout_s > 0 and max_bytes > 0):
+    if not (0 < timeout_s < math.inf and max_bytes > 0):
         raise pytest.UsageError("relaygate: --relay-timeout and --relay-max-bytes must be > 0")
     url = values["relay_url"]
     if url:
