@@ -272,6 +272,7 @@ def test_the_options_reach_the_client(
         ["--relay-max-bytes", "lots"],
         ["--relay-max-bytes", "0"],
         ["--relay-timeout", "-1"],
+        ["--relay-timeout", "inf"],
     ):
         result = pytester.runpytest(*url, *bad)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
