@@ -10,7 +10,7 @@ import pytest
 from relaygate.directives import directive
 from relaygate.provision import KeyState
 from relaygate.suite.checks import key_in_state
-from relaygate.suite.client import curl_command
+from relaygate.suite.client import curl_command, sdk_http_client
 from relaygate.suite.failures import fail, require
 
 openai = pytest.importorskip(
@@ -33,6 +33,8 @@ def sdk(relay, profile):
                 api_key=key or "sk-none",
                 max_retries=0,
                 timeout=relay.timeout_s,
+                # a total deadline and a byte cap (the SDK's timeout is per read)
+                http_client=sdk_http_client(relay.timeout_s, relay.max_bytes),
                 default_headers=headers,
             )
         )

@@ -13,7 +13,9 @@ option                      env var                           meaning
 ``--relay-profile``         ``RELAYGATE_RELAY_PROFILE``       profile name or TOML path
 ``--upstream-url``          ``RELAYGATE_UPSTREAM_URL``        our mock upstream (ground truth)
 ``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``)
-``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       seconds per request (30)
+``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       total deadline per request,
+                                                              seconds (30)
+``--relay-max-bytes``       ``RELAYGATE_RELAY_MAX_BYTES``     byte cap per answer (16 MiB)
 ``--relay-fuzz-examples``   ``RELAYGATE_RELAY_FUZZ_EXAMPLES`` property-case examples (25)
 ``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
 ``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
@@ -24,6 +26,7 @@ option                      env var                           meaning
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -33,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from relaygate.keys import mask_key, mask_secrets
-from relaygate.suite.failures import DEVIATION_PREFIX
+from relaygate.suite.failures import DEVIATION_PREFIX, mask_report
 from relaygate.suite.results import CaseMeta, CaseResult, write_reports
 from relaygate.suite.target import (
+    DEFAULT_MAX_BYTES,
     RelayOptions,
     RelayTarget,
     normalize_base_url,
@@ -63,7 +67,10 @@ _OPTIONS: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("--report-dir", "report_dir", "RELAYGATE_REPORT_DIR", "reports",
      "directory for conformance.json and conformance.html"),
     ("--relay-timeout", "relay_timeout", "RELAYGATE_RELAY_TIMEOUT", "30",
-     "timeout in seconds for every request the suite sends"),
+     "total deadline in seconds for every request the suite sends, reading the answer "
+     "included (a stream that drips forever is cut)"),
+    ("--relay-max-bytes", "relay_max_bytes", "RELAYGATE_RELAY_MAX_BYTES", str(DEFAULT_MAX_BYTES),
+     "byte cap on every answer the suite reads (default 16 MiB); a longer one is cut"),
     ("--relay-fuzz-examples", "relay_fuzz_examples", "RELAYGATE_RELAY_FUZZ_EXAMPLES", "25",
      "examples per property-based case (seeded, bounded)"),
     ("--relay-fault", "relay_faults", "RELAYGATE_RELAY_FAULTS", None,
@@ -110,8 +117,11 @@ def relay_options(config: pytest.Config) -> RelayOptions:
     try:
         timeout_s = float(values["relay_timeout"] or 30)
         fuzz = int(values["relay_fuzz_examples"] or 25)
+        max_bytes = int(values["relay_max_bytes"] or DEFAULT_MAX_BYTES)
     except ValueError as exc:
         raise pytest.UsageError(f"relaygate: bad numeric option: {exc}") from None
+    if not (0 < timeout_s < math.inf and max_bytes > 0):
+        raise pytest.UsageError("relaygate: --relay-timeout and --relay-max-bytes must be > 0")
     url = values["relay_url"]
     if url:
         try:
@@ -140,6 +150,7 @@ def relay_options(config: pytest.Config) -> RelayOptions:
         fuzz_examples=fuzz,
         faults=faults,
         extra_headers=extra_headers,
+        max_bytes=max_bytes,
     )
 
 
@@ -218,6 +229,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    mask_report(report, _run_secrets(item.config))
     meta = item.config.stash[_META].get(item.nodeid)
     if meta is None:
         return report
@@ -254,8 +266,7 @@ def pytest_runtest_makereport(
         return report
     if previous is not None and previous.outcome == "failed":
         return report
-    target = item.config.stash.get(_TARGET, None)
-    secrets = target.secrets if target is not None else ()
+    secrets = _run_secrets(item.config)
     results[item.nodeid] = CaseResult(
         meta=meta,
         outcome=outcome,
@@ -264,6 +275,21 @@ def pytest_runtest_makereport(
         details=mask_secrets(details, *secrets),
     )
     return report
+
+
+def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
+    """Every secret of this run: the target's, the options' and the static ``RELAYGATE_KEY_*``
+    keys (a failure in setup can come before the target exists)."""
+    target = config.stash.get(_TARGET, None)
+    found: list[str | None] = list(target.secrets) if target is not None else []
+    try:
+        opts = relay_options(config)
+    except pytest.UsageError:
+        opts = None
+    if opts is not None:
+        found += [opts.relay_key, opts.admin_token, *opts.extra_headers.values()]
+    found += [v for k, v in os.environ.items() if k.startswith("RELAYGATE_KEY_")]
+    return tuple(found)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -288,7 +314,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         mode=mode,
         started_at=started_at,
         duration_s=time.perf_counter() - started,
-        secrets=target.secrets if target is not None else (opts.relay_key, opts.admin_token),
+        secrets=_run_secrets(config),
     )
     config.stash[_REPORT_PATH] = path
 
@@ -328,6 +354,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
             embedded=False,
             timeout_s=opts.timeout_s,
             extra_headers=opts.extra_headers,
+            max_bytes=opts.max_bytes,
         )
         request.config.stash[_TARGET] = target
         yield target
@@ -349,6 +376,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
         timeout_s=opts.timeout_s,
         stack=stack,
         extra_headers=opts.extra_headers,
+        max_bytes=opts.max_bytes,
     )
     request.config.stash[_TARGET] = target
     try:
@@ -375,7 +403,14 @@ def client(relay: RelayTarget, profile: Profile) -> Iterator[RelayClient]:
     from relaygate.suite.client import RelayClient
 
     headers = {**profile.http.extra_headers, **relay.extra_headers}
-    http = RelayClient(relay.base_url, relay.key, relay.timeout_s, headers)
+    http = RelayClient(
+        relay.base_url,
+        relay.key,
+        relay.timeout_s,
+        headers,
+        max_bytes=relay.max_bytes,
+        secrets=relay.secrets,
+    )
     try:
         yield http
     finally:
@@ -389,7 +424,7 @@ def _journal(relay: RelayTarget) -> Iterator[UpstreamJournal | None]:
     if relay.upstream_url is None:
         yield None
         return
-    journal = UpstreamJournal(relay.upstream_url, relay.timeout_s)
+    journal = UpstreamJournal(relay.upstream_url, relay.timeout_s, relay.max_bytes)
     try:
         yield journal
     finally:

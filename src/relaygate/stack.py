@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from relaygate.argtypes import port_number
+from relaygate.keys import masked_repr
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -47,6 +48,7 @@ class StackError(RuntimeError):
     """A server of the embedded stack did not start or could not be provisioned."""
 
 
+@masked_repr("admin_token", "relay_key", "upstream_key")
 @dataclasses.dataclass(frozen=True)
 class StackInfo:
     """Where the embedded stack listens and the credentials it provisioned."""

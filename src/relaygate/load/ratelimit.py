@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from relaygate.keys import mask_key
+from relaygate.keys import mask_key, masked_repr
 from relaygate.load import outcomes
 from relaygate.load.client import RequestResult
 from relaygate.load.histogram import Histogram
@@ -169,6 +169,7 @@ def step_stats(
     return out
 
 
+@masked_repr("keys")
 @dataclasses.dataclass(slots=True)
 class ProbeConfig:
     """What to probe. ``limit``/``window_s`` are the declared limit (None: discover it)."""

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from relaygate.keys import masked_repr
+
 __all__ = [
     "DEFAULT_KEY",
     "DEFAULT_MODELS",
@@ -40,6 +42,7 @@ DEFAULT_MODELS: Mapping[str, ModelLimits] = {
 }
 
 
+@masked_repr("keys")
 @dataclasses.dataclass(frozen=True, slots=True)
 class MockConfig:
     """Everything the mock upstream needs; the CLI flags map onto these fields.

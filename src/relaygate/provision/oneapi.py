@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from relaygate.keys import masked_repr
 from relaygate.provision.base import (
     Balance,
     Charge,
@@ -48,6 +49,7 @@ LOGIN_WINDOW_S = 20 * 60
 TOKEN_STATUS = {"enabled": 1, "disabled": 2, "expired": 3, "exhausted": 4}
 
 
+@masked_repr("password", "access_token")
 @dataclass
 class _User:
     """A test user the adapter created and can act as (its access token is cached)."""

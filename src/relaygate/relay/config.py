@@ -6,6 +6,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+from relaygate.keys import masked_repr
+
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "RateLimit", "RelayConfig"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -35,6 +37,7 @@ class RateLimit:
         return f"{self.requests}/{self.window_s:g}s"
 
 
+@masked_repr("admin_token", "upstream_key")
 @dataclasses.dataclass(slots=True)
 class RelayConfig:
     """How the relay starts; runtime-changeable parts are copied into ``RelayState.settings``.

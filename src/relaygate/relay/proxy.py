@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from relaygate.keys import masked_repr
 from relaygate.relay.store import Channel
 from relaygate.serve import error_body, error_response
 from relaygate.sse import SSEDecoder, SSEEvent, encode_event
@@ -55,6 +56,7 @@ class Outcome:
     text_parts: list[str] = dataclasses.field(default_factory=list)
 
 
+@masked_repr("client_key")
 @dataclasses.dataclass(slots=True)
 class UpstreamCall:
     """Everything :func:`forward` needs to make one relayed call."""

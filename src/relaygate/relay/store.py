@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from relaygate.keys import mask_key
+from relaygate.keys import mask_key, masked_repr
 from relaygate.relay.billing import (
     DEFAULT_COMPLETION_RATIO,
     DEFAULT_GROUP_RATIO,
@@ -71,6 +71,7 @@ class User:
         return dataclasses.asdict(self)
 
 
+@masked_repr("key")
 @dataclasses.dataclass(slots=True)
 class Token:
     """An API key with its own quota ceiling (F6, F11), expiry, status and model allow-list."""
@@ -97,6 +98,7 @@ class Token:
         return out
 
 
+@masked_repr("key")
 @dataclasses.dataclass(slots=True)
 class Channel:
     """An upstream: routes the exact (case-sensitive) ``models`` for users of ``groups``."""

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, ClassVar
 
+from relaygate.keys import masked_repr
+
 __all__ = [
     "LOOPBACK",
     "InstallError",
@@ -35,6 +37,7 @@ __all__ = [
     "render_template",
     "venv_install",
     "venv_python",
+    "write_private",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -44,6 +47,7 @@ class InstallError(RuntimeError):
     """A relay could not be installed (the message names the command and the log)."""
 
 
+@masked_repr("keys", "admin_token", "env", "extra_headers")
 @dataclasses.dataclass(frozen=True)
 class RelayPlan:
     """How to start one relay and how the harness talks to it once it is up.
@@ -159,8 +163,26 @@ def render_template(source: Path, target: Path, values: Mapping[str, str]) -> Pa
         start = text.index("{{")
         raise ValueError(f"{source}: unfilled placeholder {text[start : start + 40]!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    write_private(target, text)  # a rendered config holds the relay's keys
     return target
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (0600) from the first byte.
+
+    The file is created 0600 under a temporary name and renamed into place, so there is never
+    a moment when the keys in it are world-readable (whatever the umask) or half written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crashed run with the same pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

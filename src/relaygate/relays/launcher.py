@@ -24,9 +24,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from relaygate.keys import mask_secrets
+from relaygate.keys import mask_secrets, masked_repr
 from relaygate.relays import get_driver
-from relaygate.relays.base import LOOPBACK, InstallError, RelayDriver, relays_home
+from relaygate.relays.base import (
+    LOOPBACK,
+    InstallError,
+    RelayDriver,
+    relays_home,
+    write_private,
+)
 
 __all__ = ["RelayLauncher", "RelayStartError", "RunningRelay", "free_port", "stop_recorded"]
 
@@ -92,6 +98,7 @@ def _stop_group(pid: int, timeout_s: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+@masked_repr("keys", "admin_token", "extra_headers", "upstream_key")
 @dataclasses.dataclass(frozen=True)
 class RunningRelay:
     """A started relay: where it listens, its keys, and where its mock upstream is."""
@@ -324,9 +331,8 @@ class RelayLauncher:
                     if pid is not None and (start := process_start(pid)) is not None
                 },
             )
-            state = run_dir / STATE_FILE
-            state.write_text(json.dumps(self.running.to_json(show_keys=True), indent=2))
-            state.chmod(0o600)
+            state = json.dumps(self.running.to_json(show_keys=True), indent=2)
+            write_private(run_dir / STATE_FILE, state)
         except BaseException:
             self.stop()
             raise

@@ -1,38 +1,53 @@
 """HTTP to the relay under test and to the mock upstream's journal.
 
-Every call has a timeout, every exchange remembers how to reproduce itself as a ``curl``
-line (keys masked), and streams are read as they arrive with a monotonic timestamp per
-event, so a case can tell a streamed answer from a buffered one.
+Every exchange with the relay has one total deadline (``--relay-timeout``, 30 s: it covers a
+stream that drips forever, not only a silent one) and one byte cap (``--relay-max-bytes``,
+16 MiB); an answer cut by either is marked (``Exchange.cut_reason``) so no case judges it as
+complete. Every exchange remembers how to reproduce itself as a ``curl`` line (secrets
+masked), and streams are read as they arrive with a monotonic timestamp per event, so a case
+can tell a streamed answer from a buffered one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
+import socket
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import orjson
 
-from relaygate.keys import mask_key
+from relaygate.keys import mask_key, mask_secrets, sensitive_header
 from relaygate.sse import SSEDecoder
+from relaygate.suite.target import DEFAULT_MAX_BYTES
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT_S",
     "Exchange",
     "RelayClient",
     "StreamEvent",
     "StreamExchange",
     "UpstreamJournal",
+    "byte_cap_reason",
     "chat_body",
     "curl_command",
+    "deadline_reason",
     "header_pairs",
     "new_tag",
+    "sdk_http_client",
 ]
 
 _UNSET: Any = object()
+# The total deadline of one exchange (--relay-timeout).
+DEFAULT_TIMEOUT_S = 30.0
 
 
 def new_tag(case_id: str) -> str:
@@ -59,15 +74,23 @@ def header_pairs(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(str(pair[0]), str(pair[1])) for pair in headers if len(pair) == 2]
 
 
-def curl_command(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
-    """A shell-quoted curl for a request, the Authorization secret masked (for failures)."""
-    return _curl(method, url, headers, body)
+def curl_command(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    secrets: Iterable[str | None] = (),
+) -> str:
+    """A shell-quoted curl for a request, for a failure's "Reproduce" line.
 
-
-def _curl(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
+    Credentials are masked: ``Authorization`` and every header named like a key or token
+    (:func:`relaygate.keys.sensitive_header`), every value in ``secrets`` (the run's keys and
+    ``--relay-header`` values) and anything shaped like a key, in headers and body alike.
+    """
+    secrets = tuple(secrets)
     parts = ["curl", "-sS", "-X", method, url]
     for name, value in headers.items():
-        if name.lower() == "authorization":
+        if sensitive_header(name):
             scheme, _, secret = value.partition(" ")
             value = f"{scheme} {mask_key(secret)}" if secret else mask_key(scheme)
         parts += ["-H", f"{name}: {value}"]
@@ -76,12 +99,37 @@ def _curl(method: str, url: str, headers: Mapping[str, str], body: bytes | None)
         if len(text) > 2000:
             text = text[:2000] + "…(truncated)"
         parts += ["--data-raw", text]
-    return " ".join(shlex.quote(p) for p in parts)
+    return mask_secrets(" ".join(shlex.quote(p) for p in parts), *secrets)
+
+
+def _size(n_bytes: int) -> str:
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= size and n_bytes % size == 0:
+            return f"{n_bytes // size} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def deadline_reason(timeout_s: float) -> str:
+    """The cut reason of an answer that outlived the total deadline."""
+    return (
+        f"the relay's answer did not finish within {timeout_s:g} s "
+        "(total deadline; --relay-timeout)"
+    )
+
+
+def byte_cap_reason(max_bytes: int) -> str:
+    """The cut reason of an answer longer than the byte cap."""
+    return f"the relay sent more than {_size(max_bytes)} (byte cap; --relay-max-bytes)"
 
 
 @dataclasses.dataclass
 class Exchange:
-    """One request and its complete answer."""
+    """One request and its answer.
+
+    ``cut_reason`` is set when the client stopped reading (total deadline, byte cap): the
+    answer is then incomplete, ``status`` is 0 (so no case takes it for a served answer; the
+    status the relay sent is in ``sent_status``) and :meth:`describe` leads with the reason.
+    """
 
     method: str
     url: str
@@ -90,13 +138,17 @@ class Exchange:
     body: bytes
     elapsed_s: float
     curl: str
+    cut_reason: str | None = None
+    sent_status: int | None = None
 
     @property
     def content_type(self) -> str:
         return str(self.headers.get("content-type", "")).split(";")[0].strip().lower()
 
     def json(self) -> Any:
-        """The parsed JSON body, or None when the body is not JSON."""
+        """The parsed JSON body, or None when the body is not JSON (or was cut)."""
+        if self.cut_reason is not None:
+            return None
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError:
@@ -111,7 +163,11 @@ class Exchange:
 
     def describe(self) -> str:
         snippet = self.body[:300].decode("utf-8", "replace")
-        return f"HTTP {self.status} {self.content_type or '-'} {snippet!r}"
+        text = f"HTTP {self.status} {self.content_type or '-'} {snippet!r}"
+        if self.cut_reason is not None:
+            sent = f"HTTP {self.sent_status} " if self.sent_status else ""
+            text = f"cut: {self.cut_reason} (after {sent}{len(self.body)} bytes); {text}"
+        return text
 
 
 @dataclasses.dataclass
@@ -167,21 +223,141 @@ class StreamExchange(Exchange):
         return out
 
 
+class _Watchdog:
+    """The total deadline of one exchange.
+
+    httpx's timeouts are per operation: a relay that drips a byte a second never trips them.
+    When the deadline passes, the watchdog shuts the connection's socket down, which ends the
+    read the client is blocked in. ``finish`` (under the lock) makes sure it never touches a
+    connection that already went back to the pool for another exchange.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.fired = False
+        self._socket: socket.socket | None = None
+        self._finished = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, response: httpx.Response) -> None:
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock if isinstance(sock, socket.socket) else None
+        if self.expired():
+            self._fire()
+
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.deadline
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.fired = True
+            if self._socket is not None:
+                # socket.socket's own shutdown, also for a TLS socket: it wakes the blocked
+                # recv without touching the TLS object the reading thread is using.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+
+
+@dataclasses.dataclass
+class _Answer:
+    status: int
+    headers: httpx.Headers
+    chunks: list[tuple[int, bytes]]
+    cut_reason: str | None
+    transport_error: httpx.HTTPError | None
+    elapsed_s: float
+
+
+def _bounded_exchange(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    max_bytes: int,
+    *,
+    raw: bool,
+    on_chunk: Callable[[int, bytes], bool] | None = None,
+) -> _Answer:
+    """One exchange within the total deadline and the byte cap; ``on_chunk`` returning True
+    stops reading (the caller has what it wanted: not a cut)."""
+    started = time.perf_counter()
+    watchdog = _Watchdog(timeout_s)
+    status, got_headers = 0, httpx.Headers()
+    chunks: list[tuple[int, bytes]] = []
+    received = 0
+    cut: str | None = None
+    error: httpx.HTTPError | None = None
+    try:
+        with http.stream(method, url, content=body, headers=headers) as response:
+            status, got_headers = response.status_code, response.headers
+            watchdog.watch(response)
+            try:
+                for chunk in response.iter_raw() if raw else response.iter_bytes():
+                    now = time.monotonic_ns()
+                    if received + len(chunk) > max_bytes:
+                        chunks.append((now, chunk[: max_bytes - received]))
+                        cut = byte_cap_reason(max_bytes)
+                        break
+                    received += len(chunk)
+                    chunks.append((now, chunk))
+                    if watchdog.expired():
+                        cut = deadline_reason(timeout_s)
+                        break
+                    if on_chunk is not None and on_chunk(now, chunk):
+                        break
+            except httpx.HTTPError as exc:
+                if watchdog.expired():
+                    cut = deadline_reason(timeout_s)
+                else:
+                    error = exc
+            finally:
+                watchdog.finish()  # before the connection can go back to the pool
+    except httpx.TimeoutException:
+        # no answer (headers) within the deadline: httpx's per-operation timeouts fired
+        cut = deadline_reason(timeout_s)
+    finally:
+        watchdog.finish()
+    return _Answer(status, got_headers, chunks, cut, error, time.perf_counter() - started)
+
+
 class RelayClient:
-    """Calls to the relay under test, with a timeout and curl reproduction on every call."""
+    """Calls to the relay under test: every exchange has one total deadline (``timeout_s``)
+    and one byte cap (``max_bytes``), and reproduces itself as a curl with secrets masked."""
 
     def __init__(
         self,
         base_url: str,
         key: str | None,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         extra_headers: Mapping[str, str] | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        secrets: Iterable[str | None] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
         self.extra_headers = dict(extra_headers or {})
+        self.secrets = (key, *secrets)
         self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
+
+    def __repr__(self) -> str:
+        return f"RelayClient({self.base_url!r}, key={mask_key(self.key)!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -204,6 +380,31 @@ class RelayClient:
         use_key = self.key if key is _UNSET else key
         return body, self._headers(use_key, headers, json is not _UNSET)
 
+    def _curl(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> str:
+        return curl_command(method, url, headers, body, self.secrets)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        *,
+        raw: bool,
+        on_chunk: Callable[[int, bytes], bool] | None = None,
+    ) -> _Answer:
+        return _bounded_exchange(
+            self._http,
+            method,
+            url,
+            body,
+            headers,
+            self.timeout_s,
+            self.max_bytes,
+            raw=raw,
+            on_chunk=on_chunk,
+        )
+
     def request(
         self,
         method: str,
@@ -214,19 +415,26 @@ class RelayClient:
         key: Any = _UNSET,
         headers: Mapping[str, str] | None = None,
     ) -> Exchange:
-        """``key=None`` sends no Authorization header; the default sends the funded key."""
+        """``key=None`` sends no Authorization header; the default sends the funded key.
+
+        An answer cut by the deadline or the byte cap comes back with ``cut_reason`` set; a
+        connection error raises :class:`httpx.HTTPError` as before.
+        """
         url = self.base_url + path
         body, hdrs = self._prepare(json, content, key, headers)
-        started = time.perf_counter()
-        response = self._http.request(method, url, content=body, headers=hdrs)
+        answer = self._send(method, url, body, hdrs, raw=False)
+        if answer.transport_error is not None:
+            raise answer.transport_error
         return Exchange(
             method=method,
             url=url,
-            status=response.status_code,
-            headers=response.headers,
-            body=response.content,
-            elapsed_s=time.perf_counter() - started,
-            curl=_curl(method, url, hdrs, body),
+            status=0 if answer.cut_reason else answer.status,
+            headers=answer.headers,
+            body=b"".join(c for _, c in answer.chunks),
+            elapsed_s=answer.elapsed_s,
+            curl=self._curl(method, url, hdrs, body),
+            cut_reason=answer.cut_reason,
+            sent_status=answer.status or None,
         )
 
     def chat(self, body: Mapping[str, Any], *, key: Any = _UNSET) -> Exchange:
@@ -250,54 +458,133 @@ class RelayClient:
         raw, hdrs = self._prepare(payload, None, key, None)
         decoder = SSEDecoder()
         events: list[StreamEvent] = []
-        chunks: list[tuple[int, bytes]] = []
-        error: str | None = None
+
+        def on_chunk(now: int, chunk: bytes) -> bool:
+            for event in decoder.feed(chunk):
+                events.append(StreamEvent(event.data, now))
+            return stop_after_events is not None and len(events) >= stop_after_events
+
         sent_ns = time.monotonic_ns()
-        started = time.perf_counter()
-        with self._http.stream("POST", url, content=raw, headers=hdrs) as response:
-            try:
-                for chunk in response.iter_raw():
-                    now = time.monotonic_ns()
-                    chunks.append((now, chunk))
-                    for event in decoder.feed(chunk):
-                        events.append(StreamEvent(event.data, now))
-                    if stop_after_events is not None and len(events) >= stop_after_events:
-                        break
-                else:
-                    for event in decoder.flush():
-                        events.append(StreamEvent(event.data, time.monotonic_ns()))
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            status, headers = response.status_code, response.headers
+        answer = self._send("POST", url, raw, hdrs, raw=True, on_chunk=on_chunk)
+        stopped = stop_after_events is not None and len(events) >= stop_after_events
+        if answer.cut_reason is None and answer.transport_error is None and not stopped:
+            for event in decoder.flush():
+                events.append(StreamEvent(event.data, time.monotonic_ns()))
         return StreamExchange(
             method="POST",
             url=url,
-            status=status,
-            headers=headers,
-            body=b"".join(c for _, c in chunks),
-            elapsed_s=time.perf_counter() - started,
-            curl=_curl("POST", url, {**hdrs, "Accept": "text/event-stream"}, raw) + " -N",
+            status=0 if answer.cut_reason else answer.status,
+            headers=answer.headers,
+            body=b"".join(c for _, c in answer.chunks),
+            elapsed_s=answer.elapsed_s,
+            curl=self._curl("POST", url, {**hdrs, "Accept": "text/event-stream"}, raw) + " -N",
+            cut_reason=answer.cut_reason,
+            sent_status=answer.status or None,
             events=events,
             sent_ns=sent_ns,
-            raw_chunks=chunks,
+            raw_chunks=answer.chunks,
             malformed_lines=decoder.malformed_lines,
-            transport_error=error,
+            transport_error=(
+                None
+                if answer.transport_error is None
+                else f"{type(answer.transport_error).__name__}: {answer.transport_error}"
+            ),
         )
+
+
+def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """An HTTP client for the official OpenAI SDK (``OpenAI(http_client=...)``) with the
+    suite's total deadline and byte cap per request: the SDK's own ``timeout`` is httpx's,
+    per operation, so a stream that drips forever would never end.
+
+    Built on the httpx the installed SDK uses (``openai.DefaultHttpxClient``'s). A request
+    past the deadline raises that library's ``ReadTimeout``, an answer past the cap its
+    ``ReadError``, each with the reason; the SDK reports them as its timeout/connection errors.
+    """
+    import openai
+
+    client_cls = openai.DefaultHttpxClient
+    lib: Any = sys.modules[client_cls.__mro__[1].__module__.partition(".")[0]]
+
+    class BoundedStream(lib.SyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, watchdog: _Watchdog) -> None:
+            self._inner = inner
+            self._watchdog = watchdog
+
+        def __iter__(self) -> Iterator[bytes]:
+            received = 0
+            try:
+                for chunk in self._inner:
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise lib.ReadError(byte_cap_reason(max_bytes))
+                    if self._watchdog.expired():
+                        raise lib.ReadTimeout(deadline_reason(timeout_s))
+                    yield chunk
+            except lib.TransportError as exc:
+                if self._watchdog.expired() and not isinstance(exc, lib.ReadTimeout):
+                    raise lib.ReadTimeout(deadline_reason(timeout_s)) from exc
+                raise
+
+        def close(self) -> None:
+            self._watchdog.finish()  # before the connection can go back to the pool
+            self._inner.close()
+
+    class BoundedTransport(lib.BaseTransport):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._inner = lib.HTTPTransport()
+
+        def handle_request(self, request: Any) -> Any:
+            watchdog = _Watchdog(timeout_s)
+            try:
+                response = self._inner.handle_request(request)
+            except lib.TimeoutException as exc:
+                watchdog.finish()
+                raise lib.ReadTimeout(deadline_reason(timeout_s), request=request) from exc
+            except BaseException:
+                watchdog.finish()
+                raise
+            watchdog.watch(response)
+            response.stream = BoundedStream(response.stream, watchdog)
+            return response
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return client_cls(transport=BoundedTransport(), timeout=timeout_s)
 
 
 class UpstreamJournal:
     """The mock upstream's journal: what the relay really forwarded."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = 10.0, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
         self._http = httpx.Client(timeout=timeout_s)
 
     def close(self) -> None:
         self._http.close()
 
     def entries(self, tag: str) -> list[dict[str, Any]]:
-        response = self._http.get(
-            self.base_url + "/_relaygate/journal", params={"tag": tag, "limit": 1000}
+        """The journal entries for ``tag``; an answer cut by the deadline or the byte cap
+        raises :class:`httpx.ReadError` with the reason (it is no ground truth)."""
+        url = httpx.URL(self.base_url + "/_relaygate/journal", params={"tag": tag, "limit": 1000})
+        answer = _bounded_exchange(
+            self._http, "GET", str(url), None, {}, self.timeout_s, self.max_bytes, raw=True
+        )
+        if answer.transport_error is not None:
+            raise answer.transport_error
+        if answer.cut_reason is not None:
+            reason = answer.cut_reason.replace("the relay", "the mock upstream")
+            raise httpx.ReadError(f"journal {url}: {reason}")
+        response = httpx.Response(  # decodes the raw body (content-encoding) once
+            answer.status,
+            headers=answer.headers,
+            content=b"".join(c for _, c in answer.chunks),
+            request=httpx.Request("GET", url),
         )
         response.raise_for_status()
         data = response.json()

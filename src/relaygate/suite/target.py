@@ -6,12 +6,21 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from relaygate.keys import mask_key
+from relaygate.keys import mask_key, masked_repr
 
 if TYPE_CHECKING:
     from relaygate.stack import EmbeddedStack
 
-__all__ = ["RelayOptions", "RelayTarget", "normalize_base_url", "parse_header_lines"]
+# The suite client's byte cap per exchange (--relay-max-bytes); see relaygate.suite.client.
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "RelayOptions",
+    "RelayTarget",
+    "normalize_base_url",
+    "parse_header_lines",
+]
 
 
 def normalize_base_url(url: str) -> str:
@@ -44,6 +53,7 @@ def parse_header_lines(values: Iterable[str]) -> dict[str, str]:
     return headers
 
 
+@masked_repr("relay_key", "admin_token", "extra_headers")
 @dataclasses.dataclass(frozen=True)
 class RelayOptions:
     """The suite's options after CLI > env > ini resolution."""
@@ -60,11 +70,13 @@ class RelayOptions:
     # --relay-header: run-time headers (e.g. a port-dependent routing header), over the
     # profile's [http] extra_headers
     extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
+@masked_repr("key", "admin_token", "extra_headers")
 @dataclasses.dataclass
 class RelayTarget:
-    """Everything a case needs to know about the relay under test."""
+    """Everything a case needs to know about the relay under test (``repr`` masks the keys)."""
 
     base_url: str
     key: str | None
@@ -76,11 +88,14 @@ class RelayTarget:
     stack: EmbeddedStack | None = None
     extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
+        """Every value to mask in what leaves the process: the keys, the admin token, the
+        upstream key and the ``--relay-header`` values (they often carry provider keys)."""
         upstream_key = self.stack.info.upstream_key if self.stack and self.stack.info else None
-        return (self.key, self.admin_token, upstream_key)
+        return (self.key, self.admin_token, upstream_key, *self.extra_headers.values())
 
     def describe(self) -> str:
         where = "embedded stack" if self.embedded else self.base_url
