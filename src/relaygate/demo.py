@@ -114,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="CASE",
-        help="a skipped case (id or area) that does not fail the gate (repeatable)",
+        help="skips that do not fail the gate: an area, a skip class or a case id glob "
+        "(repeatable; as relaygate gate --allow-skip)",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
