@@ -12,13 +12,19 @@ option                      env var                           meaning
 ``--relay-admin-token``     ``RELAYGATE_RELAY_ADMIN_TOKEN``   enables provisioning
 ``--relay-profile``         ``RELAYGATE_RELAY_PROFILE``       profile name or TOML path
 ``--upstream-url``          ``RELAYGATE_UPSTREAM_URL``        our mock upstream (ground truth)
-``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``)
+``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``
+                                                              with --relay-url; embedded
+                                                              stack: only when given)
 ``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       seconds per request (30)
 ``--relay-fuzz-examples``   ``RELAYGATE_RELAY_FUZZ_EXAMPLES`` property-case examples (25)
 ``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
 ``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
                                                               request (repeatable)
 ==========================  ================================  ==========================
+
+Before the first case that uses the ``relay`` fixture with ``--relay-url``, a preflight
+(:mod:`relaygate.preflight`) checks the profile, the relay, the key, the admin token and the
+upstream; an unusable one stops the session with one line and pytest's usage-error code (4).
 """
 
 from __future__ import annotations
