@@ -194,9 +194,19 @@ def test_demo_watchdog_stops_the_run_and_keeps_the_report(tmp_path: Path) -> Non
     files = _previous(out)
     proc = _demo(out, "--run-timeout", "8", "--load-seconds", "30")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "--run-timeout 8 s passed during" in proc.stderr
+    assert "--run-timeout 8 s passed during the conformance suite" in proc.stderr
     assert "the previous report in" in proc.stderr
     _unchanged(out, files)
+    # The step it stopped (and what that started) is gone too.
+    import psutil
+
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return any(str(tmp_path) in arg for arg in p.cmdline())
+        except psutil.Error:
+            return False
+
+    assert not [p for p in psutil.process_iter() if ours(p)]
 
 
 def test_demo_gates_a_relay_given_by_url(tmp_path: Path) -> None:
