@@ -238,3 +238,31 @@ def test_demo_gates_a_relay_given_by_url(tmp_path: Path) -> None:
     assert summary["rate_limit"]["limit"]["requests"] == 10
     conformance = json.loads((tmp_path / "conformance.json").read_text())
     assert conformance["mode"] == "mock" and conformance["summary"]["failed"] == 0
+
+
+def test_demo_sigterm_stops_the_run_and_keeps_the_report(tmp_path: Path) -> None:
+    """A cancelled CI job (SIGTERM) stops like Ctrl-C: steps stopped, previous report kept."""
+    import signal
+    import time
+
+    out = tmp_path / "reports"
+    files = _previous(out)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relaygate", "demo", "--report-dir", str(out), "--no-load"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        assert "relaygate demo: gating" in proc.stderr.readline()
+        time.sleep(2)  # the suite is running
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130
+        assert "the previous report in" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    _unchanged(out, files)

@@ -493,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
     work: Path | None = None
     display = _Display(sys.stderr)
     step = "the preflight"
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm)
     try:
         if stack is None:
             target = _given_target(args)
@@ -539,6 +540,12 @@ def run(args: argparse.Namespace) -> int:
             stack.stop()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    # A cancelled CI job: stop the steps and the stack and keep the report, as Ctrl-C does.
+    raise KeyboardInterrupt
 
 
 def _judge(
