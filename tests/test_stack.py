@@ -104,7 +104,7 @@ def test_stream_arrives_with_directed_timing_and_exact_bill(up: dict[str, str]) 
     assert after - before == pytest.approx(quota / 500000 * 100, abs=1e-9)
 
 
-def test_up_prints_the_whole_suite_command() -> None:
+def test_up_prints_the_whole_suite_command(tmp_path: Path) -> None:
     """Before: "with the printed URL and key" — the suite then ran 27 cases and skipped 65 for
     want of the admin token and the upstream URL, which were printed nowhere."""
     import os
@@ -134,10 +134,17 @@ def test_up_prints_the_whole_suite_command() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
         argv = [sys.executable, "-m", "relaygate", *command.split()[1:], "-q", "-k", "quota"]
         suite = subprocess.run(
-            argv, env=env | values, capture_output=True, text=True, timeout=300, check=False
+            argv,
+            env=env | values,
+            cwd=tmp_path,  # its reports/ goes there
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert suite.returncode == 0, suite.stdout[-3000:]
         assert " passed" in suite.stdout and " skipped" not in suite.stdout, suite.stdout[-3000:]
+        assert (tmp_path / "reports" / "conformance.json").is_file()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
