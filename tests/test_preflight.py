@@ -134,3 +134,21 @@ def test_bad_profile_and_url_are_one_line() -> None:
         check_relay("ftp://relay.invalid", None)
     with pytest.raises(PreflightError, match="--relay-profile"):
         check_target("http://127.0.0.1:9", KEY, profile="nonexistent")  # before any request
+
+
+def test_every_fault_switch_passes_preflight() -> None:
+    """The detection matrix runs the suite against each fault switch: preflight must leave all
+    of them to the cases (they break rules, never the funded key or the admin token)."""
+    from relaygate.relay.faults import FAULTS
+    from relaygate.stack import EmbeddedStack
+
+    stack = EmbeddedStack()
+    with stack as info:
+        for fault in FAULTS:
+            stack.admin("PUT", "/api/admin/settings", {"faults": [fault]})
+            check_target(
+                info.relay_url,
+                info.relay_key,
+                admin_token=info.admin_token,
+                upstream_url=info.upstream_url,
+            )
