@@ -130,8 +130,10 @@ def test_admin_token_and_upstream(stub: http.server.ThreadingHTTPServer) -> None
 def test_bad_profile_and_url_are_one_line() -> None:
     with pytest.raises(PreflightError, match=r"^--relay-profile: unknown profile 'nonexistent'"):
         check_profile("nonexistent")
-    with pytest.raises(PreflightError, match="must start with http://"):
+    with pytest.raises(PreflightError, match=r"^--relay-url must start with http://"):
         check_relay("ftp://relay.invalid", None)
+    with pytest.raises(PreflightError, match=r"^--host must start with http://"):
+        check_relay("ftp://relay.invalid", None, url_option="--host")
     with pytest.raises(PreflightError, match="--relay-profile"):
         check_target("http://127.0.0.1:9", KEY, profile="nonexistent")  # before any request
 

@@ -8,8 +8,9 @@ the Locust plugin.
 
 API (every function returns ``None`` or the loaded profile, and raises :class:`PreflightError`)::
 
-    check_relay(url, key, *, timeout_s=5.0, headers=None)
-        the relay answers HTTP at all, and does not refuse ``key`` (401/403 on GET /v1/models)
+    check_relay(url, key, *, timeout_s=5.0, headers=None, url_option="--relay-url")
+        the relay answers HTTP at all, and does not refuse ``key`` (401/403 on GET /v1/models);
+        ``url_option`` is how the caller's user gave the URL (Locust: ``"--host"``)
     check_admin_token(url, token, *, adapter, timeout_s=5.0, headers=None)
         the reference relay's admin API accepts ``token`` (other adapters: not checked here)
     check_upstream(upstream_url, *, timeout_s=5.0)
@@ -94,13 +95,15 @@ def _get(url: str, headers: Mapping[str, str], timeout_s: float) -> _Answer:
     return _Answer(response.status_code, bytes(body[:_MAX_BYTES]))
 
 
-def _base(url: str) -> str:
+def _base(url: str, url_option: str = "--relay-url") -> str:
     from relaygate.suite.target import normalize_base_url
 
     try:
         return normalize_base_url(url)
     except ValueError as exc:
-        raise PreflightError(f"{exc} — pass the relay's base URL, e.g. http://relay:3000") from None
+        text = str(exc).replace("--relay-url", url_option)
+        fix = "pass the relay's base URL, e.g. http://relay:3000"
+        raise PreflightError(f"{text} — {fix}") from None
 
 
 def _unreachable(what: str, url: str, exc: Exception, fix: str, *secrets: str | None) -> str:
@@ -114,18 +117,19 @@ def check_relay(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     headers: Mapping[str, str] | None = None,
+    url_option: str = "--relay-url",
 ) -> None:
     """The relay at ``url`` answers HTTP, and with ``key`` (when given) it does not refuse it."""
     import httpx
 
-    base = _base(url)
+    base = _base(url, url_option)
     sent = dict(headers or {})
     if key:
         sent["Authorization"] = f"Bearer {key}"
     try:
         answer = _get(base + "/v1/models", sent, timeout_s)
     except httpx.HTTPError as exc:
-        fix = "check --relay-url and that the relay is running"
+        fix = f"check {url_option} and that the relay is running"
         raise PreflightError(_unreachable("relay", base, exc, fix, key)) from None
     if key and answer.status in _REFUSED:
         raise PreflightError(
