@@ -266,3 +266,34 @@ def test_demo_sigterm_stops_the_run_and_keeps_the_report(tmp_path: Path) -> None
             proc.wait()
         proc.stderr.close()
     _unchanged(out, files)
+
+
+def test_demo_complete_run_replaces_the_whole_previous_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A complete run swaps its files in and drops the previous run's files it did not write
+    (--no-load: no load-summary.json beside a page that has no load section)."""
+    from relaygate import demo
+    from relaygate.cli import build_parser
+
+    out = tmp_path / "reports"
+    _previous(out)
+    target = demo._Target("http://127.0.0.1:9", None, None, None, None, None, None)
+    monkeypatch.setattr(demo, "_stack_target", lambda args, stack: target)
+    report = {"relay_url": target.url, "profile": "faq", "mode": "mock", "duration_s": 1.0,
+              "started_at": "2026-01-01T00:00:00+00:00", "cases": [],
+              "summary": {"passed": 0, "failed": 0, "skipped": 0, "deviations": 0}}  # fmt: skip
+
+    def suite(args: object, target: object, work: Path, *rest: object) -> int:
+        (work / "conformance.json").write_text(json.dumps(report))
+        (work / "suite.log").write_text("new")
+        return 0
+
+    monkeypatch.setattr(demo, "_run_suite", suite)
+    args = build_parser().parse_args(["demo", "--no-load", "--report-dir", str(out)])
+    demo.run(args)
+    assert "report: " in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["conformance.json", "index.html", "suite.log"]
+    assert (out / "suite.log").read_text() == "new"
+    assert "previous" not in (out / "index.html").read_text()
+    assert not list(tmp_path.glob(".reports-new-*"))
