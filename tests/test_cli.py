@@ -75,3 +75,47 @@ def test_check_passes_options_to_pytest() -> None:
     result = _run("check", "--co", "-q", "-k", "auth and refused")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "10/92 tests collected" in result.stdout
+
+
+def test_check_carries_a_per_case_timeout_and_maps_exit_codes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: from an installed wheel (no pytest ini) a hung case hung the run for good.
+    import subprocess as sp
+
+    calls: list[list[str]] = []
+    codes = iter([4, 2, 1, 0])
+
+    def call(command: list[str]) -> int:
+        calls.append(command)
+        return next(codes)
+
+    monkeypatch.setattr(sp, "call", call)
+    from relaygate.check import CASE_TIMEOUT_S, run_pytest
+
+    assert [run_pytest(["--timeout", "7"]) for _ in range(4)] == [2, 130, 1, 0]
+    command = calls[0]
+    assert command[command.index("--timeout") + 1] == str(CASE_TIMEOUT_S)
+    assert command[-2:] == ["--timeout", "7"]  # the user's, later, wins
+
+
+def test_check_unreachable_relay_is_one_line_and_exit_2() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = _run("check", "--relay-url", f"http://127.0.0.1:{port}", "-q")
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert "relaygate: cannot reach the relay at http://127.0.0.1:" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert " failed" not in result.stdout
+
+
+def test_demo_help_shows_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "exit codes: 0 gate passed; 1 gate failed" in out and "2 unusable input" in out
+    for text in ("(default 35)", "(default 120)", "(default 900)", "--allow-skip"):
+        assert text in out

@@ -159,3 +159,103 @@ def test_no_cases_no_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     pytester.runpytest("--report-dir", "out").assert_outcomes(passed=1)
     assert not (pytester.path / "out").exists()
+
+
+USES_RELAY = """
+import pytest
+
+@pytest.mark.case("x.one", title="one", area="auth")
+def test_one(relay, profile):
+    pass
+
+@pytest.mark.case("x.two", title="two", area="auth")
+def test_two(relay, profile):
+    pass
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_relay_stops_the_session_with_one_line(pytester: pytest.Pytester) -> None:
+    # Before: every case failed with the same httpx traceback and the report recorded them.
+    pytester.makepyfile(test_cases=USES_RELAY)
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    result = pytester.runpytest("--relay-url", url, "--relay-key", "sk-abcdefghijklmnop0123")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    result.stdout.fnmatch_lines(["*relaygate: cannot reach the relay at http://127.0.0.1:*"])
+    assert "sk-abcdefghijklmnop0123" not in result.stdout.str() + result.stderr.str()
+    assert not (pytester.path / "reports").exists()
+
+
+def test_unknown_profile_stops_the_session_with_one_line(pytester: pytest.Pytester) -> None:
+    # Before: 92 setup errors with the same message, and 92 failures in conformance.json.
+    pytester.makepyfile(test_cases=USES_RELAY)
+    url = f"http://127.0.0.1:{_free_port()}"
+    result = pytester.runpytest("--relay-url", url, "--relay-profile", "nonexistent")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    result.stdout.fnmatch_lines(["*relaygate: --relay-profile: unknown profile 'nonexistent'*"])
+    assert not (pytester.path / "reports").exists()
+
+
+def test_embedded_run_writes_reports_only_when_asked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cases=CASES)
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*embedded stack: no report written (pass --report-dir*"])
+    assert not (pytester.path / "reports").exists()
+    pytester.runpytest("--report-dir", "out")
+    assert (pytester.path / "out" / "conformance.json").is_file()
+
+
+def test_interrupted_run_keeps_the_previous_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_cases="""
+import pytest
+
+@pytest.mark.case("x.one", title="one", area="auth")
+def test_one():
+    pass
+
+@pytest.mark.case("x.two", title="two", area="auth")
+def test_two():
+    raise KeyboardInterrupt
+"""
+    )
+    report = pytester.path / "reports" / "conformance.json"
+    report.parent.mkdir()
+    report.write_text("previous")
+    result = pytester.runpytest_subprocess("--relay-url", "http://relay.invalid")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*the run was interrupted; the previous report is kept*"])
+    assert report.read_text() == "previous"
+
+
+def test_the_checkouts_own_test_run_leaves_reports_alone() -> None:
+    """``pytest`` in the checkout runs ``conformance/`` against the embedded stack; it must not
+    overwrite the reports ``relaygate demo`` left in ``reports/``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    reports = root / "reports"
+
+    def snapshot() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in reports.iterdir()} if reports.exists() else {}
+
+    before = snapshot()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+         "-k", "auth and refused"],
+        cwd=root, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no report written" in proc.stdout
+    assert snapshot() == before

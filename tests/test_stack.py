@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from math import ceil
+from pathlib import Path
 
 import httpx
 import pytest
@@ -101,3 +102,51 @@ def test_stream_arrives_with_directed_timing_and_exact_bill(up: dict[str, str]) 
     quota = ceil(Fraction(15) * (prompt + completion * 2))
     after = httpx.get(usage_url, headers=headers, timeout=5).json()["total_usage"]
     assert after - before == pytest.approx(quota / 500000 * 100, abs=1e-9)
+
+
+def test_up_prints_the_whole_suite_command(tmp_path: Path) -> None:
+    """Before: "with the printed URL and key" — the suite then ran 27 cases and skipped 65 for
+    want of the admin token and the upstream URL, which were printed nowhere."""
+    import os
+    import re
+    import stat
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relaygate", "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        env_file = Path(re.search(r"set -a; \. (\S+); set \+a", text)[1])  # type: ignore[index]
+        command = re.search(r"^  (relaygate check .*)$", text, re.M)[1]  # type: ignore[index]
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        assert values["RELAYGATE_RELAY_ADMIN_TOKEN"] not in text  # on screen only masked
+        assert f"--upstream-url {values['RELAYGATE_UPSTREAM_URL']}" in command
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+        argv = [sys.executable, "-m", "relaygate", *command.split()[1:], "-q", "-k", "quota"]
+        suite = subprocess.run(
+            argv,
+            env=env | values,
+            cwd=tmp_path,  # its reports/ goes there
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert suite.returncode == 0, suite.stdout[-3000:]
+        assert " passed" in suite.stdout and " skipped" not in suite.stdout, suite.stdout[-3000:]
+        assert (tmp_path / "reports" / "conformance.json").is_file()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        proc.stdout.close()
+    assert not env_file.exists()

@@ -69,6 +69,7 @@ __all__ = [
     "UncheckedArea",
     "Verdict",
     "add_arguments",
+    "check_allow_skips",
     "evaluate",
     "load_report",
     "relay_mismatch",
@@ -366,6 +367,12 @@ def _check_load(doc: Mapping[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Judging
+
+
+def check_allow_skips(values: Sequence[str]) -> None:
+    """Raise :class:`GateInputError` for an ``--allow-skip`` value that is no area, skip class
+    or case id pattern (for callers that validate their input before running anything)."""
+    _Allow.parse(values, [])
 
 
 def evaluate(

@@ -12,7 +12,9 @@ option                      env var                           meaning
 ``--relay-admin-token``     ``RELAYGATE_RELAY_ADMIN_TOKEN``   enables provisioning
 ``--relay-profile``         ``RELAYGATE_RELAY_PROFILE``       profile name or TOML path
 ``--upstream-url``          ``RELAYGATE_UPSTREAM_URL``        our mock upstream (ground truth)
-``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``)
+``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``
+                                                              with --relay-url; embedded
+                                                              stack: only when given)
 ``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       total deadline per request,
                                                               seconds (30)
 ``--relay-max-bytes``       ``RELAYGATE_RELAY_MAX_BYTES``     byte cap per answer (16 MiB)
@@ -21,6 +23,10 @@ option                      env var                           meaning
 ``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
                                                               request (repeatable)
 ==========================  ================================  ==========================
+
+Before the first case that uses the ``relay`` fixture with ``--relay-url``, a preflight
+(:mod:`relaygate.preflight`) checks the profile, the relay, the key, the admin token and the
+upstream; an unusable one stops the session with one line and pytest's usage-error code (4).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import os
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -292,12 +298,40 @@ def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
     return tuple(found)
 
 
+def _report_dir(config: pytest.Config, opts: RelayOptions) -> Path | None:
+    """Where this run's reports go; ``None``: nowhere.
+
+    Against a relay given by ``--relay-url`` the default is ``reports/`` (the documented
+    contract). Against the embedded stack (the project's own test run, ``relaygate check``
+    without a relay) reports are written only when a directory is asked for, so a test run in
+    the checkout never overwrites the reports ``relaygate demo`` left there.
+    """
+    asked = (
+        config.getoption("report_dir") is not None
+        or bool(os.environ.get("RELAYGATE_REPORT_DIR"))
+        or config.getini("report_dir") != "reports"
+    )
+    if opts.relay_url or asked:
+        return Path(opts.report_dir)
+    return None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     results = list(config.stash[_RESULTS].values())
     if not results or hasattr(config, "workerinput"):
         return
     opts = relay_options(config)
+    out = _report_dir(config, opts)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        # A partial run must not replace a complete report.
+        config.stash[_NOT_WRITTEN] = "the run was interrupted; the previous report is kept"
+        return
+    if out is None:
+        config.stash[_NOT_WRITTEN] = (
+            "embedded stack: no report written (pass --report-dir DIR to keep one)"
+        )
+        return
     started_at, started = config.stash[_STARTED]
     target = config.stash.get(_TARGET, None)
     relay_url = target.base_url if target is not None else (opts.relay_url or "embedded")
@@ -307,7 +341,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         else ("live" if opts.relay_url and not opts.upstream_url else "mock")
     )
     path = write_reports(
-        Path(opts.report_dir),
+        out,
         results,
         relay_url=relay_url,
         profile=opts.profile,
@@ -320,11 +354,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _REPORT_PATH = pytest.StashKey[Path]()
+_NOT_WRITTEN = pytest.StashKey[str]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     path = config.stash.get(_REPORT_PATH, None)
-    if path is None:
+    not_written = config.stash.get(_NOT_WRITTEN, None)
+    if path is None and not_written is None:
         return
     results = list(config.stash[_RESULTS].values())
     counts: dict[str, int] = {}
@@ -336,15 +372,44 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for result in results:
         if result.outcome == "deviation":
             terminalreporter.write_line(f"DEVIATION {result.meta.id}: {result.reason}")
-    terminalreporter.write_line(f"report: {path} (+ conformance.html)")
+    if path is not None:
+        terminalreporter.write_line(f"report: {path} (+ conformance.html)")
+    else:
+        terminalreporter.write_line(f"relaygate: {not_written}")
 
 
 # -- fixtures -----------------------------------------------------------------------------
+def _stop_session(line: str) -> NoReturn:
+    """An unusable input stops the whole session with one line and pytest's usage-error code
+    (4), instead of failing every case with the same error."""
+    pytest.exit(f"relaygate: {line}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def _preflight(opts: RelayOptions) -> None:
+    """Before the first case that talks to a ``--relay-url`` relay: is it usable at all?"""
+    from relaygate.preflight import DEFAULT_TIMEOUT_S, PreflightError, check_target
+
+    assert opts.relay_url is not None
+    try:
+        check_target(
+            opts.relay_url,
+            opts.relay_key,
+            admin_token=opts.admin_token,
+            upstream_url=opts.upstream_url,
+            profile=opts.profile,
+            timeout_s=min(opts.timeout_s, DEFAULT_TIMEOUT_S),
+            headers=opts.extra_headers,
+        )
+    except PreflightError as exc:
+        _stop_session(str(exc))
+
+
 @pytest.fixture(scope="session")
 def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
     """The relay under test; starts the embedded stack when no ``--relay-url`` is given."""
     opts = relay_options(request.config)
     if opts.relay_url:
+        _preflight(opts)
         target = RelayTarget(
             base_url=opts.relay_url,
             key=opts.relay_key,
@@ -359,7 +424,13 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
         request.config.stash[_TARGET] = target
         yield target
         return
+    from relaygate.preflight import PreflightError, check_profile
     from relaygate.stack import EmbeddedStack, StackError
+
+    try:
+        check_profile(opts.profile)  # before starting servers for nothing
+    except PreflightError as exc:
+        _stop_session(str(exc))
 
     stack = EmbeddedStack(faults=opts.faults)
     try:
@@ -388,13 +459,12 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
 @pytest.fixture(scope="session")
 def profile(request: pytest.FixtureRequest) -> Profile:
     """The relay's dialect (``--relay-profile``)."""
-    from relaygate.profiles import ProfileError, load_profile
+    from relaygate.preflight import PreflightError, check_profile
 
-    name = relay_options(request.config).profile
     try:
-        return load_profile(name)
-    except ProfileError as exc:
-        raise pytest.UsageError(f"relaygate: {exc}") from None
+        return check_profile(relay_options(request.config).profile)
+    except PreflightError as exc:
+        _stop_session(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -364,17 +364,25 @@ def run(args: argparse.Namespace) -> int:
     except StackError as exc:
         print(f"relaygate up: {exc}", file=sys.stderr)
         return 1
+    env_dir = tempfile.TemporaryDirectory(prefix="relaygate-up-")
     try:
         if args.json:
             import orjson
 
             sys.stdout.write(orjson.dumps(info.public()).decode() + "\n")
         else:
+            env_file = _write_env_file(Path(env_dir.name), info)
             print(
                 f"relaygate up: relay {info.relay_url}  upstream {info.upstream_url}\n"
                 f"  relay key   {info.relay_key}\n"
                 f"  admin token {mask_key(info.admin_token)} (full value with --json)\n"
                 f"  faults      {', '.join(stack.faults) or 'none'}\n"
+                f"  env file    {env_file} (the four RELAYGATE_* settings below; removed at stop)"
+                "\n"
+                "The whole conformance suite against this stack (keys from the env file):\n"
+                f"  set -a; . {env_file}; set +a\n"
+                f"  relaygate check --relay-url {info.relay_url} --upstream-url "
+                f"{info.upstream_url}\n"
                 "Ctrl-C to stop."
             )
         sys.stdout.flush()
@@ -390,3 +398,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         stack.stop()
+        env_dir.cleanup()
+
+
+def _write_env_file(directory: Path, info: StackInfo) -> Path:
+    """``RELAYGATE_RELAY_URL/KEY/ADMIN_TOKEN`` and ``RELAYGATE_UPSTREAM_URL`` for ``set -a; .``,
+    readable by the owner only: the suite's command line then carries no secret."""
+    path = directory / "env"
+    lines = {
+        "RELAYGATE_RELAY_URL": info.relay_url,
+        "RELAYGATE_RELAY_KEY": info.relay_key,
+        "RELAYGATE_RELAY_ADMIN_TOKEN": info.admin_token,
+        "RELAYGATE_UPSTREAM_URL": info.upstream_url,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.writelines(f"{name}={value}\n" for name, value in lines.items())
+    return path
