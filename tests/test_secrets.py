@@ -117,7 +117,8 @@ def test_every_object_holding_a_key_has_a_masked_repr(tmp_path: Path) -> None:
 
 # -- everything a run prints or writes ----------------------------------------------------
 class _Refuses(BaseHTTPRequestHandler):
-    """A relay that answers 401 to everything."""
+    """A relay that lists its models to anyone (so the preflight lets the run start) and answers
+    401 to everything else: every case fails, printing its traceback."""
 
     protocol_version = "HTTP/1.1"
 
@@ -133,7 +134,18 @@ class _Refuses(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+    def do_GET(self) -> None:
+        if self.path.split("?")[0].rstrip("/").endswith("/v1/models"):
+            body = b'{"object": "list", "data": []}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self._refuse()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,9 @@ class _StandIn(BaseHTTPRequestHandler):
         self._head("application/json", len(body))
         self.wfile.write(body)
 
+    # /v1/...: the relay answers (the preflight's GET /v1/models gets through)
+    _v1 = _ok
+
     def _silent(self) -> None:  # accepts, never answers
         self.stop.wait(30)
 
@@ -257,10 +260,10 @@ def test_probe(relay, client):
 
 
 def test_the_options_reach_the_client(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, stand_in: str
 ) -> None:
     pytester.makepyfile(test_probe=OPTION_PROBE)
-    url = ["--relay-url", "http://127.0.0.1:9", "-s", "-p", "no:cacheprovider"]
+    url = ["--relay-url", stand_in, "-s", "-p", "no:cacheprovider"]
     result = pytester.runpytest(*url)
     result.stdout.fnmatch_lines([f"*PROBE timeout=30.0 max_bytes={16 * MiB} {16 * MiB}"])
     pytester.makeini("[pytest]\nrelay_max_bytes = 2048\n")
