@@ -4,14 +4,17 @@ that break one rule each."""
 
 from __future__ import annotations
 
+import csv
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from limiters import KINDS, LimiterRelay
+from test_load_locust import run_locust
 
 from relaygate.load import outcomes
 from relaygate.load.client import RequestResult, TimingClient
@@ -182,3 +185,31 @@ def test_only_traffic_the_rule_must_admit_counts_its_429s_as_failures() -> None:
         assert not refusal_expected(label), label
     assert not refusal_expected("ratelimit.retry-honoured")
     assert not refusal_expected("chat.stream")
+
+
+def test_prober_run_against_a_correct_limiter_exits_0_without_slo(tmp_path: Path) -> None:
+    """The 429s the prober provokes on purpose are Locust successes of their own name."""
+    rc, out, summary = run_locust(
+        tmp_path,
+        "RateLimitUser",
+        "-t",
+        "40s",
+        "--rate-limit",
+        "10/1s",
+        "--rl-phases",
+        "discover,steps,retry_after",
+        "--rl-steps",
+        "0.5,3",
+        "--rl-measure-windows",
+        "1",
+        "--csv",
+        str(tmp_path / "stats"),
+        timeout_s=90,
+    )
+    assert rc == 0, out[-3000:]
+    rl = summary["rate_limit"]
+    assert rl["rate_limited"] > 10 and rl["retry_after"]["correct"] is True
+    with (tmp_path / "stats_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert int(rows["ratelimit.expected_429"]["Request Count"]) == rl["rate_limited"]
+    assert all(row["Failure Count"] == "0" for row in rows.values()), rows
