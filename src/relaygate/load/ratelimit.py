@@ -7,14 +7,17 @@ is due at ``start + i / rate`` and gets its own greenlet, so a slow 429 never sl
 offered load.
 
 ==================  ======================================================================
-``discover``        burst until refused: accepted count = limit N; then poll until a
-                    request is accepted again: elapsed since the burst = window W
+``discover``        burst until refused; hold the limiter saturated from its reopening until
+                    N+1 got through: window W = first to (N+1)-th admission; after a
+                    window of rest, a burst: limit N
 ``steps``           offered load at 0.5x, 1x, 1.5x, 3x the limit rate N/W; per step after
-                    one window of settling: accepted rate vs min(offered, limit) (accuracy),
-                    429 share, latency p50/p99 of 200s and of 429s separately
-``retry_after``     saturate; retry at half the advertised wait (must still be 429), poll
-                    for the real reset (advertised - actual = error); saturate again and
-                    retry right after ``Retry-After`` seconds (must succeed)
+                    settling (a token bucket must drain): accepted rate vs what an exact
+                    limiter admits (accuracy), 429 share, latency p50/p99 of 200s and of
+                    429s separately
+``retry_after``     saturate; retry before the advertised wait minus its granularity (must
+                    still be 429), poll for the real reset (advertised - actual = error);
+                    saturate again and retry right after ``Retry-After`` seconds (must
+                    succeed); verdicts in :func:`judge_retry_after`
 ``recovery``        0.5x baseline, a 3x burst for one window, 0.5x again: seconds from the
                     burst's end until no more 429s, p99 latency before/after
 ``fairness``        one hot key at 3x, the others at 0.5x, at the same time: per-key accepted
