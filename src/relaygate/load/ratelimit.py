@@ -539,7 +539,10 @@ class RateLimitProber:
         """
         label = "ratelimit.discover"
         admitted: list[RequestResult] = []
-        refused: list[RequestResult] = []
+        # The refusals that exhausted it count too: the limiter may reopen before a poll.
+        refused = [
+            r for r in self.all_results[-(2 * limit + 8) :] if r.outcome == outcomes.RATE_LIMITED
+        ]
         started = self.clock()
         deadline = started + int(self.cfg.max_wait_s * _NS)
         while len(admitted) <= limit:
@@ -564,15 +567,20 @@ class RateLimitProber:
         admitted.sort(key=lambda r: r.t_sent_ns or 0)
         first, last = admitted[0], admitted[limit]
         measured = ((last.t_sent_ns or 0) - (first.t_sent_ns or 0)) / _NS
-        before_first = [r.t_sent_ns for r in refused if (r.t_sent_ns or 0) < (first.t_sent_ns or 0)]
+        # Sound bounds need stamps on the right side of the limiter's decision: a request
+        # is decided after its t_start (t_sent is read after sendall returns) and before
+        # its t_end. A refusal that ended before an admission started was decided first.
+        before_first = [
+            r.t_start_ns for r in refused if r.t_end_ns and r.t_end_ns <= first.t_start_ns
+        ]
         before_last = [
-            r.t_sent_ns for r in refused if r.t_end_ns and r.t_end_ns <= (last.t_sent_ns or 0)
+            r.t_start_ns for r in refused if r.t_end_ns and r.t_end_ns <= last.t_start_ns
         ]
         bounds: list[float] | None = None
         window = measured
         if before_first and before_last and first.t_end_ns and last.t_end_ns:
-            low = (max(n or 0 for n in before_last) - first.t_end_ns) / _NS
-            high = (last.t_end_ns - max(n or 0 for n in before_first)) / _NS
+            low = (max(before_last) - first.t_end_ns) / _NS
+            high = (last.t_end_ns - max(before_first)) / _NS
             bounds = [round(low, 4), round(high, 4)]
             window = round_window(measured, low, high)
         reopened_with = sum(
