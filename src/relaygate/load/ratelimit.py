@@ -489,8 +489,13 @@ class RateLimitProber:
         """
         key = self.cfg.keys[0]
         first_accepted, refused = self._exhaust(key, 8)
-        if refused is None or not first_accepted:
-            return {"limit": None, "note": f"no 429 after {first_accepted} accepted requests"}
+        if refused is not None and not first_accepted:
+            return {"limit": None, "note": "every request of the first burst was refused"}
+        if refused is None:
+            return {
+                "limit": None,
+                "note": f"no 429 after {first_accepted} accepted requests in bursts",
+            }
         hint = retry_after_s(refused.headers)
         limit = first_accepted
         cycle = self._hold_saturated(key, limit)
