@@ -235,3 +235,34 @@ def test_prober_run_against_a_correct_limiter_exits_0_without_slo(tmp_path: Path
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     assert int(rows["ratelimit.expected_429"]["Request Count"]) == rl["rate_limited"]
     assert all(row["Failure Count"] == "0" for row in rows.values()), rows
+
+
+def test_429s_to_traffic_the_rule_must_admit_stay_failures(tmp_path: Path) -> None:
+    """Declared 28/1s, enforced 7/1s: the 0.5x step (14/s) is refused, and those 429s fail."""
+    with LimiterRelay("fixed-clock", 7, 1.0) as relay:
+        rc, out, summary = run_locust(
+            tmp_path,
+            "RateLimitUser",
+            "--host",
+            relay.url,
+            "--relay-key",
+            "sk-relaygate-limiter-0000",
+            "-t",
+            "30s",
+            "--rate-limit",
+            "28/1s",
+            "--rl-phases",
+            "steps",
+            "--rl-steps",
+            "0.5",
+            "--rl-measure-windows",
+            "1",
+            "--csv",
+            str(tmp_path / "stats"),
+        )
+    assert rc == 1, out[-3000:]
+    assert summary["rate_limit"]["steps"][0]["rate_limited"] > 0
+    with (tmp_path / "stats_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert int(rows["ratelimit.step-0.5x"]["Failure Count"]) > 0
+    assert "ratelimit.expected_429" not in rows
