@@ -666,9 +666,10 @@ class RateLimitProber:
         out["early_retry_refused"] = early.outcome == outcomes.RATE_LIMITED
         polls_from = len(self.all_results)
         reopened = self.poll_until_accepted(key, "ratelimit.retry-poll")
-        # A refusal of a request sent after the advertised time proves the wait too short.
+        # A refusal of a request started after the advertised time proves the wait too short
+        # (t_start precedes the limiter's decision; t_sent, read after sendall, may not).
         late = [
-            ((r.t_sent_ns or 0) - refused.t_end_ns) / _NS
+            (r.t_start_ns - refused.t_end_ns) / _NS
             for r in [early, *self.all_results[polls_from:]]
             if r.outcome == outcomes.RATE_LIMITED
         ]
