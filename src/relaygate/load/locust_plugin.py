@@ -40,7 +40,14 @@ from relaygate.load.client import RequestResult, TimingClient
 from relaygate.load.geventio import cooperative
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
-from relaygate.load.ratelimit import PHASES, ProbeConfig, RateLimitProber, parse_rate_limit
+from relaygate.load.ratelimit import (
+    EXPECTED_429,
+    PHASES,
+    ProbeConfig,
+    RateLimitProber,
+    parse_rate_limit,
+    refusal_expected,
+)
 from relaygate.load.summary import build_summary, format_table, write_metrics_csv, write_summary
 from relaygate.suite.target import parse_header_lines
 
@@ -610,13 +617,21 @@ class RelaygateUser(User):
 
     # -- reporting ------------------------------------------------------------------------
 
-    def report(self, name: str, res: RequestResult, *, scope: str = "") -> None:
-        """Record into our registry and fire ONE Locust request event (e2e or time to answer)."""
+    def report(
+        self, name: str, res: RequestResult, *, scope: str = "", refusal_expected: bool = False
+    ) -> None:
+        """Record into our registry and fire ONE Locust request event (e2e or time to answer).
+
+        With ``refusal_expected`` a 429 is a success named ``EXPECTED_429``: the prober
+        provoked it on purpose, and it must not fail the run.
+        """
         record_result(self.state.registry, res, scope=scope)
         end = res.t_end_ns or res.t_headers_ns or time.monotonic_ns()
         begin = res.t_sent_ns or res.t_start_ns
         exception = None
-        if res.outcome != outcomes.OK:
+        if refusal_expected and res.outcome == outcomes.RATE_LIMITED:
+            name = EXPECTED_429
+        elif res.outcome != outcomes.OK:
             exception = OutcomeError(f"{res.outcome} (HTTP {res.status}): {res.error or ''}"[:200])
         self.environment.events.request.fire(
             request_type="POST",
@@ -706,7 +721,7 @@ def run_prober(user: RelaygateUser) -> dict[str, Any]:
         res = client.post_json(
             CHAT_PATH, body, user.auth(key), stream=False, t_intended_ns=t_intended_ns
         )
-        user.report(label, res, scope="ratelimit.")
+        user.report(label, res, scope="ratelimit.", refusal_expected=refusal_expected(label))
         return res
 
     def read_usage(key: str) -> float | None:

@@ -7,14 +7,17 @@ is due at ``start + i / rate`` and gets its own greenlet, so a slow 429 never sl
 offered load.
 
 ==================  ======================================================================
-``discover``        burst until refused: accepted count = limit N; then poll until a
-                    request is accepted again: elapsed since the burst = window W
+``discover``        burst until refused; hold the limiter saturated from its reopening until
+                    N+1 got through: window W = first to (N+1)-th admission; after a
+                    window of rest, a burst: limit N
 ``steps``           offered load at 0.5x, 1x, 1.5x, 3x the limit rate N/W; per step after
-                    one window of settling: accepted rate vs min(offered, limit) (accuracy),
-                    429 share, latency p50/p99 of 200s and of 429s separately
-``retry_after``     saturate; retry at half the advertised wait (must still be 429), poll
-                    for the real reset (advertised - actual = error); saturate again and
-                    retry right after ``Retry-After`` seconds (must succeed)
+                    settling (a token bucket must drain): accepted rate vs what an exact
+                    limiter admits (accuracy), 429 share, latency p50/p99 of 200s and of
+                    429s separately
+``retry_after``     saturate; retry before the advertised wait minus its granularity (must
+                    still be 429), poll for the real reset (advertised - actual = error);
+                    saturate again and retry right after ``Retry-After`` seconds (must
+                    succeed); verdicts in :func:`judge_retry_after`
 ``recovery``        0.5x baseline, a 3x burst for one window, 0.5x again: seconds from the
                     burst's end until no more 429s, p99 latency before/after
 ``fairness``        one hot key at 3x, the others at 0.5x, at the same time: per-key accepted
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,19 +49,30 @@ from relaygate.load.client import RequestResult
 from relaygate.load.histogram import Histogram
 
 __all__ = [
+    "EXPECTED_429",
     "PHASES",
     "ProbeConfig",
     "RateLimitProber",
     "Runtime",
+    "fairness_label",
     "jain_index",
+    "judge_retry_after",
     "parse_rate_limit",
+    "refusal_expected",
+    "retry_after_granularity_s",
     "retry_after_s",
+    "round_window",
+    "step_label",
     "step_stats",
 ]
 
 PHASES = ("discover", "steps", "retry_after", "recovery", "fairness", "retry_policies", "billing")
 MULTIPLIERS = (0.5, 1.0, 1.5, 3.0)
 _NS = 1_000_000_000
+TOO_SHORT_TOLERANCE_S = 0.005
+"""Slack before a refusal after the advertised wait counts as proof (clock granularity)."""
+OVER_ADVERTISED_MARGIN_S = 0.25
+"""Beyond the header's granularity: polling and the 429's own latency blur the real reset."""
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 
 
@@ -113,6 +128,75 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
             return None
 
 
+EXPECTED_429 = "ratelimit.expected_429"
+"""The Locust request name a 429 the prober provoked on purpose is reported under, as a
+success: refusing over-limit traffic is the limiter doing its job."""
+_MUST_ADMIT = ("ratelimit.recovery-base", "ratelimit.retry-honoured")
+
+
+def step_label(multiplier: float) -> str:
+    """The label of the load step at ``multiplier`` x the limit rate."""
+    return f"ratelimit.step-{multiplier:g}x"
+
+
+def fairness_label(index: int) -> str:
+    """The label of fairness key ``index``: 0 is the hot key, the others run below the limit."""
+    return f"ratelimit.fairness-{index}"
+
+
+def refusal_expected(label: str) -> bool:
+    """Whether a 429 to a prober request labelled ``label`` was provoked on purpose.
+
+    False where the rule says admit, so a 429 there breaks it and stays a failure: load
+    below the limit (steps under 1x, the recovery baseline, the cold fairness keys) and a
+    retry that waited the advertised ``Retry-After``.
+    """
+    if label in _MUST_ADMIT:
+        return False
+    if label.startswith("ratelimit.step-") and label.endswith("x"):
+        try:
+            return float(label[len("ratelimit.step-") : -1]) >= 1
+        except ValueError:
+            return True
+    if label.startswith("ratelimit.fairness-"):
+        return label == fairness_label(0)
+    return label.startswith("ratelimit.")
+
+
+def retry_after_granularity_s(headers: dict[str, str]) -> float:
+    """The step the advertised wait is rounded to: 1 ms for ``retry-after-ms`` or a fractional
+    ``Retry-After``, else 1 s (whole seconds, HTTP-date)."""
+    if headers.get("retry-after-ms") is not None:
+        return 0.001
+    value = headers.get("retry-after", "").strip()
+    return 0.001 if "." in value and value.replace(".", "", 1).isdigit() else 1.0
+
+
+def judge_retry_after(seen: dict[str, Any]) -> dict[str, Any]:
+    """Verdicts on what :meth:`RateLimitProber.retry_after` saw.
+
+    ``too_short``: a request sent after the advertised wait was refused (the first cycle's
+    polls, or the retry that honoured the second 429's wait). ``over_advertised``: the
+    limiter reopened more than ``granularity + OVER_ADVERTISED_MARGIN_S`` (+5% of the
+    advertised wait) before the advertised time: safe but it idles every client that obeys.
+    ``correct``: present, not too short, and the honoured retry succeeded; an honest
+    ``Retry-After`` rounded up to whole seconds is correct.
+    """
+    advertised = seen["advertised_s"]
+    last_refusal = seen.get("last_refusal_s")
+    too_short = bool(
+        (last_refusal is not None and last_refusal > advertised + TOO_SHORT_TOLERANCE_S)
+        or seen.get("honoured_retry_succeeds") is False
+    )
+    error = seen.get("error_s")
+    allowed = seen["granularity_s"] + OVER_ADVERTISED_MARGIN_S + 0.05 * advertised
+    return {
+        "too_short": too_short,
+        "over_advertised": None if error is None else error > allowed,
+        "correct": bool(seen["present"] and not too_short and seen.get("honoured_retry_succeeds")),
+    }
+
+
 def jain_index(values: Sequence[float]) -> float | None:
     """Jain's fairness index (sum x)^2 / (n * sum x^2): 1 = equal, 1/n = one takes all."""
     if not values:
@@ -121,6 +205,22 @@ def jain_index(values: Sequence[float]) -> float | None:
     if squares == 0:
         return None
     return sum(values) ** 2 / (len(values) * squares)
+
+
+def round_window(measured_s: float, low_s: float, high_s: float) -> float:
+    """The roundest window inside the bounds a measurement allows, else the measurement.
+
+    Limiters are configured in round numbers (1 s, 0.5 s, 60 s); the measured time between
+    two admissions carries up to a poll interval plus a round trip at each end. Only tight
+    bounds (within 20% of the measurement) are trusted to pick a value.
+    """
+    if not low_s <= measured_s <= high_s or high_s - low_s > 0.2 * measured_s:
+        return measured_s
+    for step in (3600.0, 60.0, 1.0, 0.1, 0.01, 0.001):
+        value = round(measured_s / step) * step
+        if value > 0 and low_s <= value <= high_s:
+            return value
+    return measured_s
 
 
 def _latency_ms(res: RequestResult) -> float | None:
@@ -144,8 +244,18 @@ def step_stats(
     t_to_ns: int,
     offered_rps: float,
     limit_rps: float | None,
+    *,
+    limit: int | None = None,
 ) -> dict[str, Any]:
-    """Accepted rate, accuracy, 429 share and latency split for requests sent in a window."""
+    """Accepted rate, accuracy, 429 share and latency split for requests sent in a window.
+
+    ``accuracy`` is 1 when the accepted rate lies in what an exact limiter can produce, else
+    1 - the relative distance to that range. The top is ``min(offered, limit rate)``. With
+    ``limit`` (requests per window W) the bottom allows for discrete arrivals: a sliding log,
+    or a fixed window that opens at a key's first request, frees a slot between two arrivals
+    and fills it at the next, so it admits N per (W + one arrival gap), not N per W; and the
+    span's edges cut one request.
+    """
     window = [r for r in results if r.t_sent_ns is not None and t_from_ns <= r.t_sent_ns < t_to_ns]
     span_s = (t_to_ns - t_from_ns) / _NS
     accepted = [r for r in window if r.outcome == outcomes.OK]
@@ -164,8 +274,14 @@ def step_stats(
     }
     if limit_rps:
         expected = min(offered_rps, limit_rps)
+        low = expected
+        if limit and offered_rps > 0 and span_s > 0:
+            window_s = limit / limit_rps
+            low = min(offered_rps, limit / (window_s + 1 / offered_rps)) - 1 / span_s
+            out["expected_min_rps"] = round(low, 3)
         out["expected_rps"] = round(expected, 3)
-        out["accuracy"] = round(max(0.0, 1.0 - abs(accepted_rps - expected) / expected), 4)
+        miss = max(0.0, accepted_rps - expected, low - accepted_rps)
+        out["accuracy"] = round(max(0.0, 1.0 - miss / expected), 4)
     return out
 
 
@@ -181,7 +297,7 @@ class ProbeConfig:
     measure_windows: float = 2.0
     max_discovery_burst: int = 400
     max_wait_s: float = 130.0
-    poll_interval_s: float = 0.02
+    poll_interval_s: float = 0.01
     max_attempts: int = 5
     multipliers: tuple[float, ...] = MULTIPLIERS
 
@@ -227,7 +343,9 @@ class RateLimitProber:
 
         Open loop: each request is spawned when due, however long earlier ones take.
         """
-        count = max(1, round(rate_rps * duration_s))
+        # Every slot that falls inside the duration (a rounded count could drop the last one
+        # and read as under-admission).
+        count = max(1, math.ceil(rate_rps * duration_s - 1e-9))
         start: int = self.clock() + 5_000_000  # 5 ms: time to spawn the first greenlet
         handles = []
         for i in range(count):
@@ -330,7 +448,7 @@ class RateLimitProber:
                 ]
                 out["accuracy"] = min(accuracies) if accuracies else None
             elif phase == "retry_after":
-                out["retry_after"] = self.retry_after(limit)
+                out["retry_after"] = self.retry_after(limit, window)
             elif phase == "recovery":
                 out["recovery"] = self.recovery(limit_rps, window)
             elif phase == "fairness":
@@ -362,56 +480,143 @@ class RateLimitProber:
         out["header_limit"] = self.header_limit
 
     def discover(self) -> dict[str, Any]:
-        """Burst in growing rounds until refused; then time the reset."""
+        """Limit N: a burst into a limiter left idle for a window. Window W: the time between
+        the first admission after the limiter reopens and the (N+1)-th admission after it,
+        with the limiter held saturated in between (:meth:`_hold_saturated`).
+
+        That one definition holds for every common kind: a sliding log frees the reopening
+        request's slot W later; a fixed window reopens at its end and admits N, the next
+        window starts W later; a token bucket or GCRA admits one request per W/N.
+        """
         key = self.cfg.keys[0]
-        accepted: list[RequestResult] = []
-        size = 8
-        refused: RequestResult | None = None
-        while len(accepted) < self.cfg.max_discovery_burst:
-            results = self.burst(key, "ratelimit.discover", size)
-            accepted += [r for r in results if r.outcome == outcomes.OK]
-            refusals = [r for r in results if r.outcome == outcomes.RATE_LIMITED]
-            if refusals:
-                refused = min(refusals, key=lambda r: r.t_end_ns or 0)
-                break
-            size = min(size * 2, self.cfg.max_discovery_burst - len(accepted))
-            if size <= 0:
-                break
-        if refused is None or not accepted:
+        first_accepted, refused = self._exhaust(key, 8)
+        if refused is not None and not first_accepted:
+            return {"limit": None, "note": "every request of the first burst was refused"}
+        if refused is None:
             return {
                 "limit": None,
-                "note": f"no 429 after {len(accepted)} accepted requests in bursts",
+                "note": f"no 429 after {first_accepted} accepted requests in bursts",
             }
-        first_sent = min(r.t_sent_ns or 0 for r in accepted)
         hint = retry_after_s(refused.headers)
-        # Sleep most of the advertised wait, then poll finely for the real reset.
-        wait = max(0.0, (hint or 0.0) - 0.25) if hint is not None else 0.0
-        reopened = self.poll_until_accepted(key, "ratelimit.discover", first_wait_s=wait)
-        if reopened is None or reopened.t_sent_ns is None:
-            return {"limit": len(accepted), "window_s": None, "note": "never accepted again"}
-        window_s = (reopened.t_sent_ns - first_sent) / _NS
-        # Earlier traffic on this key may have been in the window during the first burst;
-        # one more burst into a window now known to be empty gives the exact count.
-        self.rt.sleep(window_s * 1.1)
-        confirm = self.burst(key, "ratelimit.discover", len(accepted) + 5)
-        limit = sum(r.outcome == outcomes.OK for r in confirm)
+        limit = first_accepted
+        cycle = self._hold_saturated(key, limit)
+        if cycle is None:
+            return {"limit": limit, "window_s": None, "note": "never accepted again"}
+        # The first burst may have met a limiter that earlier traffic had partly used: the
+        # exact count is a burst after a whole window of rest.
+        self.rt.sleep(cycle["window_s"] * 1.1)
+        confirmed, confirm_refused = self._exhaust(key, limit + 5)
+        if confirm_refused is not None and confirmed and confirmed != limit:
+            limit = confirmed
+            cycle = self._hold_saturated(key, limit) or cycle
         return {
             "limit": limit,
-            "first_burst_accepted": len(accepted),
-            "window_s": round(window_s, 3),
+            "first_burst_accepted": first_accepted,
+            "window_s": cycle["window_s"],
+            "window_measured_s": cycle["measured_s"],
+            "window_bounds_s": cycle["bounds_s"],
+            "reopened_with": cycle["reopened_with"],
             "header_limit": self.header_limit,
             "retry_after_hint_s": hint,
         }
 
+    def _exhaust(self, key: str, size: int) -> tuple[int, RequestResult | None]:
+        """Bursts of growing size until one is refused: (accepted count, first 429)."""
+        accepted = 0
+        while accepted < self.cfg.max_discovery_burst:
+            results = self.burst(key, "ratelimit.discover", size)
+            accepted += sum(r.outcome == outcomes.OK for r in results)
+            refusals = [r for r in results if r.outcome == outcomes.RATE_LIMITED]
+            if refusals:
+                return accepted, min(refusals, key=lambda r: r.t_end_ns or 0)
+            size = min(size * 2, self.cfg.max_discovery_burst - accepted)
+            if size <= 0:
+                break
+        return accepted, None
+
+    def _hold_saturated(self, key: str, limit: int) -> dict[str, Any] | None:
+        """Poll an exhausted limiter; after each admission burst until refused again, so no
+        capacity goes unused; stop at the (limit+1)-th admission since the first one.
+
+        ``window_s`` is the elapsed time between those two admissions. The limiter reopened
+        after the last refusal before each and before its answer, which bounds the window
+        (``bounds_s``); the roundest value inside tight bounds is taken (a 1 s window
+        measured as 1.013 s is 1 s), else the measurement.
+        """
+        label = "ratelimit.discover"
+        admitted: list[RequestResult] = []
+        # The refusals that exhausted it count too: the limiter may reopen before a poll.
+        refused = [
+            r for r in self.all_results[-(2 * limit + 8) :] if r.outcome == outcomes.RATE_LIMITED
+        ]
+        started = self.clock()
+        deadline = started + int(self.cfg.max_wait_s * _NS)
+        while len(admitted) <= limit:
+            if self.clock() > deadline:
+                return None
+            res = self.send(key, label)
+            if res.outcome == outcomes.OK:
+                admitted.append(res)
+                if len(admitted) <= limit:
+                    # First reopening: a fixed window admits up to N at once; later ones
+                    # (a bucket's next token, a log's next slot) few.
+                    size = limit + 2 - len(admitted) if len(admitted) == 1 else 3
+                    for r in self.burst(key, label, size):
+                        (admitted if r.outcome == outcomes.OK else refused).append(r)
+                continue
+            if res.outcome == outcomes.RATE_LIMITED:
+                refused.append(res)
+            else:
+                self.log(f"429 probe: unexpected {res.outcome} ({res.error}) while polling")
+            fine = self.clock() - started < 5 * _NS
+            self.rt.sleep(self.cfg.poll_interval_s * (1 if fine else 10))
+        admitted.sort(key=lambda r: r.t_sent_ns or 0)
+        first, last = admitted[0], admitted[limit]
+        measured = ((last.t_sent_ns or 0) - (first.t_sent_ns or 0)) / _NS
+        # Sound bounds need stamps on the right side of the limiter's decision: a request
+        # is decided after its t_start (t_sent is read after sendall returns) and before
+        # its t_end. A refusal that ended before an admission started was decided first.
+        before_first = [
+            r.t_start_ns for r in refused if r.t_end_ns and r.t_end_ns <= first.t_start_ns
+        ]
+        before_last = [
+            r.t_start_ns for r in refused if r.t_end_ns and r.t_end_ns <= last.t_start_ns
+        ]
+        bounds: list[float] | None = None
+        window = measured
+        if before_first and before_last and first.t_end_ns and last.t_end_ns:
+            low = (max(before_last) - first.t_end_ns) / _NS
+            high = (last.t_end_ns - max(before_first)) / _NS
+            bounds = [round(low, 4), round(high, 4)]
+            window = round_window(measured, low, high)
+        reopened_with = sum(
+            1
+            for r in admitted
+            if (r.t_sent_ns or 0) - (first.t_sent_ns or 0) < 0.05 * measured * _NS
+        )
+        return {
+            "window_s": round(window, 4),
+            "measured_s": round(measured, 4),
+            "bounds_s": bounds,
+            "reopened_with": reopened_with,
+        }
+
     def steps(self, limit_rps: float, window_s: float) -> list[dict[str, Any]]:
         key = self.cfg.keys[0]
+        limit = round(limit_rps * window_s)
         measure_s = max(self.cfg.measure_windows * window_s, 1.0)
         out = []
         for mult in self.cfg.multipliers:
             rate = limit_rps * mult
-            label = f"ratelimit.step-{mult:g}x"
-            results, start, end = self.open_loop(key, label, rate, window_s + measure_s)
-            stats = step_stats(results, start + int(window_s * _NS), end, rate, limit_rps)
+            label = step_label(mult)
+            # A token bucket starts full and drains at (offered - limit): it has to be empty
+            # before the measurement, or its burst reads as over-admission.
+            settle_s = window_s * (min(4.0, max(1.0, 1 / (mult - 1))) if mult > 1 else 1.0)
+            results, start, end = self.open_loop(key, label, rate, settle_s + measure_s)
+            stats = step_stats(
+                results, start + int(settle_s * _NS), end, rate, limit_rps, limit=limit
+            )
+            stats["settle_s"] = round(settle_s, 3)
             out.append({"multiplier": mult, **stats})
             self.log(
                 f"429 probe: {mult:g}x offered {rate:.2f}/s accepted {stats['accepted_rps']:.2f}/s "
@@ -426,7 +631,9 @@ class RateLimitProber:
         last = max(refusals, key=lambda r: r.t_end_ns or 0) if refusals else None
         return last, results
 
-    def retry_after(self, limit: int) -> dict[str, Any]:
+    def retry_after(self, limit: int, window_s: float | None = None) -> dict[str, Any]:
+        """Judge the advertised wait against the real reset (module docstring, verdicts in
+        :func:`judge_retry_after`)."""
         key = self.cfg.keys[0]
         out: dict[str, Any] = {}
         refused, burst = self._saturate(limit, "ratelimit.retry-after")
@@ -450,11 +657,24 @@ class RateLimitProber:
         if advertised is None:
             out["correct"] = False
             return out
-        self.rt.sleep(advertised / 2)
+        granularity = retry_after_granularity_s(refused.headers)
+        out["granularity_s"] = granularity
+        # The real reset may come up to one granularity step before the advertised time, so
+        # only a retry before (advertised - granularity) is sure to be early.
+        self.rt.sleep(max(0.0, advertised - granularity) / 2)
         early = self.send(key, "ratelimit.retry-early")
         out["early_retry_status"] = early.status
         out["early_retry_refused"] = early.outcome == outcomes.RATE_LIMITED
+        polls_from = len(self.all_results)
         reopened = self.poll_until_accepted(key, "ratelimit.retry-poll")
+        # A refusal of a request started after the advertised time proves the wait too short
+        # (t_start precedes the limiter's decision; t_sent, read after sendall, may not).
+        late = [
+            (r.t_start_ns - refused.t_end_ns) / _NS
+            for r in [early, *self.all_results[polls_from:]]
+            if r.outcome == outcomes.RATE_LIMITED
+        ]
+        out["last_refusal_s"] = round(max(late), 4) if late else None
         if reopened is not None and reopened.t_sent_ns is not None:
             actual = (reopened.t_sent_ns - refused.t_end_ns) / _NS
             out["actual_reset_s"] = round(actual, 4)
@@ -462,7 +682,7 @@ class RateLimitProber:
             if header_s is not None:
                 out["header_error_s"] = round(header_s - actual, 4)
         # Second cycle: a client that waits exactly the advertised seconds must get through.
-        self._settle(self.cfg.window_s or advertised)
+        self._settle(window_s or self.cfg.window_s or advertised)
         refused2, _ = self._saturate(limit, "ratelimit.retry-after")
         if refused2 is not None:
             wait = retry_after_s(refused2.headers)
@@ -471,9 +691,7 @@ class RateLimitProber:
                 after = self.send(key, "ratelimit.retry-honoured")
                 out["honoured_retry_status"] = after.status
                 out["honoured_retry_succeeds"] = after.outcome == outcomes.OK
-        out["correct"] = bool(
-            out["present"] and out.get("early_retry_refused") and out.get("honoured_retry_succeeds")
-        )
+        out.update(judge_retry_after(out))
         return out
 
     def recovery(self, limit_rps: float, window_s: float) -> dict[str, Any]:
@@ -502,6 +720,7 @@ class RateLimitProber:
 
     def fairness(self, limit_rps: float, window_s: float) -> dict[str, Any]:
         keys = self.cfg.keys
+        limit = round(limit_rps * window_s)
         if len(keys) < 2:
             return {"skipped": "needs 2+ keys (--fairness-keys, or the embedded stack)"}
         measure_s = max(self.cfg.measure_windows * window_s, 1.0)
@@ -509,15 +728,15 @@ class RateLimitProber:
         runs: dict[int, tuple[list[RequestResult], int, int]] = {}
 
         def drive(i: int) -> None:
-            runs[i] = self.open_loop(
-                keys[i], f"ratelimit.fairness-{i}", rates[i], window_s + measure_s
-            )
+            runs[i] = self.open_loop(keys[i], fairness_label(i), rates[i], window_s + measure_s)
 
         self.rt.join([self.rt.spawn(functools.partial(drive, i)) for i in range(len(keys))])
         per_key = []
         for i, key in enumerate(keys):
             results, start, end = runs[i]
-            stats = step_stats(results, start + int(window_s * _NS), end, rates[i], limit_rps)
+            stats = step_stats(
+                results, start + int(window_s * _NS), end, rates[i], limit_rps, limit=limit
+            )
             expected = stats.get("expected_rps") or 1.0
             per_key.append(
                 {
