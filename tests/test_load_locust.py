@@ -48,6 +48,25 @@ def run_locust(
     return proc.returncode, output, json.loads(path.read_text())
 
 
+def run_locust_plain(tmp_path: Path, *args: str, timeout_s: float = 60) -> tuple[int, str]:
+    """Like :func:`run_locust` for runs that must end before writing any summary."""
+    cmd = [str(LOCUST), "-f", str(ROOT / "loadtests"), "--headless", "--no-plots",
+           "--report-dir", str(tmp_path / "reports"), *args]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_unknown_slo_metric_exits_2_before_anything_runs(tmp_path: Path) -> None:
+    rc, out = run_locust_plain(tmp_path, "-u", "1", "-t", "20s", "--slo", "ttft_p99<=500")
+    assert rc == 2, out[-3000:]
+    lines = [line for line in out.splitlines() if "unknown metric 'ttft_p99'" in line]
+    assert len(lines) == 1 and "did you mean ttft_p99_ms" in lines[0]
+    assert "embedded stack" not in out and not (tmp_path / "reports").exists()
+
+
 MOCK = ("--mock-ttft-ms", "150", "--mock-itl-ms", "20", "--mock-output-tokens", "20")
 
 
