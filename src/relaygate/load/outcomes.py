@@ -21,10 +21,15 @@ from __future__ import annotations
 
 __all__ = [
     "CLIENT_ERROR",
+    "CLIENT_EXCEPTION",
     "CONNECTION_ERROR",
+    "INCOMPLETE",
     "OK",
     "OUTCOMES",
+    "OVERRUN",
+    "OVERSIZE",
     "RATE_LIMITED",
+    "REQUEST_TIMEOUT",
     "SERVER_ERROR",
     "STREAM_ERROR",
     "TIMEOUT",
@@ -40,6 +45,11 @@ CLIENT_ERROR = "client_error"
 SERVER_ERROR = "server_error"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
+REQUEST_TIMEOUT = "request_timeout"
+OVERSIZE = "oversize"
+OVERRUN = "overrun"
+CLIENT_EXCEPTION = "client_exception"
+INCOMPLETE = "incomplete"
 
 OUTCOMES = (
     OK,
@@ -50,6 +60,11 @@ OUTCOMES = (
     SERVER_ERROR,
     TIMEOUT,
     CONNECTION_ERROR,
+    REQUEST_TIMEOUT,
+    OVERSIZE,
+    OVERRUN,
+    CLIENT_EXCEPTION,
+    INCOMPLETE,
 )
 
 
