@@ -414,3 +414,25 @@ def test_client_exception_is_an_outcome_and_the_slo_never_lowers_the_exit_code(
     assert "client_exception" in failures and "RuntimeError: client broke" in failures
     assert KEY not in out + failures
     assert proc.returncode == 1, out[-3000:]
+
+
+def test_no_key_or_header_value_reaches_any_output(tmp_path: Path) -> None:
+    """Issue #10 item 4 (secrets): a relay that quotes the caller's key and headers in its
+    error text used to put them, in clear, into Locust's failure table, locust.html and the
+    CSVs. Every file the run writes and everything it prints must hold neither."""
+    with stand_in("echo") as url:
+        rc, out, _summary = run_locust(
+            tmp_path, "--host", url, "--relay-key", KEY, "--relay-header",
+            f"x-route-key: {HEADER_VALUE}", "-u", "2", "-r", "2", "-t", "2s",
+            "--html", str(tmp_path / "locust.html"), "--csv", str(tmp_path / "locust"),
+            "--slo", "error_rate<=1",
+        )  # fmt: skip
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".py"]
+    assert {p.name for p in written} >= {"locust.html", "locust_failures.csv", "load-summary.json"}
+    failures = (tmp_path / "locust_failures.csv").read_text()
+    assert "bad credentials Bearer sk-rel" in failures  # the relay's text is there, masked
+    for secret in (KEY, HEADER_VALUE):
+        assert secret not in out
+        leaks = [p.name for p in written if secret in p.read_text(errors="replace")]
+        assert leaks == []
+    assert rc == 1  # every request was refused
