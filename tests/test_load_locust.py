@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.util
+import inspect
 import itertools
 import json
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from relaygate.load.client import TimingClient
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST = Path(sys.executable).with_name("locust")
@@ -299,8 +302,10 @@ class _StandInHandler(BaseHTTPRequestHandler):
             body = json.dumps({"error": {"message": text, "type": "invalid_request_error"}})
             self._send(401, "application/json", body.encode())
             return
-        # "stuck": every second stream sends its role chunk and then nothing, for ever
-        stuck = next(self.server.streams) % 2 == 0
+        # "stuck": every second stream sends its role chunk and then nothing, for ever;
+        # "long": 60 token events whatever max_tokens says, 2 KB each
+        stuck = self.server.mode == "stuck" and next(self.server.streams) % 2 == 0
+        tokens, text = (60, "x" * 2048) if self.server.mode == "long" else (3, "hi")
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -310,8 +315,8 @@ class _StandInHandler(BaseHTTPRequestHandler):
         if stuck:
             self.server.closing.wait(60)
             return
-        for _ in range(3):
-            self._event(json.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}))
+        for _ in range(tokens):
+            self._event(json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}))
         self._event(json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         self._event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
@@ -436,3 +441,38 @@ def test_no_key_or_header_value_reaches_any_output(tmp_path: Path) -> None:
         leaks = [p.name for p in written if secret in p.read_text(errors="replace")]
         assert leaks == []
     assert rc == 1  # every request was refused
+
+
+# Until h/loadclient (the client's total deadline, byte cap and max_tokens) is merged here.
+_needs_bounds = pytest.mark.skipif(
+    "request_timeout_s" not in inspect.signature(TimingClient).parameters,
+    reason="the load client has no total deadline or byte cap yet (h/loadclient)",
+)
+_needs_max_tokens = pytest.mark.skipif(
+    "max_tokens" not in inspect.signature(TimingClient.post_json).parameters,
+    reason="post_json takes no max_tokens yet (h/loadclient)",
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "outcome"),
+    [
+        pytest.param("stuck", ("--request-timeout", "1"), "request_timeout", marks=_needs_bounds),
+        pytest.param("long", ("--max-response-bytes", "20000"), "oversize", marks=_needs_bounds),
+        pytest.param("long", ("--max-tokens", "5"), "overrun", marks=_needs_max_tokens),
+    ],
+)
+def test_request_bounds_reach_every_stream(
+    tmp_path: Path, mode: str, options: tuple[str, ...], outcome: str
+) -> None:
+    """Issue #10 item 2: no total deadline per request. --request-timeout, --max-response-bytes
+    and each request's max_tokens bound every stream the users send."""
+    with stand_in(mode) as url:
+        rc, out, summary = run_locust(
+            tmp_path, "--host", url, "--relay-key", KEY, "-u", "2", "-r", "2", "-t", "4s",
+            "--stop-timeout", "1", *options,
+        )  # fmt: skip
+    requests = summary["requests"]
+    assert requests[outcome] >= 1, requests
+    assert requests["incomplete"] == 0 or outcome != "request_timeout", requests
+    assert rc == 1, out[-3000:]

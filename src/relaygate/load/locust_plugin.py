@@ -12,8 +12,6 @@ What happens when:
 ``init``                      parse ``--slo`` (fail fast); pick ``StreamingChatUser`` when no
                               class is named; on the master/local runner only: start the
                               embedded stack when there is no ``--host``; start the self-check
-``test_start``                (master/local) restore key options the web UI form sent back
-                              masked
 ``test_stop``                 every request still in flight is counted ``incomplete``
 ``report_to_master``          (worker) attach the registry delta
 ``worker_report``             (master) merge it
@@ -72,9 +70,6 @@ GC_THRESHOLDS = (50_000, 20, 20)
 # Locust kills users at the end of -t by default, cutting every stream in flight; they would
 # all count as `incomplete`. This long, a stream may finish first (`--stop-timeout`).
 DEFAULT_STOP_TIMEOUT_S = 10
-# Options whose values are keys (or headers that carry keys): secret in the web UI, masked in
-# every error text.
-SECRET_OPTIONS = ("relay_key", "rl_key", "upstream_key", "fairness_keys", "relay_header")
 _NS_PER_MS = 1_000_000.0
 _NS_PER_S = 1_000_000_000
 
@@ -101,9 +96,6 @@ class RunState:
         self.running = True
         self.written = False
         self.in_flight = InFlight()
-        # Key options as given, before the web UI form could send them back masked.
-        self.secret_values: dict[str, Any] = {}
-        self.secrets: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,8 +151,8 @@ def state_of(environment: Environment) -> RunState:
 
 
 def _add_arguments(parser: Any) -> None:
-    # Locust's web UI listens on every interface by default and shows the run's options;
-    # ours carry keys, so it listens on loopback unless --web-host (or LOCUST_WEB_HOST) says
+    # Locust's web UI listens on every interface by default and shows the run (host, failure
+    # texts) to anyone who can reach it: loopback unless --web-host (or LOCUST_WEB_HOST) says
     # otherwise. Streams in flight at the end of -t get time to finish (see the constant).
     parser.set_defaults(web_host="127.0.0.1", stop_timeout=DEFAULT_STOP_TIMEOUT_S)
     group = parser.add_argument_group("relaygate", "relaygate load scenarios (docs/load.md)")
@@ -384,8 +376,6 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         options.relaygate_users_total = options.num_users or 1
         if not environment.host and not options.host:
             _start_stack(environment, state)
-    state.secret_values = {name: getattr(options, name, None) for name in SECRET_OPTIONS}
-    state.secrets = run_secrets(options)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: _quit_soon(environment))
     if environment.web_ui is not None and _controls_run(environment):
@@ -400,24 +390,6 @@ def run_secrets(options: Any) -> tuple[str, ...]:
     values += options.fairness_keys.split(",")
     values += getattr(options, "relaygate_headers", {}).values()
     return tuple(v.strip() for v in values if v and v.strip())
-
-
-def _mask_option(value: Any, secrets: tuple[str, ...]) -> Any:
-    if isinstance(value, list):
-        return [mask_secrets(str(v), *secrets) for v in value]
-    return mask_secrets(str(value), *secrets) if value else value
-
-
-def _restore_secret_options(environment: Environment, state: RunState) -> None:
-    """The web UI shows key options masked; a form submitted unchanged sends the masked text
-    back into the options. Put the real values back (any other edit is kept)."""
-    options = environment.parsed_options
-    if options is None or not state.secret_values:
-        return
-    for name, original in state.secret_values.items():
-        current = getattr(options, name, None)
-        if current != original and current == _mask_option(original, state.secrets):
-            setattr(options, name, original)
 
 
 def _default_user_classes(environment: Environment) -> None:
@@ -504,8 +476,6 @@ def _quit_soon(environment: Environment) -> None:
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
     state = state_of(environment)
     state.started_wall = state.started_wall or time.time()
-    if _controls_run(environment) and environment.web_ui is not None:
-        _restore_secret_options(environment, state)
     if not isinstance(environment.runner, MasterRunner):
         # Move start-up objects out of the collector's reach: gen-2 pauses of 15-60 ms
         # otherwise land inside streams (LOCUST_BASELINE.md, "GC pauses").
