@@ -292,6 +292,15 @@ class _StandInHandler(BaseHTTPRequestHandler):
     def log_message(self, *_args: Any) -> None:
         pass
 
+    def do_GET(self) -> None:
+        if self.server.mode == "refuse":  # GET /v1/models with a key it does not know
+            body = json.dumps(
+                {"error": {"message": f"unknown {self.headers.get('Authorization')}"}}
+            )
+            self._send(401, "application/json", body.encode())
+        else:
+            self._send(200, "application/json", b'{"object": "list", "data": []}')
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.server.mode == "echo":  # a relay that quotes the caller's credentials back
@@ -476,3 +485,27 @@ def test_request_bounds_reach_every_stream(
     assert requests[outcome] >= 1, requests
     assert requests["incomplete"] == 0 or outcome != "request_timeout", requests
     assert rc == 1, out[-3000:]
+
+
+_needs_preflight = pytest.mark.skipif(
+    importlib.util.find_spec("relaygate.preflight") is None,
+    reason="relaygate.preflight arrives with h/firsthour",
+)
+
+
+@_needs_preflight
+def test_unusable_relay_or_key_is_one_line_and_exit_2_before_any_user(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    rc, out = run_locust_plain(tmp_path, "--host", closed, "-u", "1", "-t", "20s")
+    assert rc == 2, out[-3000:]
+    assert [line for line in out.splitlines() if "cannot reach the relay" in line]
+    with stand_in("refuse") as url:
+        rc, out = run_locust_plain(
+            tmp_path, "--host", url, "--relay-key", KEY, "-u", "1", "-t", "20s"
+        )
+    assert rc == 2, out[-3000:]
+    assert len([line for line in out.splitlines() if "refused --relay-key" in line]) == 1
+    assert KEY not in out and "Ramping" not in out
+    assert not (tmp_path / "reports").exists()

@@ -10,8 +10,9 @@ What happens when:
 ``init_command_line_parser``  our ``--relay-key``, ``--slo``, … (each with an env var; key
                               options secret in the web UI, which binds 127.0.0.1 by default)
 ``init``                      parse ``--slo`` (fail fast); pick ``StreamingChatUser`` when no
-                              class is named; on the master/local runner only: start the
-                              embedded stack when there is no ``--host``; start the self-check
+                              class is named; on the master/local runner only: preflight the
+                              ``--host`` relay and key (exit 2 with one line when unusable), or
+                              start the embedded stack when there is no ``--host``
 ``test_stop``                 every request still in flight is counted ``incomplete``
 ``report_to_master``          (worker) attach the registry delta
 ``worker_report``             (master) merge it
@@ -29,6 +30,7 @@ import atexit
 import contextlib
 import dataclasses
 import gc
+import importlib
 import inspect
 import itertools
 import logging
@@ -376,12 +378,32 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         options.relaygate_users_total = options.num_users or 1
         if not environment.host and not options.host:
             _start_stack(environment, state)
+        else:
+            _preflight(environment.host or options.host, options)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: _quit_soon(environment))
     if environment.web_ui is not None and _controls_run(environment):
         from relaygate.load import webui
 
         webui.install(environment.web_ui, lambda: state.registry, lambda: run_secrets(options))
+
+
+def _preflight(host: str, options: Any) -> None:
+    """An unreachable relay or a refused key is one line and exit 2 before any user starts,
+    not a run of identical failures."""
+    try:
+        # relaygate.preflight arrives with the first-hour change (h/firsthour); imported by
+        # name so that this module does not depend on it before that is merged.
+        preflight: Any = importlib.import_module("relaygate.preflight")
+    except ImportError:
+        return
+    try:
+        preflight.check_relay(
+            host, options.relay_key or None, headers=options.relaygate_headers or None
+        )
+    except preflight.PreflightError as exc:
+        logger.error("%s", mask_secrets(str(exc), *run_secrets(options)))
+        raise SystemExit(2) from None
 
 
 def run_secrets(options: Any) -> tuple[str, ...]:
