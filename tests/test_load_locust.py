@@ -412,7 +412,7 @@ def test_client_exception_is_an_outcome_and_the_slo_never_lowers_the_exit_code(
     and the SLO verdict then replaced Locust's non-zero exit code by 0."""
     locustfile = tmp_path / "broken_client.py"
     locustfile.write_text(f"KEY = {KEY!r}\n" + BROKEN_CLIENT_LOCUSTFILE)
-    cmd = [str(LOCUST), "-f", str(locustfile), "--headless", "--no-plots", "--loglevel", "INFO",
+    cmd = [str(LOCUST), "-f", str(locustfile), "--headless", "--no-plots", "--loglevel", "DEBUG",
            "--report-dir", str(tmp_path / "reports"), "--host", "http://127.0.0.1:9",
            "--relay-key", KEY, "-u", "1", "-r", "1", "-t", "3s", "--slo", "e2e_max_ms<=60000",
            "--csv", str(tmp_path / "stats")]  # fmt: skip
@@ -426,6 +426,7 @@ def test_client_exception_is_an_outcome_and_the_slo_never_lowers_the_exit_code(
     assert summary["error_rate"] == 1
     failures = (tmp_path / "stats_failures.csv").read_text()
     assert "client_exception" in failures and "RuntimeError: client broke" in failures
+    assert "Traceback" in out and "client broke while holding sk-rel" in out  # DEBUG: masked
     assert KEY not in out + failures
     assert proc.returncode == 1, out[-3000:]
 

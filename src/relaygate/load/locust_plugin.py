@@ -35,6 +35,7 @@ import inspect
 import itertools
 import logging
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -872,12 +873,14 @@ class RelaygateUser(User):
                 )
             raise
         except Exception as exc:  # every started request ends in an outcome class
+            secrets = run_secrets(self.options)
+            text = mask_secrets(f"{type(exc).__name__}: {exc}", *secrets)
             request = state.in_flight.end(token)
             if request is not None:
-                logger.debug("client exception in %s", name, exc_info=True)
-                text = f"{type(exc).__name__}: {exc}"
+                trace = "".join(traceback.format_exception(exc))
+                logger.debug("client exception in %s: %s", name, mask_secrets(trace, *secrets))
                 record_outcome(self.environment, state, request, outcomes.CLIENT_EXCEPTION, text)
-            return RequestResult(outcome=outcomes.CLIENT_EXCEPTION, error=str(exc))
+            return RequestResult(outcome=outcomes.CLIENT_EXCEPTION, error=text)
         if state.in_flight.end(token) is not None:
             self.report(name, res, scope=scope, expected=expected)
         return res
