@@ -164,7 +164,7 @@ def test_master_and_two_workers_merge_histograms(tmp_path: Path) -> None:
         "-r",
         "4",
         "-t",
-        "3s",
+        "4s",
         *MOCK,
         "--csv",
         str(tmp_path / "stats"),
