@@ -403,7 +403,8 @@ def _preflight(host: str, options: Any) -> None:
             host, options.relay_key or None, headers=options.relaygate_headers or None
         )
     except preflight.PreflightError as exc:
-        logger.error("%s", mask_secrets(str(exc), *run_secrets(options)))
+        line = str(exc).replace("--relay-url", "--host")  # its words are the suite's
+        logger.error("%s", mask_secrets(line, *run_secrets(options)))
         raise SystemExit(2) from None
 
 
