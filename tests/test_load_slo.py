@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from relaygate.load.histogram import Histogram
-from relaygate.load.slo import SLOSyntaxError, evaluate, observables, parse_rule
+from relaygate.load.slo import (
+    SLOSyntaxError,
+    UnknownMetricError,
+    evaluate,
+    known_metrics,
+    observables,
+    parse_rule,
+)
 
 
 @pytest.mark.parametrize(
@@ -16,6 +23,11 @@ from relaygate.load.slo import SLOSyntaxError, evaluate, observables, parse_rule
         ("rate_limit_accuracy>=0.9", "rate_limit_accuracy", ">=", 0.9),
         ("itl_p99.9_ms<40", "itl_p99.9_ms", "<", 40.0),
         ("output_tokens_per_s>1e3", "output_tokens_per_s", ">", 1000.0),
+        ("direct.ttft_p50_ms<=5", "direct.ttft_p50_ms", "<=", 5.0),
+        ("ratelimit.rate_limited_p99_ms<9", "ratelimit.rate_limited_p99_ms", "<", 9.0),
+        ("rate_limit_fairness_jain_index>=0.9", "rate_limit_fairness_jain_index", ">=", 0.9),
+        ("requests_by_status_429==0", "requests_by_status_429", "==", 0.0),
+        ("latency_valid==1", "latency_valid", "==", 1.0),
     ],
 )
 def test_parse(text: str, metric: str, op: str, threshold: float) -> None:
@@ -59,3 +71,33 @@ def test_observables_flatten_nested_blocks() -> None:
     flat = observables({"rate_limit": {"fairness": {"jain_index": 0.5}}, "ttft_ms": {"p99": 3.0}})
     assert flat["rate_limit_fairness_jain_index"] == 0.5
     assert flat["ttft_p99_ms"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "suggestion"),
+    [
+        ("ttft_p99<=500", "ttft_p99_ms"),
+        ("errror_rate<=0.01", "error_rate"),
+        ("tfft_p95_ms<=300", "ttft_p95_ms"),
+        ("ttft_p0_ms<=300", "ttft_p50_ms"),
+        ("cpu_percent<=80", None),
+    ],
+)
+def test_unknown_metric_is_refused_with_close_matches(text: str, suggestion: str | None) -> None:
+    """Issue #10 item 9: ``ttft_p99<=500`` used to be accepted and fail only after the whole
+    run as "not measured"."""
+    with pytest.raises(UnknownMetricError) as info:
+        parse_rule(text)
+    message = str(info.value)
+    assert "\n" not in message and text.split("<")[0] in message
+    if suggestion is not None:
+        assert suggestion in message.split("did you mean", 1)[1].split("?")[0]
+    assert isinstance(info.value, SLOSyntaxError)  # callers that catch syntax errors still do
+
+
+def test_every_metric_a_summary_reports_is_known() -> None:
+    names = set(known_metrics())
+    metrics = ["error_rate", "output_tokens_per_s", "ttft_p95_ms", "itl_p99.9_ms", "e2e_max_ms"]
+    for metric in [*metrics, "requests_ok", "requests_total", "schedule_lag_p99_ms"]:
+        assert metric in names
+        parse_rule(f"{metric}<=1")

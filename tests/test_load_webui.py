@@ -89,3 +89,58 @@ def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
     )
     assert csv_text.splitlines()[0].startswith("metric,count,p50")
     assert any(r["metric"] == "ttft_ms" for r in as_json)
+
+
+def test_web_ui_binds_loopback_by_default_and_shows_no_key(tmp_path: Path) -> None:
+    """Issue #10 item 4 (secrets): Locust's web UI listened on every interface by default; it
+    shows the run. Without --web-host it now listens on 127.0.0.1 only, and no answer it gives
+    (page, statistics, our CSV/JSON) holds the relay key."""
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+
+    key = "sk-relaygateWEBUIkey0123456789"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    cmd = [
+        str(LOCUST), "-f", str(ROOT / "loadtests"), "--web-port", str(port),
+        "--autostart", "--autoquit", "1", "-u", "2", "-r", "2", "-t", "6s", "--no-plots",
+        "--report-dir", str(tmp_path / "reports"), "--relay-key", key,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    answers: list[str] = []
+    listening: set[str] = set()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    stats = http.get("/stats/requests").json()
+                except (httpx.HTTPError, json.JSONDecodeError):
+                    time.sleep(0.3)
+                    continue
+                if stats.get("errors"):  # the wrong key was refused: failures are shown
+                    break
+                time.sleep(0.3)
+            listening = {
+                conn.laddr.ip
+                for conn in psutil.Process(proc.pid).net_connections(kind="tcp")
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+            }
+            locust_paths = ("/", "/stats/requests", "/stats/requests/csv", "/stats/failures/csv")
+            for path in (*locust_paths, "/relaygate/metrics.csv", "/relaygate/metrics.json"):
+                answers.append(http.get(path).text)
+    finally:
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert listening == {"127.0.0.1"}, output[-2000:]
+    assert "Starting web interface at http://127.0.0.1:" in output
+    assert any("invalid" in a.lower() for a in answers)  # the failures were in the answers
+    assert not [a for a in answers if key in a]
+    assert key not in output

@@ -7,36 +7,55 @@ module is imported once however many locustfiles use it.
 
 What happens when:
 
-``init_command_line_parser``  our ``--relay-key``, ``--slo``, … (each with an env var)
+``init_command_line_parser``  our ``--relay-key``, ``--slo``, … (each with an env var; key
+                              options secret in the web UI, which binds 127.0.0.1 by default)
 ``init``                      parse ``--slo`` (fail fast); pick ``StreamingChatUser`` when no
-                              class is named; on the master/local runner only: start the
-                              embedded stack when there is no ``--host``; start the self-check
+                              class is named; on the master/local runner only: preflight the
+                              ``--host`` relay and key (exit 2 with one line when unusable), or
+                              start the embedded stack when there is no ``--host``
+``test_stop``                 every request still in flight is counted ``incomplete``
 ``report_to_master``          (worker) attach the registry delta
 ``worker_report``             (master) merge it
 ``quitting``                  (master/local) summary, CSV, plots, SLO lines, exit code, stack
+
+Every request a user starts ends in exactly one outcome: what the client returns, a
+``client_exception`` when the client raised, or ``incomplete`` when the run ended (or Locust
+stopped the user) first. Error text is masked with every key and header value of the run
+before it reaches Locust (its failure table, ``locust.html``, the CSVs).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import gc
+import itertools
 import logging
 import time
+import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import orjson
 from locust import User, events
+from locust import log as locust_log
+from locust import stats as locust_stats
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from relaygate.directives import directive
-from relaygate.keys import mask_key
+from relaygate.keys import mask_key, mask_secrets
 from relaygate.load import outcomes, selfcheck, slo
-from relaygate.load.client import RequestResult, TimingClient
+from relaygate.load.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    RequestResult,
+    TimingClient,
+)
 from relaygate.load.geventio import cooperative
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
@@ -60,7 +79,15 @@ DEFAULT_STACK_RATE_LIMIT = "10/1s"
 DEFAULT_MOCK = {"ttft_ms": 100.0, "itl_ms": 10.0, "chunks": 32}
 PROBER_DONE = "relaygate_prober_done"
 GC_THRESHOLDS = (50_000, 20, 20)
+# Locust kills users at the end of -t by default, cutting every stream in flight; they would
+# all count as `incomplete`. This long, a stream may finish first (`--stop-timeout`).
+DEFAULT_STOP_TIMEOUT_S = 10
 _NS_PER_MS = 1_000_000.0
+_NS_PER_S = 1_000_000_000
+
+# The load client's total deadline and byte cap per request (issue #10). Until that client
+# change is merged into this branch, its constants and parameters may be missing: the
+# defaults below are its values, and a parameter it does not take is not passed.
 
 
 class RunState:
@@ -76,6 +103,46 @@ class RunState:
         self.selfcheck_started = False
         self.running = True
         self.written = False
+        self.in_flight = InFlight()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Started:
+    """A request that was started and has no outcome yet."""
+
+    name: str
+    scope: str
+    t_intended_ns: int
+    t_start_ns: int
+
+
+class InFlight:
+    """Requests started and not yet reported, so that the ones a run's end cuts off are
+    counted (``incomplete``) instead of vanishing. Each ends exactly once: whoever calls
+    :meth:`end` or :meth:`drain` first reports it."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Started] = {}
+        self._tokens = itertools.count()
+
+    def begin(self, name: str, scope: str, t_intended_ns: int | None = None) -> int:
+        now = time.monotonic_ns()
+        token = next(self._tokens)
+        self._open[token] = Started(name, scope, t_intended_ns or now, now)
+        return token
+
+    def end(self, token: int) -> Started | None:
+        """The request, if it was still open (then the caller reports its outcome)."""
+        return self._open.pop(token, None)
+
+    def drain(self) -> list[Started]:
+        """Every open request, now closed."""
+        started = list(self._open.values())
+        self._open.clear()
+        return started
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 _STATES: weakref.WeakKeyDictionary[Environment, RunState] = weakref.WeakKeyDictionary()
@@ -92,15 +159,27 @@ def state_of(environment: Environment) -> RunState:
 
 
 def _add_arguments(parser: Any) -> None:
+    # Locust's web UI listens on every interface by default and shows the run (host, failure
+    # texts) to anyone who can reach it: loopback unless --web-host (or LOCUST_WEB_HOST) says
+    # otherwise. Streams in flight at the end of -t get time to finish (see the constant).
+    parser.set_defaults(web_host="127.0.0.1", stop_timeout=DEFAULT_STOP_TIMEOUT_S)
     group = parser.add_argument_group("relaygate", "relaygate load scenarios (docs/load.md)")
     arg = group.add_argument
-    arg(
+
+    def secret(*args: Any, **kwargs: Any) -> None:
+        # Locust's web-UI flags, set by hand: its parser's add_argument takes them as keywords,
+        # a group's does not. Never offered in the web UI's form, a password field if it were.
+        action = arg(*args, **kwargs)
+        action.include_in_web_ui = False
+        action.is_secret = True
+
+    secret(
         "--relay-key",
         env_var="RELAYGATE_RELAY_KEY",
         default="",
         help="API key for the relay (default with no --host: the embedded stack's key)",
     )
-    arg(
+    secret(
         "--relay-header",
         env_var="RELAYGATE_RELAY_HEADERS",
         action="append",
@@ -192,6 +271,22 @@ def _add_arguments(parser: Any) -> None:
         help="seconds without a byte before a request counts as timeout",
     )
     arg(
+        "--request-timeout",
+        env_var="RELAYGATE_REQUEST_TIMEOUT",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="total seconds per request, connect to last byte, before it counts as "
+        f"request_timeout (a stream that drips forever; default {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
+    arg(
+        "--max-response-bytes",
+        env_var="RELAYGATE_MAX_RESPONSE_BYTES",
+        type=int,
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        help="byte cap per response (head and body) before it counts as oversize "
+        f"(default {DEFAULT_MAX_RESPONSE_BYTES})",
+    )
+    arg(
         "--rx-stamps",
         env_var="RELAYGATE_RX_STAMPS",
         choices=("kernel", "user"),
@@ -205,7 +300,7 @@ def _add_arguments(parser: Any) -> None:
         default="",
         help="RelayOverheadUser: the relay's upstream, called directly for comparison",
     )
-    arg(
+    secret(
         "--upstream-key",
         env_var="RELAYGATE_UPSTREAM_KEY",
         default="",
@@ -237,14 +332,14 @@ def _add_arguments(parser: Any) -> None:
         default="0.5,1,1.5,3",
         help="RateLimitUser: offered load per step as multiples of the limit rate",
     )
-    arg(
+    secret(
         "--rl-key",
         env_var="RELAYGATE_RL_KEY",
         default="",
         help="RateLimitUser: the prober's key (default --relay-key); give it a key of its own "
         "when other user classes run alongside (the embedded stack does)",
     )
-    arg(
+    secret(
         "--fairness-keys",
         env_var="RELAYGATE_FAIRNESS_KEYS",
         default="",
@@ -289,12 +384,40 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         options.relaygate_users_total = options.num_users or 1
         if not environment.host and not options.host:
             _start_stack(environment, state)
+        else:
+            _preflight(environment.host or options.host, options)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: _quit_soon(environment))
     if environment.web_ui is not None and _controls_run(environment):
         from relaygate.load import webui
 
-        webui.install(environment.web_ui, lambda: state.registry)
+        webui.install(environment.web_ui, lambda: state.registry, lambda: run_secrets(options))
+
+
+def _preflight(host: str, options: Any) -> None:
+    """An unreachable relay or a refused key is one line and exit 2 before any user starts,
+    not a run of identical failures."""
+    from relaygate.preflight import PreflightError, check_relay
+
+    try:
+        check_relay(
+            host,
+            options.relay_key or None,
+            headers=options.relaygate_headers or None,
+            url_option="--host",
+        )
+    except PreflightError as exc:
+        line = str(exc)
+        logger.error("%s", mask_secrets(line, *run_secrets(options)))
+        raise SystemExit(2) from None
+
+
+def run_secrets(options: Any) -> tuple[str, ...]:
+    """Every key and key-carrying header value of the run: masked wherever text leaves."""
+    values = [options.relay_key, options.rl_key, options.upstream_key]
+    values += options.fairness_keys.split(",")
+    values += getattr(options, "relaygate_headers", {}).values()
+    return tuple(v.strip() for v in values if v and v.strip())
 
 
 def _default_user_classes(environment: Environment) -> None:
@@ -399,7 +522,44 @@ def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
 
 
 def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
-    state_of(environment).stopped_wall = time.time()
+    state = state_of(environment)
+    state.stopped_wall = time.time()
+    # Locust has stopped (or killed) every user by now; what is still open was cut off,
+    # e.g. a prober request in a greenlet of its own.
+    count_incomplete(environment, state)
+
+
+def count_incomplete(environment: Environment, state: RunState) -> int:
+    """Report every request still in flight as ``incomplete``; returns how many."""
+    started = state.in_flight.drain()
+    for request in started:
+        record_outcome(environment, state, request, outcomes.INCOMPLETE, _cut_off_text(request))
+    if started:
+        logger.warning(
+            "%d request(s) still in flight when the run ended: counted as incomplete "
+            "(a stream longer than --stop-timeout, or a relay that never ends it)",
+            len(started),
+        )
+    return len(started)
+
+
+def _cut_off_text(request: Started) -> str:
+    running_s = (time.monotonic_ns() - request.t_start_ns) / _NS_PER_S
+    return f"still in flight after {running_s:.1f} s when the run ended"
+
+
+def record_outcome(
+    environment: Environment, state: RunState, request: Started, outcome: str, error: str
+) -> None:
+    """Report a request that got no result from the client (cut off, or the client raised)."""
+    res = RequestResult(
+        outcome=outcome,
+        t_intended_ns=request.t_intended_ns,
+        t_start_ns=request.t_start_ns,
+        t_end_ns=time.monotonic_ns(),
+        error=error,
+    )
+    report_result(environment, state, request.name, res, scope=request.scope)
 
 
 def _on_report_to_master(client_id: str, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -433,6 +593,14 @@ def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     if not _controls_run(environment) or state.written:
         return
     state.written = True
+    # On Ctrl-C Locust quits before it stops the users: their requests are cut off now.
+    count_incomplete(environment, state)
+    options = environment.parsed_options
+    if options is not None and options.csv_prefix:
+        # Locust's --csv writer rewrites its files once a second and not again at exit: let it
+        # run once more, or the last second (the requests counted incomplete at the end, the
+        # workers' final reports) is missing from locust_*.csv.
+        gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.1)
     _write_reports(environment, state)
 
 
@@ -490,7 +658,22 @@ def _write_reports(environment: Environment, state: RunState) -> None:
             )
         )
     if state.rules:
-        environment.process_exit_code = 1 if failed else 0
+        # The SLO verdict may raise Locust's own exit code, never lower it: a run with failed
+        # requests or a crashed greenlet stays non-zero however good its percentiles were.
+        environment.process_exit_code = max(locust_exit_code(environment), 1 if failed else 0)
+
+
+def locust_exit_code(environment: Environment) -> int:
+    """The code Locust itself would exit with (``locust.main``'s ``shutdown``): one set by
+    another listener, else ``--exit-code-on-error`` after any failed request or exception in
+    a task, else 2 after an unhandled greenlet exception, else 0."""
+    if environment.process_exit_code is not None:
+        return int(environment.process_exit_code)
+    runner = environment.runner
+    options = environment.parsed_options
+    if runner is not None and (runner.errors or runner.exceptions):
+        return int(getattr(options, "exit_code_on_error", 1))
+    return 2 if locust_log.unhandled_greenlet_exception else 0
 
 
 # Registered at import, like any locustfile's listeners; the module is imported once.
@@ -513,6 +696,45 @@ class OutcomeError(Exception):
     """What Locust shows in its failure table: the outcome class and the HTTP status."""
 
 
+def report_result(
+    environment: Environment,
+    state: RunState,
+    name: str,
+    res: RequestResult,
+    *,
+    scope: str = "",
+    expected: tuple[str, ...] = (),
+) -> None:
+    """Record into our registry and fire ONE Locust request event (e2e or time to answer).
+
+    An outcome other than ``ok`` (and not in ``expected``) is a Locust failure whose text -
+    it may quote the relay's error body, which can echo a key - is masked first. An expected
+    429 (the prober's) is a success named ``EXPECTED_429``.
+    """
+    record_result(state.registry, res, scope=scope)
+    end = res.t_end_ns or res.t_headers_ns or time.monotonic_ns()
+    begin = res.t_sent_ns or res.t_start_ns
+    exception = None
+    if res.outcome == outcomes.RATE_LIMITED and res.outcome in expected:
+        name = EXPECTED_429
+    elif res.outcome != outcomes.OK and res.outcome not in expected:
+        text = f"{res.outcome} (HTTP {res.status}): {res.error or ''}"
+        secrets = run_secrets(environment.parsed_options) if environment.parsed_options else ()
+        exception = OutcomeError(mask_secrets(text, *secrets)[:200])
+    hooks: Any = environment.events  # Locust's EventHook is untyped
+    hooks.request.fire(
+        request_type="POST",
+        name=name,
+        response_time=(end - begin) / _NS_PER_MS,
+        response_length=res.bytes_received,
+        exception=exception,
+        context={"outcome": res.outcome},
+        response=None,
+        url=CHAT_PATH,
+        start_time=time.time(),
+    )
+
+
 class RelaygateUser(User):
     """Base of the relaygate users: a :class:`TimingClient` and helpers. Not run itself."""
 
@@ -529,10 +751,18 @@ class RelaygateUser(User):
         self._stream_body: bytes | None = None
 
     def timing_client(self, base_url: str, **kwargs: Any) -> TimingClient:
-        """A :class:`TimingClient` with the run's timeout, stamps and gevent fast path."""
+        """A :class:`TimingClient` with the run's timeouts, byte cap, stamps and gevent fast
+        path."""
         options = self.options
         kwargs.setdefault("timeout_s", options.stream_timeout if options else 120.0)
         kwargs.setdefault("headers", getattr(options, "relaygate_headers", None))
+        kwargs.setdefault(
+            "request_timeout_s", getattr(options, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S)
+        )
+        kwargs.setdefault(
+            "max_response_bytes",
+            getattr(options, "max_response_bytes", None) or DEFAULT_MAX_RESPONSE_BYTES,
+        )
         return TimingClient(
             base_url,
             kernel_stamps=getattr(options, "rx_stamps", "kernel") == "kernel",
@@ -618,40 +848,63 @@ class RelaygateUser(User):
     # -- reporting ------------------------------------------------------------------------
 
     def report(
-        self, name: str, res: RequestResult, *, scope: str = "", refusal_expected: bool = False
+        self, name: str, res: RequestResult, *, scope: str = "", expected: tuple[str, ...] = ()
     ) -> None:
-        """Record into our registry and fire ONE Locust request event (e2e or time to answer).
+        """:func:`report_result` for this user's environment."""
+        report_result(self.environment, self.state, name, res, scope=scope, expected=expected)
 
-        With ``refusal_expected`` a 429 is a success named ``EXPECTED_429``: the prober
-        provoked it on purpose, and it must not fail the run.
+    def timed(
+        self,
+        name: str,
+        send: Callable[[], RequestResult],
+        *,
+        scope: str = "",
+        t_intended_ns: int | None = None,
+        expected: tuple[str, ...] = (),
+    ) -> RequestResult:
+        """Run ``send`` (one request) and report its outcome, whatever happens.
+
+        The client raising is a ``client_exception`` (its message, masked); Locust killing
+        the user mid-request (the run ended) is ``incomplete``; a request the run's end
+        already counted (:func:`count_incomplete`) is not reported twice.
         """
-        record_result(self.state.registry, res, scope=scope)
-        end = res.t_end_ns or res.t_headers_ns or time.monotonic_ns()
-        begin = res.t_sent_ns or res.t_start_ns
-        exception = None
-        if refusal_expected and res.outcome == outcomes.RATE_LIMITED:
-            name = EXPECTED_429
-        elif res.outcome != outcomes.OK:
-            exception = OutcomeError(f"{res.outcome} (HTTP {res.status}): {res.error or ''}"[:200])
-        self.environment.events.request.fire(
-            request_type="POST",
-            name=name,
-            response_time=(end - begin) / _NS_PER_MS,
-            response_length=res.bytes_received,
-            exception=exception,
-            context={"outcome": res.outcome},
-            response=None,
-            url=CHAT_PATH,
-            start_time=time.time(),
-        )
+        state = self.state
+        token = state.in_flight.begin(name, scope, t_intended_ns)
+        try:
+            res = send()
+        except gevent.GreenletExit:
+            request = state.in_flight.end(token)
+            if request is not None:
+                record_outcome(
+                    self.environment, state, request, outcomes.INCOMPLETE, _cut_off_text(request)
+                )
+            raise
+        except Exception as exc:  # every started request ends in an outcome class
+            secrets = run_secrets(self.options)
+            text = mask_secrets(f"{type(exc).__name__}: {exc}", *secrets)
+            request = state.in_flight.end(token)
+            if request is not None:
+                trace = "".join(traceback.format_exception(exc))
+                logger.debug("client exception in %s: %s", name, mask_secrets(trace, *secrets))
+                record_outcome(self.environment, state, request, outcomes.CLIENT_EXCEPTION, text)
+            return RequestResult(outcome=outcomes.CLIENT_EXCEPTION, error=text)
+        if state.in_flight.end(token) is not None:
+            self.report(name, res, scope=scope, expected=expected)
+        return res
 
     def stream_chat(self, *, name: str = "chat.stream") -> RequestResult:
         slot = self.next_slot()
         body = self._stream_body
         if body is None:  # the same request every time: encode it once per user
             body = self._stream_body = orjson.dumps(self.chat_body())
-        res = self.client.post_json(CHAT_PATH, body, self.auth(), stream=True, t_intended_ns=slot)
-        self.report(name, res)
+        extra = {"max_tokens": self.options.max_tokens}
+        res = self.timed(
+            name,
+            lambda: self.client.post_json(
+                CHAT_PATH, body, self.auth(), stream=True, t_intended_ns=slot, **extra
+            ),
+            t_intended_ns=slot,
+        )
         self._pause_after_refusal(res)
         return res
 
@@ -671,14 +924,20 @@ class RelaygateUser(User):
                 raise StopUser()
             direct = self.direct_client = self.timing_client(options.upstream_url, headers=None)
         slot = self.next_slot()
-        res = direct.post_json(
-            CHAT_PATH,
-            self.chat_body(),
-            self.auth(options.upstream_key),
-            stream=True,
+        extra = {"max_tokens": options.max_tokens}
+        res = self.timed(
+            name,
+            lambda: direct.post_json(
+                CHAT_PATH,
+                self.chat_body(),
+                self.auth(options.upstream_key),
+                stream=True,
+                t_intended_ns=slot,
+                **extra,
+            ),
+            scope="direct.",
             t_intended_ns=slot,
         )
-        self.report(name, res, scope="direct.")
         self._pause_after_refusal(res)
         return res
 
@@ -718,11 +977,17 @@ def run_prober(user: RelaygateUser) -> dict[str, Any]:
         # A fast, tiny answer: the prober measures the limiter, not the upstream.
         body = user.chat_body(stream=False, chunks=1, ttft_ms=0, itl_ms=0, **fields)
         body["max_tokens"] = 1
-        res = client.post_json(
-            CHAT_PATH, body, user.auth(key), stream=False, t_intended_ns=t_intended_ns
+        # A 429 the prober provokes on purpose is what it measures, not a Locust failure; a
+        # 429 on traffic the limiter must admit (refusal_expected is False) stays one.
+        return user.timed(
+            label,
+            lambda: client.post_json(
+                CHAT_PATH, body, user.auth(key), stream=False, t_intended_ns=t_intended_ns
+            ),
+            scope="ratelimit.",
+            t_intended_ns=t_intended_ns,
+            expected=(outcomes.RATE_LIMITED,) if refusal_expected(label) else (),
         )
-        user.report(label, res, scope="ratelimit.", refusal_expected=refusal_expected(label))
-        return res
 
     def read_usage(key: str) -> float | None:
         res = client.get("/v1/dashboard/billing/usage", user.auth(key))

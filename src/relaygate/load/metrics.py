@@ -27,9 +27,29 @@ from relaygate.load import outcomes
 from relaygate.load.client import RequestResult
 from relaygate.load.histogram import Histogram
 
-__all__ = ["Registry", "record_result"]
+__all__ = ["HISTOGRAMS", "SCOPES", "Registry", "record_result"]
 
 _NS_PER_MS = 1_000_000.0
+# Every latency histogram a run can record (names without the ``_ms`` suffix), and the
+# scope prefixes they can carry; SLO rules are checked against these before a run starts.
+HISTOGRAMS = (
+    "ttft",
+    "ack",
+    "itl",
+    "tpot",
+    "e2e",
+    "ttft_intended",
+    "e2e_intended",
+    "schedule_lag",
+    "emit_to_recv",
+    "first_token_emit_to_recv",
+    "itl_stamp_error",
+    "recv_lag",
+    "rate_limited",
+    "error",
+    "loop_lag",
+)
+SCOPES = ("", "direct.", "ratelimit.")
 
 
 class Registry:

@@ -12,13 +12,17 @@ Metrics:
   ``retry_after_correct``, ``fairness_jain``, ``rate_limited_p99_ms``, … (see
   :func:`observables`).
 
-A rule whose metric was not measured **fails** ("not measured"): a gate must never pass
-because the thing it guards did not happen.
+A metric name that no run can produce (``ttft_p99`` for ``ttft_p99_ms``) is refused when the
+rule is parsed, before anything runs, with the close matches in the message
+(:class:`UnknownMetricError`). A rule whose metric exists but was not measured in this run
+**fails** ("not measured"): a gate must never pass because the thing it guards did not happen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -26,7 +30,17 @@ from typing import Any
 
 from relaygate.load.histogram import Histogram
 
-__all__ = ["SLORule", "SLOSyntaxError", "check_line", "evaluate", "observables", "parse_rule"]
+__all__ = [
+    "SLORule",
+    "SLOSyntaxError",
+    "UnknownMetricError",
+    "check_line",
+    "evaluate",
+    "known_metrics",
+    "observables",
+    "parse_rule",
+    "validate_metric",
+]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -41,6 +55,16 @@ _PCT_RE = re.compile(r"^(?P<hist>[a-z_.]+?)_(?:p(?P<q>\d+(?:\.\d+)?)|(?P<agg>max
 
 class SLOSyntaxError(ValueError):
     """A ``--slo`` rule does not parse; the message shows the expected form."""
+
+
+class UnknownMetricError(SLOSyntaxError):
+    """A ``--slo`` rule names a metric no run produces; the message lists close matches."""
+
+
+# Summary blocks whose keys depend on the run (the prober's phases, status codes seen, the
+# overhead scenario, the self-check): any flat name under them is accepted.
+_OPEN_PREFIXES = ("rate_limit_", "relay_overhead_", "requests_by_status_", "self_check_", "pacer_")
+_AGGREGATES = ("p50", "p90", "p95", "p99", "p99.9", "max", "mean", "min")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,7 +91,50 @@ def parse_rule(text: str) -> SLORule:
         threshold = float(number)
     except ValueError:
         raise SLOSyntaxError(f"SLO rule {text!r}: {number!r} is not a number") from None
+    try:
+        validate_metric(metric)
+    except UnknownMetricError as exc:
+        raise UnknownMetricError(f"SLO rule {text.strip()!r}: {exc}") from None
     return SLORule(metric, op, threshold, f"{metric}{op}{number}")
+
+
+@functools.cache
+def known_metrics() -> tuple[str, ...]:
+    """The metric names a run can report: every histogram aggregate (``ttft_p95_ms``, …) and
+    every number of a summary. Names under the run-dependent blocks (``rate_limit_…``) are
+    represented by the ones every summary has."""
+    # Lazy: the summary module pulls in the load client; `relaygate gate` parses rules too.
+    from relaygate.load.metrics import HISTOGRAMS, SCOPES, Registry
+    from relaygate.load.summary import build_summary
+
+    names: set[str] = set()
+    empty = build_summary(Registry(), host=None, users=0, duration_s=1.0, scenario=(), target_rps=1)
+    _leaf_names("", empty, names)  # an empty run leaves many numbers None: keep their names
+    names.update(
+        f"{scope}{hist}_{agg}_ms" for scope in SCOPES for hist in HISTOGRAMS for agg in _AGGREGATES
+    )
+    return tuple(sorted(names))
+
+
+def validate_metric(metric: str) -> None:
+    """Raise :class:`UnknownMetricError` unless some run can report ``metric``."""
+    from relaygate.load.metrics import HISTOGRAMS, SCOPES
+
+    match = _PCT_RE.match(metric)
+    if match:
+        hist = match.group("hist")
+        stem = next((hist[len(s) :] for s in SCOPES if s and hist.startswith(s)), hist)
+        q = match.group("q")
+        if stem in HISTOGRAMS and (q is None or 0 < float(q) <= 100):
+            return
+    if metric in known_metrics() or metric.startswith(_OPEN_PREFIXES):
+        return
+    close = difflib.get_close_matches(metric, known_metrics(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UnknownMetricError(
+        f"unknown metric {metric!r}; {hint}metrics: <histogram>_p<q>_ms, _max_ms, _mean_ms "
+        "(ttft, itl, e2e, …) or a number of the summary (error_rate, …); see docs/load.md"
+    )
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
@@ -78,6 +145,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
     elif isinstance(value, Mapping):
         for key, item in value.items():
             _flatten(f"{prefix}_{key}" if prefix else str(key), item, out)
+
+
+def _leaf_names(prefix: str, value: Any, out: set[str]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _leaf_names(f"{prefix}_{key}" if prefix else str(key), item, out)
+    elif value is None or isinstance(value, (int, float)):
+        out.add(prefix)
 
 
 def observables(summary: Mapping[str, Any]) -> dict[str, float]:

@@ -3,9 +3,10 @@
 Keys of the summary (percentile blocks are ms floats, ``None`` when nothing was measured)::
 
     host, users, duration_s, scenario,
-    requests: {ok, truncated, stream_error, rate_limited, client_error, server_error,
-               timeout, connection_error, total, by_status: {code: n}},
-    error_rate,                      # 1 - ok / total (429s included)
+    requests: {<every outcome class of relaygate.load.outcomes: ok, truncated, …,
+               request_timeout, oversize, overrun, client_exception, incomplete>,
+               total, by_status: {code: n}},
+    error_rate,                      # 1 - ok / total (429s and incomplete requests included)
     ttft_ms, ack_ms, itl_ms, tpot_ms, e2e_ms, schedule_lag_ms,
     ttft_intended_ms, e2e_intended_ms, emit_to_recv_ms, first_token_emit_to_recv_ms,
     itl_stamp_error_ms, recv_lag_ms,

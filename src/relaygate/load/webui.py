@@ -7,6 +7,10 @@ master the registry holds the merged worker reports, so the tab shows the whole 
 
 Also ``GET /relaygate/metrics.csv`` (the same table as ``load-metrics.csv``) and
 ``GET /relaygate/metrics.json``.
+
+Every text answer of the web UI leaves with the run's keys and header values masked: Locust
+embeds the run's options (``--relay-key`` …) in its page, and a password field hides them
+from the eye only, not from the page source.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from relaygate.keys import mask_secrets
 from relaygate.load.metrics import Registry
 
 __all__ = ["TAB_KEY", "install", "metric_rows"]
@@ -61,8 +66,16 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def install(web_ui: Any, registry_of: Callable[[], Registry]) -> None:
-    """Add the tab, the ``extended_stats`` feed and the CSV/JSON routes to Locust's web UI."""
+_TEXT_TYPES = ("text/html", "text/csv", "text/plain", "application/json")
+
+
+def install(
+    web_ui: Any,
+    registry_of: Callable[[], Registry],
+    secrets_of: Callable[[], tuple[str, ...]] = tuple,
+) -> None:
+    """Add the tab, the ``extended_stats`` feed and the CSV/JSON routes to Locust's web UI,
+    and mask ``secrets_of()`` in every text answer."""
     from flask import Response, request
 
     web_ui.template_args["extended_tabs"] = [{"title": "relaygate", "key": TAB_KEY}]
@@ -71,6 +84,19 @@ def install(web_ui: Any, registry_of: Callable[[], Registry]) -> None:
         {"href": "/relaygate/metrics.csv", "title": "Download relaygate metrics CSV"}
     ]
     app = web_ui.app
+
+    # Registered first, so Flask (which runs after_request hooks last-in first-out) masks
+    # last, after every other hook has added its text.
+    @app.after_request  # type: ignore[untyped-decorator]
+    def _mask_secrets(response: Any) -> Any:
+        secrets = secrets_of()
+        if response.direct_passthrough or not response.mimetype.startswith(_TEXT_TYPES):
+            return response
+        text = response.get_data(as_text=True)
+        masked = mask_secrets(text, *secrets)
+        if masked != text:
+            response.set_data(masked)
+        return response
 
     @app.after_request  # type: ignore[untyped-decorator]
     def _extend_stats(response: Any) -> Any:
