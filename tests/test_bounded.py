@@ -5,6 +5,7 @@ within the deadline, with one line naming the URL (keys masked) and the bound.""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from relaygate.provision.newapi import NewAPIProvisioner
 from relaygate.provision.oneapi import OneAPIProvisioner
 from relaygate.provision.reference import ReferenceProvisioner
 from relaygate.relays.launcher import RelayLauncher, RelayStartError
+from relaygate.suite.client import UpstreamJournal
 
 ADMIN_TOKEN = "sk-relaygate-admin-0123456789abcdef"
 FIFTY_MB = 50 * 1024 * 1024
@@ -203,3 +205,30 @@ def test_relay_health_check_is_bounded(
     assert elapsed_s < 4.0, first_line
     bound = "(byte cap)" if behaviour == "flood" else "(total deadline)"
     assert bound in first_line and ADMIN_TOKEN not in str(error)
+
+
+@pytest.mark.parametrize("behaviour", ["drip", "flood"])
+def test_upstream_journal_health_is_bounded(stand_in: StandIn, behaviour: str) -> None:
+    journal = UpstreamJournal(stand_in.url(behaviour), timeout_s=0.5, max_bytes=1024)
+    try:
+        started = time.monotonic()
+        assert journal.healthy() is False
+        assert time.monotonic() - started < 3.0
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "bound"), [("drip", "(total deadline)"), ("flood", "(byte cap)")]
+)
+def test_bench_control_call_is_bounded(
+    stand_in: StandIn, behaviour: str, bound: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relaygate import bench
+
+    monkeypatch.setattr(bench, "_CONTROL_TIMEOUT_S", 0.5)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=re.escape(bound)) as info:
+        asyncio.run(bench._control("127.0.0.1", stand_in.port, "GET", f"/{behaviour}/stats"))
+    assert f"GET http://127.0.0.1:{stand_in.port}/{behaviour}/stats" in str(info.value)
+    assert time.monotonic() - started < 3.0

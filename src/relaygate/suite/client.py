@@ -553,7 +553,12 @@ class UpstreamJournal:
         return entries
 
     def healthy(self) -> bool:
+        """True when the mock upstream answers its health URL with 200 within the bounds."""
+        url = self.base_url + "/_relaygate/health"
         try:
-            return self._http.get(self.base_url + "/_relaygate/health").status_code == 200
+            answer = _bounded_exchange(
+                self._http, "GET", url, None, {}, self.timeout_s, self.max_bytes, raw=True
+            )
         except httpx.HTTPError:
             return False
+        return answer.status == 200 and answer.cut_reason is None and answer.transport_error is None
