@@ -169,7 +169,8 @@ def wait_for_settled_balance(
 
 class JSONAdminClient:
     """A thin httpx wrapper for admin APIs: every request has a total deadline (``timeout_s``)
-    and a byte cap (``max_bytes``), and every error masks the secrets."""
+    and a byte cap (``max_bytes``), and every error masks the secrets. A ``client`` passed in
+    is used as it is (its bounds are the caller's: see :func:`relaygate.bounded.bounded_client`)."""
 
     def __init__(
         self,
