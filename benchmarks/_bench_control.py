@@ -14,6 +14,9 @@ import uvloop
 
 from relaygate.load.histogram import Histogram
 
+STREAM_LIMIT_S = 120.0
+STREAM_MAX_BYTES = 16 * 1024 * 1024
+
 
 async def user(host: str, port: int, request: bytes, deadline: float, out: dict) -> None:
     """Closed loop; one connection per stream (Connection: close), so framing is trivial:
@@ -27,31 +30,40 @@ async def user(host: str, port: int, request: bytes, deadline: float, out: dict)
         measured = from_ns <= time.monotonic_ns() < until_ns
         first = measured
         last_lag = None
-        while True:
-            line = await reader.readline()
-            now = time.monotonic_ns()
-            if not line:
-                break
-            if not line.startswith(b"data: {"):
-                continue
-            obj = orjson.loads(line[6:])
-            stamp = obj.get("relaygate_emit_ns")
-            choices = obj.get("choices") or [{}]
-            if stamp is None or not (choices[0].get("delta") or {}).get("content"):
-                continue
-            if not measured:
-                continue
-            lag = now - stamp
-            out["event"].record(lag / 1e6)
-            out["events"] += 1
-            if first:
-                out["ttft"].record(lag / 1e6)
-                first = False
-            elif last_lag is not None:
-                out["itl"].record(abs(lag - last_lag) / 1e6)
-            last_lag = lag
-        writer.close()
-        out["streams"] += measured
+        received = 0
+        try:
+            # Bounded like every request the harness sends: STREAM_LIMIT_S and
+            # STREAM_MAX_BYTES per stream at most.
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + STREAM_LIMIT_S):
+                while received <= STREAM_MAX_BYTES:
+                    line = await reader.readline()
+                    received += len(line)
+                    now = time.monotonic_ns()
+                    if not line:
+                        break
+                    if not line.startswith(b"data: {"):
+                        continue
+                    obj = orjson.loads(line[6:])
+                    stamp = obj.get("relaygate_emit_ns")
+                    choices = obj.get("choices") or [{}]
+                    if stamp is None or not (choices[0].get("delta") or {}).get("content"):
+                        continue
+                    if not measured:
+                        continue
+                    lag = now - stamp
+                    out["event"].record(lag / 1e6)
+                    out["events"] += 1
+                    if first:
+                        out["ttft"].record(lag / 1e6)
+                        first = False
+                    elif last_lag is not None:
+                        out["itl"].record(abs(lag - last_lag) / 1e6)
+                    last_lag = lag
+        except TimeoutError:
+            measured = False  # a cut stream is no sample
+        finally:
+            writer.close()
+        out["streams"] += measured and received <= STREAM_MAX_BYTES
 
 
 async def main(url: str, key: str, prompt: str, users: int, seconds: float, path: str) -> None:

@@ -35,13 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from relaygate.bounded import bounded_client
 from relaygate.directives import directive
 from relaygate.load.histogram import Histogram
 from relaygate.stack import EmbeddedStack
@@ -96,11 +96,13 @@ class MockStats:
         self.result: dict[str, Any] = {}
 
     def _call(self, method: str, path: str) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.upstream + path, method=method, headers={"Authorization": f"Bearer {self.key}"}
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
+        # Bounded like every request the harness sends: 10 s in all, 1 MiB at most.
+        with bounded_client(timeout_s=10.0, max_bytes=1024 * 1024, secrets=[self.key]) as http:
+            response = http.request(
+                method, self.upstream + path, headers={"Authorization": f"Bearer {self.key}"}
+            )
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
             return data
 
     def reset(self) -> None:

@@ -29,6 +29,9 @@ from typing import Any, cast
 __all__ = ["add_arguments", "run"]
 
 _KEY = "sk-relaygate-upstream"
+# The mock's control API (stats, reset) answers a few hundred bytes at once.
+_CONTROL_TIMEOUT_S = 10.0
+_CONTROL_MAX_BYTES = 1024 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,16 +159,34 @@ async def _connect(host: str, port: int) -> _StreamProtocol:
 
 
 async def _control(host: str, port: int, method: str, path: str) -> dict[str, Any]:
+    """One call to the mock's control API, within a total deadline and a byte cap."""
     import orjson
 
-    reader, writer = await asyncio.open_connection(host, port)
+    where = f"{method} http://{host}:{port}{path}"
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )
+            raw = bytearray()
+            while chunk := await reader.read(65536):
+                raw += chunk
+                if len(raw) > _CONTROL_MAX_BYTES:
+                    raise RuntimeError(
+                        f"{where}: answer longer than {_CONTROL_MAX_BYTES} bytes (byte cap)"
+                    )
+            return bytes(raw)
+        finally:
+            writer.close()
+
     try:
-        writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-        )
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
+        raw = await asyncio.wait_for(exchange(), _CONTROL_TIMEOUT_S)
+    except TimeoutError:
+        raise RuntimeError(
+            f"{where}: no complete answer within {_CONTROL_TIMEOUT_S:g} s (total deadline)"
+        ) from None
     result: dict[str, Any] = orjson.loads(raw.partition(b"\r\n\r\n")[2])
     return result
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from relaygate.bounded import DEFAULT_MAX_BYTES, ByteCapExceeded, DeadlineExceeded, bounded_client
 from relaygate.keys import mask_key, mask_secrets
 
 __all__ = [
@@ -167,22 +168,27 @@ def wait_for_settled_balance(
 
 
 class JSONAdminClient:
-    """A thin httpx wrapper for admin APIs: timeouts always, secrets masked in every error."""
+    """A thin httpx wrapper for admin APIs: every request has a total deadline (``timeout_s``)
+    and a byte cap (``max_bytes``), and every error masks the secrets. A ``client`` passed in
+    is used as it is (its bounds are the caller's: see :func:`relaygate.bounded.bounded_client`)."""
 
     def __init__(
         self,
         base_url: str,
         *,
         timeout_s: float,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         headers: Mapping[str, str] | None = None,
         secrets_to_mask: tuple[str, ...] = (),
         client: httpx.Client | None = None,
     ) -> None:
         self._secrets = tuple(s for s in secrets_to_mask if s)
-        self.http = client or httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout_s),
-            headers=dict(headers or {}),
+        self.http = client or bounded_client(
+            base_url,
+            timeout_s=timeout_s,
+            max_bytes=max_bytes,
+            secrets=self._secrets,
+            headers=headers,
         )
 
     def add_secret(self, secret: str | None) -> None:
@@ -204,6 +210,8 @@ class JSONAdminClient:
     ) -> httpx.Response:
         try:
             return self.http.request(method, path, json=json, params=params, headers=headers)
+        except (DeadlineExceeded, ByteCapExceeded) as exc:
+            raise ProvisioningError(self.mask(f"admin API: {exc}")) from None
         except httpx.HTTPError as exc:
             raise ProvisioningError(
                 self.mask(f"{method} {path}: admin API unreachable: {exc!r}")

@@ -15,15 +15,14 @@ Where it differs from one-api (and so from :class:`OneAPIProvisioner`, which it 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+import contextlib
+from collections.abc import Mapping
+from typing import Any, ClassVar, Unpack
 
 import httpx
 
-from relaygate.keys import mask_secrets
-from relaygate.provision.base import ProvisionedKey, ProvisioningError
-from relaygate.provision.oneapi import OneAPIProvisioner, _User
+from relaygate.provision.base import JSONAdminClient, ProvisionedKey, ProvisioningError
+from relaygate.provision.oneapi import AdapterOptions, OneAPIProvisioner, _User
 
 __all__ = ["NewAPIProvisioner"]
 
@@ -34,29 +33,23 @@ class NewAPIProvisioner(OneAPIProvisioner):
     name: str = "new-api"
     status_only_value: ClassVar[str] = "true"
 
+    channel_defaults: ClassVar[Mapping[str, Any]] = {
+        "model_mapping": "{}",
+        "status_code_mapping": "{}",
+        "priority": 0,
+        "weight": 0,
+        "auto_ban": 1,
+    }
+
     def __init__(
         self,
         relay_url: str,
         admin_token: str,
         *,
         admin_user_id: int = 1,
-        timeout_s: float = 10.0,
-        run_id: str | None = None,
-        password: str | None = None,
-        channel_type: int = 1,
-        login_budget: int = 18,
-        clock: Callable[[], float] = time.time,
+        **options: Unpack[AdapterOptions],
     ) -> None:
-        super().__init__(
-            relay_url,
-            admin_token,
-            timeout_s=timeout_s,
-            run_id=run_id,
-            password=password,
-            channel_type=channel_type,
-            login_budget=login_budget,
-            clock=clock,
-        )
+        super().__init__(relay_url, admin_token, **options)
         self._admin_user_id = admin_user_id
 
     @classmethod
@@ -75,16 +68,16 @@ class NewAPIProvisioner(OneAPIProvisioner):
         instead of failing with 500 model_price_error); "already initialised" is fine. Then one
         login and ``GET /api/user/token`` give the admin access token and id.
         """
-        with httpx.Client(base_url=relay_url.rstrip("/"), timeout=timeout_s) as http:
+        api = JSONAdminClient(relay_url, timeout_s=timeout_s, secrets_to_mask=(password,))
 
-            def fail(what: str, response: httpx.Response) -> ProvisioningError:
-                return ProvisioningError(
-                    mask_secrets(
-                        f"{what}: HTTP {response.status_code}: {response.text[:200]}", password
-                    )
-                )
+        def fail(what: str, response: httpx.Response) -> ProvisioningError:
+            return ProvisioningError(
+                api.mask(f"{what}: HTTP {response.status_code}: {response.text[:200]}")
+            )
 
-            setup = http.post(
+        with contextlib.closing(api):
+            setup = api.request(
+                "POST",
                 "/api/setup",
                 json={
                     "username": username,
@@ -99,12 +92,14 @@ class NewAPIProvisioner(OneAPIProvisioner):
                 raise fail("POST /api/setup", setup)
             if body.get("success") is not True and "初始化" not in str(body.get("message", "")):
                 raise fail("POST /api/setup", setup)
-            login = http.post("/api/user/login", json={"username": username, "password": password})
+            login = api.request(
+                "POST", "/api/user/login", json={"username": username, "password": password}
+            )
             login_body = _json(login)
             if login_body is None or login_body.get("success") is not True:
                 raise fail("POST /api/user/login", login)
             admin_id = int(login_body["data"]["id"])
-            token = http.get("/api/user/token", headers={"New-Api-User": str(admin_id)})
+            token = api.request("GET", "/api/user/token", headers={"New-Api-User": str(admin_id)})
             token_body = _json(token)
             if token_body is None or token_body.get("success") is not True:
                 raise fail("GET /api/user/token", token)
@@ -145,20 +140,8 @@ class NewAPIProvisioner(OneAPIProvisioner):
 
     # --- tokens ------------------------------------------------------------------------------
 
-    def token_body(
-        self,
-        name: str,
-        *,
-        remain_quota: int,
-        unlimited: bool,
-        expired_time: int,
-        models: list[str] | None,
-    ) -> dict[str, Any]:
+    def token_model_fields(self, models: list[str] | None) -> dict[str, Any]:
         return {
-            "name": name,
-            "remain_quota": remain_quota,
-            "unlimited_quota": unlimited,
-            "expired_time": expired_time,
             "model_limits_enabled": bool(models),
             "model_limits": ",".join(models or []),
             "allow_ips": "",
@@ -176,23 +159,6 @@ class NewAPIProvisioner(OneAPIProvisioner):
         return {"p": 0, "page_size": 100, "type": 2, "token_name": key.token_name or ""}
 
     # --- channels ----------------------------------------------------------------------------
-
-    def channel_body(
-        self, name: str, base_url: str, key: str, models: list[str], group: str
-    ) -> dict[str, Any]:
-        return {
-            "type": self._channel_type,
-            "name": name,
-            "key": key,
-            "base_url": base_url,
-            "models": ",".join(models),
-            "group": group,
-            "model_mapping": "{}",
-            "status_code_mapping": "{}",
-            "priority": 0,
-            "weight": 0,
-            "auto_ban": 1,
-        }
 
     def after_channel_change(self) -> None:
         """``POST /api/channel/fix``: rebuild abilities and the channel cache (0.6)."""

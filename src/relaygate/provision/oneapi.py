@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import httpx
 
@@ -40,13 +40,24 @@ from relaygate.provision.base import (
     name_sequence,
 )
 
-__all__ = ["OneAPIProvisioner"]
+__all__ = ["AdapterOptions", "OneAPIProvisioner"]
 
 DEFAULT_TOKEN_QUOTA = 50_000_000
 DEFAULT_USER_QUOTA = 500_000_000
 DEFAULT_RESTRICTED_MODELS = ("gpt-4o-mini",)
 LOGIN_WINDOW_S = 20 * 60
 TOKEN_STATUS = {"enabled": 1, "disabled": 2, "expired": 3, "exhausted": 4}
+
+
+class AdapterOptions(TypedDict, total=False):
+    """The keyword options of :class:`OneAPIProvisioner` (new-api passes them through)."""
+
+    timeout_s: float
+    run_id: str | None
+    password: str | None
+    channel_type: int
+    login_budget: int
+    clock: Callable[[], float]
 
 
 @masked_repr("password", "access_token")
@@ -66,6 +77,7 @@ class OneAPIProvisioner:
     name: str = "one-api"
     # new-api overrides these where its API differs (see relaygate.provision.newapi).
     status_only_value: ClassVar[str] = "1"
+    channel_defaults: ClassVar[Mapping[str, Any]] = {"model_mapping": "", "priority": 0}
 
     def __init__(
         self,
@@ -293,9 +305,12 @@ class OneAPIProvisioner:
             "remain_quota": remain_quota,
             "unlimited_quota": unlimited,
             "expired_time": expired_time,
-            "models": ",".join(models or []),
-            "subnet": "",
+            **self.token_model_fields(models),
         }
+
+    def token_model_fields(self, models: list[str] | None) -> dict[str, Any]:
+        """The token body's model allow-list (and the fields that travel with it)."""
+        return {"models": ",".join(models or []), "subnet": ""}
 
     def create_token(self, user: _User, body: dict[str, Any]) -> tuple[str, int]:
         """Create a token as ``user``; returns (client key ``sk-…``, token id)."""
@@ -485,8 +500,7 @@ class OneAPIProvisioner:
             "base_url": base_url,
             "models": ",".join(models),  # no spaces: one-api does not trim (RELAY_SPEC §3)
             "group": group,
-            "model_mapping": "",
-            "priority": 0,
+            **self.channel_defaults,
         }
 
     def add_channel(

@@ -37,6 +37,9 @@ from relaygate.relays.base import (
 __all__ = ["RelayLauncher", "RelayStartError", "RunningRelay", "free_port", "stop_recorded"]
 
 STATE_FILE = "relay.json"
+# One health probe: its total deadline and byte cap (a health answer is a few kilobytes).
+HEALTH_PROBE_TIMEOUT_S = 2.0
+HEALTH_MAX_BYTES = 1024 * 1024
 
 
 class RelayStartError(RuntimeError):
@@ -250,10 +253,14 @@ class RelayLauncher:
     ) -> None:
         import httpx
 
+        from relaygate.bounded import ByteCapExceeded, DeadlineExceeded, bounded_client
+
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         deadline = time.monotonic() + timeout_s
         last = "no answer"
-        with httpx.Client(timeout=2.0, trust_env=False) as http:
+        # Each probe is bounded too: a health URL that drips or floods must not outlive the wait.
+        probe = bounded_client(timeout_s=HEALTH_PROBE_TIMEOUT_S, max_bytes=HEALTH_MAX_BYTES)
+        with probe as http:
             while time.monotonic() < deadline:
                 code = proc.poll()
                 if code is not None:
@@ -266,11 +273,13 @@ class RelayLauncher:
                     if resp.status_code < 300:
                         return
                     last = f"HTTP {resp.status_code}"
+                except (DeadlineExceeded, ByteCapExceeded) as exc:
+                    last = str(exc)
                 except httpx.HTTPError as exc:
                     last = type(exc).__name__
                 time.sleep(0.25)
         raise RelayStartError(
-            f"{what} not healthy after {timeout_s:.0f} s ({url}: {last}); its log ({log_path}):\n"
+            f"{what} not healthy after {timeout_s:g} s ({url}: {last}); its log ({log_path}):\n"
             + _log_tail(log_path)
         )
 

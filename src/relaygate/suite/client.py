@@ -10,12 +10,9 @@ can tell a streamed answer from a buffered one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shlex
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from relaygate.bounded import Watchdog
 from relaygate.keys import mask_key, mask_secrets, sensitive_header
 from relaygate.sse import SSEDecoder
 from relaygate.suite.target import DEFAULT_MAX_BYTES
@@ -223,53 +221,6 @@ class StreamExchange(Exchange):
         return out
 
 
-class _Watchdog:
-    """The total deadline of one exchange.
-
-    httpx's timeouts are per operation: a relay that drips a byte a second never trips them.
-    When the deadline passes, the watchdog shuts the connection's socket down, which ends the
-    read the client is blocked in. ``finish`` (under the lock) makes sure it never touches a
-    connection that already went back to the pool for another exchange.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.deadline = time.monotonic() + timeout_s
-        self.fired = False
-        self._socket: socket.socket | None = None
-        self._finished = False
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(timeout_s, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, response: httpx.Response) -> None:
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        with self._lock:
-            self._socket = sock if isinstance(sock, socket.socket) else None
-        if self.expired():
-            self._fire()
-
-    def expired(self) -> bool:
-        return self.fired or time.monotonic() >= self.deadline
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            self.fired = True
-            if self._socket is not None:
-                # socket.socket's own shutdown, also for a TLS socket: it wakes the blocked
-                # recv without touching the TLS object the reading thread is using.
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
-
-    def finish(self) -> None:
-        with self._lock:
-            self._finished = True
-        self._timer.cancel()
-
-
 @dataclasses.dataclass
 class _Answer:
     status: int
@@ -295,7 +246,7 @@ def _bounded_exchange(
     """One exchange within the total deadline and the byte cap; ``on_chunk`` returning True
     stops reading (the caller has what it wanted: not a cut)."""
     started = time.perf_counter()
-    watchdog = _Watchdog(timeout_s)
+    watchdog = Watchdog(timeout_s)
     status, got_headers = 0, httpx.Headers()
     chunks: list[tuple[int, bytes]] = []
     received = 0
@@ -507,7 +458,7 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
     lib: Any = sys.modules[client_cls.__mro__[1].__module__.partition(".")[0]]
 
     class BoundedStream(lib.SyncByteStream):  # type: ignore[misc]
-        def __init__(self, inner: Any, watchdog: _Watchdog) -> None:
+        def __init__(self, inner: Any, watchdog: Watchdog) -> None:
             self._inner = inner
             self._watchdog = watchdog
 
@@ -535,7 +486,7 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
             self._inner = lib.HTTPTransport()
 
         def handle_request(self, request: Any) -> Any:
-            watchdog = _Watchdog(timeout_s)
+            watchdog = Watchdog(timeout_s)
             try:
                 response = self._inner.handle_request(request)
             except lib.TimeoutException as exc:
@@ -602,7 +553,12 @@ class UpstreamJournal:
         return entries
 
     def healthy(self) -> bool:
+        """True when the mock upstream answers its health URL with 200 within the bounds."""
+        url = self.base_url + "/_relaygate/health"
         try:
-            return self._http.get(self.base_url + "/_relaygate/health").status_code == 200
+            answer = _bounded_exchange(
+                self._http, "GET", url, None, {}, self.timeout_s, self.max_bytes, raw=True
+            )
         except httpx.HTTPError:
             return False
+        return answer.status == 200 and answer.cut_reason is None and answer.transport_error is None
