@@ -305,21 +305,23 @@ class EmbeddedStack:
 def _admin_call(relay_url: str, admin_token: str, method: str, path: str, body: Any) -> Any:
     import httpx
 
+    from relaygate.bounded import bounded_client
+
     try:
-        response = httpx.request(
-            method,
-            relay_url + path,
-            json=body,
-            headers={"Authorization": f"Bearer {admin_token}"},
-            timeout=10.0,
-        )
-    except httpx.HTTPError as exc:
+        with bounded_client(timeout_s=10.0, max_bytes=1 << 20, secrets=[admin_token]) as http:
+            response = http.request(
+                method,
+                relay_url + path,
+                json=body,
+                headers={"Authorization": f"Bearer {admin_token}"},
+            )
+        if response.status_code >= 400:
+            raise StackError(
+                f"admin call {method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else None
+    except (httpx.HTTPError, ValueError) as exc:
         raise StackError(f"admin call {method} {path} failed: {exc}") from exc
-    if response.status_code >= 400:
-        raise StackError(
-            f"admin call {method} {path} answered {response.status_code}: {response.text[:500]}"
-        )
-    return response.json() if response.content else None
 
 
 # -- relaygate up ----------------------------------------------------------------------------
