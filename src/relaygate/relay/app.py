@@ -35,7 +35,6 @@ from relaygate.relay.context import (
     too_large,
 )
 from relaygate.relay.proxy import Outcome, UpstreamCall, forward
-from relaygate.relay.ratelimit import SlidingWindowLimiter
 from relaygate.relay.store import LogEntry, RelayState, Token, User
 from relaygate.serve import error_response, json_errors_middleware, json_response
 from relaygate.tokens import count_chat_prompt, count_text
@@ -45,7 +44,6 @@ __all__ = ["ADMIN_TOKEN", "STATE", "build_state", "create_app"]
 log = logging.getLogger(__name__)
 
 _SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
-_LIMITER = web.AppKey("relay_limiter", SlidingWindowLimiter)
 _REQUEST_ID = web.RequestKey("relaygate_request_id", str)
 
 _MODEL_CREATED = 1626777600  # what the one-api family reports for every model
@@ -341,7 +339,7 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
     token, user = auth
     limit = token.rate_limit or settings.rate_limit
     if limit is not None and "ignore_rate_limit" not in faults:
-        decision = request.app[_LIMITER].check(token.id, limit)
+        decision = state.limiter.check(token.id, limit)
         if not decision.allowed:
             wait_s = max(1, math.ceil(decision.retry_after_s))
             headers = decision.headers()
@@ -561,7 +559,6 @@ def create_app(config: RelayConfig, state: RelayState | None = None) -> web.Appl
     )
     app[STATE] = state if state is not None else build_state(config)
     app[ADMIN_TOKEN] = config.admin_token or secrets.token_urlsafe(24)
-    app[_LIMITER] = SlidingWindowLimiter()
     app[_LOG_FEED] = _LogFeed()
     app.on_shutdown.append(_close_log_feed)
     app.cleanup_ctx.append(_client_session)
