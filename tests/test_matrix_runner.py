@@ -1,0 +1,40 @@
+"""The detection matrix counts only a case's own assertion failure as a detection."""
+
+from __future__ import annotations
+
+import pytest
+from matrix_runner import CONFORMANCE_DIR, own_assertion
+
+from relaygate.suite.failures import CaseFailure, require
+
+
+def _raised(code: str, filename: str) -> BaseException:
+    try:
+        exec(compile(code, filename, "exec"), {"CaseFailure": CaseFailure})
+    except BaseException as exc:  # the exception is the result
+        return exc
+    raise AssertionError("the code did not raise")
+
+
+def test_require_failure_is_a_detection() -> None:
+    with pytest.raises(CaseFailure) as excinfo:
+        require(False, "rule", "expected", "actual")
+    assert own_assertion(excinfo.value)
+
+
+def test_assert_in_a_case_body_is_a_detection_elsewhere_not() -> None:
+    in_case = _raised("assert 1 == 2", str(CONFORMANCE_DIR / "test_example.py"))
+    assert own_assertion(in_case)
+    in_helper = _raised("assert 1 == 2", "/somewhere/else/helper.py")
+    assert not own_assertion(in_helper)
+
+
+@pytest.mark.parametrize("code", ["{}['missing']", "1 / 0", "raise TimeoutError('slow')"])
+def test_other_exceptions_are_not_detections(code: str) -> None:
+    assert not own_assertion(_raised(code, str(CONFORMANCE_DIR / "test_example.py")))
+
+
+def test_grouped_failures_count_only_when_all_are_the_cases_own() -> None:
+    own = CaseFailure("-> rule")
+    assert own_assertion(ExceptionGroup("hypothesis", [own, CaseFailure("-> other")]))
+    assert not own_assertion(ExceptionGroup("hypothesis", [own, KeyError("x")]))
