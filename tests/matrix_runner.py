@@ -20,8 +20,9 @@ it) and ``status`` one of
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -102,6 +103,40 @@ def pytest_runtest_makereport(
     return report
 
 
+def share_default_tls_context(
+    setattr_: Callable[[object, str, object], None] = setattr,
+) -> None:
+    """Make every httpx client of this process share one default TLS context.
+
+    Each client the suite makes (an SDK client per case, the relay/journal/provisioner clients
+    per run) otherwise loads the CA bundle anew, ~0.1 s of CPU each, about 1 s per run. The
+    matrix only talks plain HTTP on loopback, so the context is never even used. ``setattr_``
+    lets a test undo the patch (``monkeypatch.setattr``).
+    """
+    for name in ("httpx._transports.default", "httpx2._transports.default"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = module.create_ssl_context
+        cache: dict[bool, Any] = {}
+
+        def shared(
+            verify: Any = True,
+            cert: Any = None,
+            trust_env: bool = True,
+            _original: Any = original,
+            _cache: dict[bool, Any] = cache,
+        ) -> Any:
+            if verify is not True or cert is not None:
+                return _original(verify=verify, cert=cert, trust_env=trust_env)
+            if trust_env not in _cache:
+                _cache[trust_env] = _original(verify=verify, cert=cert, trust_env=trust_env)
+            return _cache[trust_env]
+
+        setattr_(module, "create_ssl_context", shared)
+
+
 def _case_id(item: pytest.Item) -> str | None:
     return dict(item.user_properties).get("case_id")
 
@@ -137,6 +172,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     out_path = config.getoption("matrix_out")
     if not out_path:
         raise pytest.UsageError("--matrix-run needs --matrix-out")
+    share_default_tls_context()
     relay = _Relay(config)
     try:
         relay.call("POST", "/snapshot")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from matrix_runner import CONFORMANCE_DIR, own_assertion
+from matrix_runner import CONFORMANCE_DIR, own_assertion, share_default_tls_context
 
 from relaygate.suite.failures import CaseFailure, require
 
@@ -38,3 +39,10 @@ def test_grouped_failures_count_only_when_all_are_the_cases_own() -> None:
     own = CaseFailure("-> rule")
     assert own_assertion(ExceptionGroup("hypothesis", [own, CaseFailure("-> other")]))
     assert not own_assertion(ExceptionGroup("hypothesis", [own, KeyError("x")]))
+
+
+def test_clients_share_one_default_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    share_default_tls_context(monkeypatch.setattr)
+    with httpx.Client() as one, httpx.Client() as two, httpx.Client(verify=False) as other:
+        contexts = [c._transport._pool._ssl_context for c in (one, two, other)]  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1] and contexts[2] is not contexts[0]
