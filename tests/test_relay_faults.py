@@ -215,6 +215,13 @@ async def _unknown_key_403(env: Env) -> None:
     assert (await env.chat("sk-" + "x" * 48)).status == 403
 
 
+@check("forward_before_auth")
+async def _forward_before_auth(env: Env) -> None:
+    reply = await env.chat("sk-no-such-key")
+    assert reply.status == 401 and reply.error["code"] == "invalid_api_key"
+    assert len(env.upstream.requests) == 1
+
+
 @check("leak_channel_key")
 async def _leak_channel_key(env: Env) -> None:
     _, token = env.user_token()
@@ -245,6 +252,21 @@ async def _substitute_model(env: Env) -> None:
     _, token = env.user_token()
     await env.chat(token.key, "gpt-4o")
     assert env.upstream.requests[-1]["body"]["model"] == "gpt-4o-mini"
+
+
+@check("downgrade_models")
+async def _downgrade_models(env: Env) -> None:
+    _, token = env.user_token()
+    forwarded = {}
+    for model in ("gpt-4o", "gpt-4", "gpt-4o-mini", "gpt-3.5-turbo"):
+        assert (await env.chat(token.key, model)).status == 200
+        forwarded[model] = env.upstream.requests[-1]["body"]["model"]
+    assert forwarded == {
+        "gpt-4o": "gpt-4o",
+        "gpt-4": "gpt-4o-mini",
+        "gpt-4o-mini": "gpt-3.5-turbo",
+        "gpt-3.5-turbo": "gpt-4o-mini",
+    }
 
 
 @check("clamp_max_tokens")
@@ -423,6 +445,37 @@ async def _normalize_finish_reason(env: Env) -> None:
     env.upstream.behaviour = fail(200, body)
     answer = (await env.chat(token.key)).json()
     assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+@check("drop_finish_reason")
+async def _drop_finish_reason(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = sse_frames(chunk("a"), chunk(None, "stop"), "[DONE]")
+    streamed = chunks_of((await env.chat(token.key, stream=True)).body)
+    assert [c["choices"][0]["finish_reason"] for c in streamed] == [None, None]
+    env.upstream.behaviour = ok()
+    answer = (await env.chat(token.key)).json()
+    assert answer["choices"][0]["finish_reason"] is None
+
+
+@check("mask_upstream_5xx")
+async def _mask_upstream_5xx(env: Env) -> None:
+    _, token = env.user_token()
+    for status in (500, 503):
+        env.upstream.behaviour = fail(status, {"error": {"message": "busy", "type": "server"}})
+        reply = await env.chat(token.key)
+        assert reply.status == 502 and reply.error["message"] != "busy"
+
+
+@check("passthrough_upstream_auth")
+async def _passthrough_upstream_auth(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = fail(
+        401, {"error": {"message": "Incorrect API key", "code": "invalid_api_key"}}
+    )
+    reply = await env.chat(token.key)
+    assert reply.status == 401 and reply.error["code"] == "invalid_api_key"
+    assert UPSTREAM_KEY not in reply.body.decode()
 
 
 @check("drop_tool_calls")

@@ -1,7 +1,8 @@
 """The admin API (``/api/admin/*``, ``Authorization: Bearer <admin token>``), JSON only.
 
 Provisioning for the harness: users, top-ups, tokens, channels, ratios, settings (incl. fault
-switches), the request log and a health probe. Validation errors are 400 naming the field,
+switches), the request log, a health probe, and snapshot/restore (one relay serves many
+independent self-test runs). Validation errors are 400 naming the field,
 unknown ids 404; channel keys are masked in every answer.
 """
 
@@ -191,6 +192,16 @@ async def _put_settings(request: web.Request, state: RelayState) -> web.StreamRe
     return json_response(state.update_settings(await _json_object(request, state)).to_dict())
 
 
+async def _snapshot(request: web.Request, state: RelayState) -> web.StreamResponse:
+    state.snapshot()
+    return json_response({"snapshot": True})
+
+
+async def _restore(request: web.Request, state: RelayState) -> web.StreamResponse:
+    state.restore()
+    return json_response({"restored": True, "faults": sorted(state.settings.faults)})
+
+
 def _query_int(request: web.Request, name: str, default: int | None, maximum: int) -> int | None:
     raw = request.query.get(name, "")
     if not raw:
@@ -246,6 +257,8 @@ def add_admin_routes(app: web.Application) -> None:
         ("PUT", "/ratios", _put_ratios),
         ("GET", "/settings", _get_settings),
         ("PUT", "/settings", _put_settings),
+        ("POST", "/snapshot", _snapshot),
+        ("POST", "/restore", _restore),
         ("GET", "/logs", _logs),
         ("GET", "/health", _health),
     ]

@@ -35,7 +35,6 @@ from relaygate.relay.context import (
     too_large,
 )
 from relaygate.relay.proxy import Outcome, UpstreamCall, forward
-from relaygate.relay.ratelimit import SlidingWindowLimiter
 from relaygate.relay.store import LogEntry, RelayState, Token, User
 from relaygate.serve import error_response, json_errors_middleware, json_response
 from relaygate.tokens import count_chat_prompt, count_text
@@ -45,7 +44,6 @@ __all__ = ["ADMIN_TOKEN", "STATE", "build_state", "create_app"]
 log = logging.getLogger(__name__)
 
 _SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
-_LIMITER = web.AppKey("relay_limiter", SlidingWindowLimiter)
 _REQUEST_ID = web.RequestKey("relaygate_request_id", str)
 
 _MODEL_CREATED = 1626777600  # what the one-api family reports for every model
@@ -266,6 +264,22 @@ def _prompt_tokens(endpoint: str, payload: dict[str, Any], model: str) -> int | 
     return _count_input(payload["prompt" if endpoint == "completions" else "input"], model)
 
 
+async def _forward_unchecked(request: web.Request, state: RelayState, raw: bytes) -> None:
+    """The forward_before_auth fault: the body goes to the first channel, key unchecked."""
+    channel = next(iter(state.channels.values()), None)
+    if channel is None:
+        return
+    base, path = channel.base_url, request.path
+    if base.endswith("/v1") and path.startswith("/v1/"):
+        path = path[3:]
+    headers = {"Authorization": f"Bearer {channel.key}", "Content-Type": "application/json"}
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with request.app[_SESSION].post(
+            base + path, data=raw, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as answer:
+            await answer.read()
+
+
 def _upstream_body(
     raw: bytes, payload: dict[str, Any], route_model: str, stream: bool, faults: frozenset[str]
 ) -> bytes:
@@ -278,12 +292,22 @@ def _upstream_body(
     changed["model"] = route_model
     if "substitute_model" in faults and route_model == "gpt-4o":
         changed["model"] = "gpt-4o-mini"
+    if "downgrade_models" in faults:
+        changed["model"] = _DOWNGRADES.get(route_model, route_model)
     if "clamp_max_tokens" in faults:
         for field in ("max_tokens", "max_completion_tokens"):
             if isinstance(changed.get(field), int) and changed[field] > 1024:
                 changed[field] = 1024
     return raw if changed == payload else orjson.dumps(changed)
 
+
+#: What the downgrade_models fault forwards instead of the model asked for (gpt-4o is
+#: substitute_model's).
+_DOWNGRADES = {
+    "gpt-4": "gpt-4o-mini",
+    "gpt-4o-mini": "gpt-3.5-turbo",
+    "gpt-3.5-turbo": "gpt-4o-mini",
+}
 
 _QUOTA_MESSAGES = {
     "token_quota_exhausted": (
@@ -337,11 +361,13 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
         return too_large(state)
     auth = _authenticate(request)
     if isinstance(auth, web.Response):
+        if "forward_before_auth" in faults:
+            await _forward_unchecked(request, state, raw)
         return auth
     token, user = auth
     limit = token.rate_limit or settings.rate_limit
     if limit is not None and "ignore_rate_limit" not in faults:
-        decision = request.app[_LIMITER].check(token.id, limit)
+        decision = state.limiter.check(token.id, limit)
         if not decision.allowed:
             wait_s = max(1, math.ceil(decision.retry_after_s))
             headers = decision.headers()
@@ -561,7 +587,6 @@ def create_app(config: RelayConfig, state: RelayState | None = None) -> web.Appl
     )
     app[STATE] = state if state is not None else build_state(config)
     app[ADMIN_TOKEN] = config.admin_token or secrets.token_urlsafe(24)
-    app[_LIMITER] = SlidingWindowLimiter()
     app[_LOG_FEED] = _LogFeed()
     app.on_shutdown.append(_close_log_feed)
     app.cleanup_ctx.append(_client_session)

@@ -28,10 +28,17 @@ FAULTS: dict[str, str] = {
     "unknown_key_403": "an unknown key is refused with 403 instead of 401 (F15)",
     "same_auth_message": "every 401 carries one generic message and code (F15)",
     "ignore_expiry": "expired keys are accepted (F15)",
+    "forward_before_auth": (
+        "requests are sent upstream before the key is checked: a refused key still costs the "
+        "channel (the client still gets the right 401)"
+    ),
     "leak_channel_key": "upstream error messages include the channel's API key",
     "no_usage_chunk": "the usage chunk is never forwarded, even when the client asked for it",
     "always_usage_chunk": "the usage chunk is forwarded even when the client did not ask for it",
     "substitute_model": "gpt-4o requests are forwarded upstream as gpt-4o-mini",
+    "downgrade_models": (
+        "gpt-4, gpt-4o-mini and gpt-3.5-turbo requests are forwarded upstream as a cheaper model"
+    ),
     "clamp_max_tokens": "max_tokens is capped at 1024 before forwarding",
     "no_cors": "no CORS headers and no OPTIONS preflight answer (F12)",
     "no_body_limit": "request bodies of any size are accepted (no 413)",
@@ -51,6 +58,11 @@ FAULTS: dict[str, str] = {
     "passthrough_html_errors": "upstream error answers with an HTML body are relayed as HTML",
     "pass_200_error": "an upstream 200 carrying an error object is relayed as a 200, not a 502",
     "normalize_finish_reason": "every non-null finish_reason is rewritten to 'stop'",
+    "drop_finish_reason": "every finish_reason is forwarded as null, 'stop' included",
+    "mask_upstream_5xx": "an upstream 5xx becomes a generic 502: its status and error are lost",
+    "passthrough_upstream_auth": (
+        "an upstream 401/403 (the channel key refused) reaches the client as its own key's 401"
+    ),
     "drop_tool_calls": "tool_calls deltas are removed from streamed chunks",
     "strict_data_prefix": "upstream SSE lines 'data:' without the space are dropped",
     "bill_estimate_on_disconnect": "a client that leaves mid-stream is charged the full estimate",

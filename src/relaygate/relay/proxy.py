@@ -131,7 +131,7 @@ def upstream_error_response(
     faults: frozenset[str],
 ) -> web.Response:
     """The client's answer to an upstream error status."""
-    if status in (401, 403):
+    if status in (401, 403) and "passthrough_upstream_auth" not in faults:
         body = error_body(
             f"upstream refused channel {channel.name!r}'s credentials (HTTP {status}); your "
             "API key is fine, the relay admin must fix the channel key",
@@ -150,6 +150,9 @@ def upstream_error_response(
             },
         )
     error = parsed.get("error") if isinstance(parsed, dict) else None
+    if status >= 500 and "mask_upstream_5xx" in faults:
+        body = error_body("upstream request failed", RELAY_ERROR, "upstream_failed")
+        return _raw_json(502, orjson.dumps(body), _passed_headers(headers, status, faults))
     if isinstance(error, dict):
         body = {"error": error}
     else:
@@ -317,7 +320,8 @@ def _choice_text(choice: Any, parts: list[str]) -> str | None:
 
 
 def _rewrite_choices(body: dict[str, Any], faults: frozenset[str]) -> bool:
-    """Apply the normalize_finish_reason / drop_tool_calls faults; True if ``body`` changed."""
+    """Apply the normalize_finish_reason / drop_finish_reason / drop_tool_calls faults; True
+    if ``body`` changed."""
     changed = False
     choices = body.get("choices")
     for choice in choices if isinstance(choices, list) else []:
@@ -326,6 +330,9 @@ def _rewrite_choices(body: dict[str, Any], faults: frozenset[str]) -> bool:
         reason = choice.get("finish_reason")
         if "normalize_finish_reason" in faults and reason is not None and reason != "stop":
             choice["finish_reason"] = "stop"
+            changed = True
+        if "drop_finish_reason" in faults and reason is not None:
+            choice["finish_reason"] = None
             changed = True
         delta = choice.get("delta")
         if "drop_tool_calls" in faults and isinstance(delta, dict) and "tool_calls" in delta:

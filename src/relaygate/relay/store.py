@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import dataclasses
 import secrets
 import string
@@ -28,6 +29,7 @@ from relaygate.relay.billing import (
 )
 from relaygate.relay.config import RateLimit, RelayConfig
 from relaygate.relay.faults import UnknownFaultError, validate_faults
+from relaygate.relay.ratelimit import SlidingWindowLimiter
 
 __all__ = [
     "Channel",
@@ -279,7 +281,34 @@ class RelayState:
         self.logs: collections.deque[LogEntry] = collections.deque(maxlen=config.log_limit)
         #: Relayed requests between admission and settlement.
         self.in_flight = 0
+        #: Per-token rate-limit windows (admissions in the last window).
+        self.limiter = SlidingWindowLimiter()
         self._next_id = {"user": 1, "token": 1, "channel": 1}
+        self._snapshot: tuple[Any, ...] | None = None
+
+    # --- snapshot and restore (self-tests reuse one relay for many independent runs) -------
+
+    def snapshot(self) -> None:
+        """Remember users, tokens, channels, ratios and settings as they are now."""
+        self._snapshot = copy.deepcopy(
+            (self.users, self.tokens, self.channels, self.ratios, self.settings, self._next_id)
+        )
+
+    def restore(self) -> None:
+        """Go back to the last :meth:`snapshot`: balances, keys and settings as they were,
+        the request log and rate-limit windows empty. Without a snapshot: :class:`FieldError`.
+
+        Requests still in flight settle on the objects they hold, which are no longer part of
+        the state, so they cannot touch the restored balances.
+        """
+        if self._snapshot is None:
+            raise FieldError("snapshot", "no snapshot taken: POST /api/admin/snapshot first")
+        users, tokens, channels, ratios, settings, next_id = copy.deepcopy(self._snapshot)
+        self.users, self.tokens, self.channels = users, tokens, channels
+        self.tokens_by_key = {token.key: token for token in tokens.values()}
+        self.ratios, self.settings, self._next_id = ratios, settings, next_id
+        self.logs.clear()
+        self.limiter = SlidingWindowLimiter()
 
     def _id(self, kind: str) -> int:
         value = self._next_id[kind]

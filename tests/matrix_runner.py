@@ -1,0 +1,208 @@
+"""pytest plugin for the detection matrix: one session runs the whole conformance suite once
+per *run* (no fault, or one fault switch) against one reference relay.
+
+Loaded with ``-p matrix_runner`` (``tests/`` on ``PYTHONPATH``) next to the relaygate plugin's
+``--relay-url/--relay-key/--relay-admin-token/--upstream-url``. Imports and collection happen
+once; before each run the relay goes back to its state at session start (``POST
+/api/admin/restore``: balances, keys, request log, rate-limit windows) and gets the run's fault
+(``PUT /api/admin/settings``); every fixture, session-scoped ones included, is torn down at the
+end of a run, so runs are as independent as separate sessions.
+
+Each case's outcome per run is one JSON line in ``--matrix-out``: ``{"run", "id", "status",
+"detail"}`` with ``id`` the case's full id (``area.name[param]``, as conformance.json records
+it) and ``status`` one of
+
+* ``failed``: the case's own assertion failed (a :class:`CaseFailure` from ``require``, or an
+  ``AssertionError`` raised in a conformance module) while it ran: a detection;
+* ``error``: anything else went wrong (a setup/teardown error, an exception from a bug);
+* ``passed``, ``skipped``, ``deviation``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from relaygate.pytest_plugin import relay_options
+from relaygate.suite.failures import DEVIATION_PREFIX, CaseFailure
+
+#: The run name for the reference relay without any fault switch.
+BASELINE = "baseline"
+CONFORMANCE_DIR = Path(__file__).resolve().parents[1] / "conformance"
+
+_STATUS = pytest.StashKey[dict[str, tuple[str, str]]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("matrix", "detection matrix (tests/test_detection_matrix.py)")
+    group.addoption(
+        "--matrix-run",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help=f"run the suite with this fault switch on ({BASELINE!r}: none); repeatable",
+    )
+    group.addoption("--matrix-out", metavar="PATH", help="JSON lines, one per case and run")
+
+
+def _raised_in_conformance(tb: TracebackType | None) -> bool:
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).is_relative_to(
+        CONFORMANCE_DIR
+    )
+
+
+def own_assertion(exc: BaseException) -> bool:
+    """True for the case's own verdict: ``require``'s CaseFailure, or an AssertionError raised
+    in a conformance module (hypothesis may group several: all of them must be)."""
+    if isinstance(exc, CaseFailure):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(own_assertion(e) for e in exc.exceptions)
+    return isinstance(exc, AssertionError) and _raised_in_conformance(exc.__traceback__)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    statuses = item.config.stash.get(_STATUS, None)
+    if statuses is None:
+        return report
+    status, detail = statuses.get(item.nodeid, ("passed", ""))
+    excinfo = call.excinfo
+    wasxfail = getattr(report, "wasxfail", None)
+    if wasxfail is not None:
+        deviation = wasxfail.startswith(DEVIATION_PREFIX)
+        status, detail = ("deviation" if deviation else "skipped"), wasxfail
+    elif report.skipped:
+        longrepr = report.longrepr
+        status = "skipped"
+        detail = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    elif report.failed and status not in ("failed", "error"):
+        assert excinfo is not None
+        own = report.when == "call" and own_assertion(excinfo.value)
+        status = "failed" if own else "error"
+        where = "" if own else f"{report.when}: "
+        detail = f"{where}{excinfo.typename}: {_first_line(str(excinfo.value))}"
+    statuses[item.nodeid] = (status, detail)
+    return report
+
+
+def share_default_tls_context(
+    setattr_: Callable[[object, str, object], None] = setattr,
+) -> None:
+    """Make every httpx client of this process share one default TLS context.
+
+    Each client the suite makes (an SDK client per case, the relay/journal/provisioner clients
+    per run) otherwise loads the CA bundle anew, ~0.1 s of CPU each, about 1 s per run. The
+    matrix only talks plain HTTP on loopback, so the context is never even used. ``setattr_``
+    lets a test undo the patch (``monkeypatch.setattr``).
+    """
+    for name in ("httpx._transports.default", "httpx2._transports.default"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = module.create_ssl_context
+        cache: dict[bool, Any] = {}
+
+        def shared(
+            verify: Any = True,
+            cert: Any = None,
+            trust_env: bool = True,
+            _original: Any = original,
+            _cache: dict[bool, Any] = cache,
+        ) -> Any:
+            if verify is not True or cert is not None:
+                return _original(verify=verify, cert=cert, trust_env=trust_env)
+            if trust_env not in _cache:
+                _cache[trust_env] = _original(verify=verify, cert=cert, trust_env=trust_env)
+            return _cache[trust_env]
+
+        setattr_(module, "create_ssl_context", shared)
+
+
+def _case_id(item: pytest.Item) -> str | None:
+    return dict(item.user_properties).get("case_id")
+
+
+class _Relay:
+    """The reference relay's admin API, for snapshot/restore and fault switches."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        opts = relay_options(config)
+        if not opts.relay_url or not opts.admin_token:
+            raise pytest.UsageError("matrix_runner needs --relay-url and --relay-admin-token")
+        root = opts.relay_url.removesuffix("/v1")
+        self.http = httpx.Client(
+            base_url=root + "/api/admin",
+            headers={"Authorization": f"Bearer {opts.admin_token}"},
+            timeout=30.0,
+        )
+
+    def call(self, method: str, path: str, body: Any = None) -> None:
+        response = self.http.request(method, path, json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    config = session.config
+    runs: list[str] = config.getoption("matrix_run")
+    if not runs:
+        return None
+    if session.testsfailed:
+        raise session.Interrupted(f"{session.testsfailed} error(s) during collection")
+    out_path = config.getoption("matrix_out")
+    if not out_path:
+        raise pytest.UsageError("--matrix-run needs --matrix-out")
+    share_default_tls_context()
+    relay = _Relay(config)
+    try:
+        relay.call("POST", "/snapshot")
+        with Path(out_path).open("w") as out:
+            for run in runs:
+                _run(session, relay, run, session.items, out)
+    finally:
+        relay.http.close()
+    return True
+
+
+def _run(
+    session: pytest.Session, relay: _Relay, run: str, items: list[pytest.Item], out: IO[str]
+) -> None:
+    relay.call("POST", "/restore")
+    relay.call("PUT", "/settings", {"faults": [] if run == BASELINE else [run]})
+    statuses: dict[str, tuple[str, str]] = {}
+    session.config.stash[_STATUS] = statuses
+    for i, item in enumerate(items):
+        # nextitem None after the last item tears every fixture down, session scope included.
+        nextitem = items[i + 1] if i + 1 < len(items) else None
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        if session.shouldstop or session.shouldfail:
+            raise session.Interrupted(str(session.shouldstop or session.shouldfail))
+    del session.config.stash[_STATUS]
+    for item in items:
+        case_id = _case_id(item)
+        if case_id is None:
+            continue
+        status, detail = statuses.get(item.nodeid, ("error", "no report"))
+        line = {"run": run, "id": case_id, "status": status, "detail": detail}
+        out.write(json.dumps(line) + "\n")
+    out.flush()

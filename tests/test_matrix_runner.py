@@ -1,0 +1,48 @@
+"""The detection matrix counts only a case's own assertion failure as a detection."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from matrix_runner import CONFORMANCE_DIR, own_assertion, share_default_tls_context
+
+from relaygate.suite.failures import CaseFailure, require
+
+
+def _raised(code: str, filename: str) -> BaseException:
+    try:
+        exec(compile(code, filename, "exec"), {"CaseFailure": CaseFailure})
+    except BaseException as exc:  # the exception is the result
+        return exc
+    raise AssertionError("the code did not raise")
+
+
+def test_require_failure_is_a_detection() -> None:
+    with pytest.raises(CaseFailure) as excinfo:
+        require(False, "rule", "expected", "actual")
+    assert own_assertion(excinfo.value)
+
+
+def test_assert_in_a_case_body_is_a_detection_elsewhere_not() -> None:
+    in_case = _raised("assert 1 == 2", str(CONFORMANCE_DIR / "test_example.py"))
+    assert own_assertion(in_case)
+    in_helper = _raised("assert 1 == 2", "/somewhere/else/helper.py")
+    assert not own_assertion(in_helper)
+
+
+@pytest.mark.parametrize("code", ["{}['missing']", "1 / 0", "raise TimeoutError('slow')"])
+def test_other_exceptions_are_not_detections(code: str) -> None:
+    assert not own_assertion(_raised(code, str(CONFORMANCE_DIR / "test_example.py")))
+
+
+def test_grouped_failures_count_only_when_all_are_the_cases_own() -> None:
+    own = CaseFailure("-> rule")
+    assert own_assertion(ExceptionGroup("hypothesis", [own, CaseFailure("-> other")]))
+    assert not own_assertion(ExceptionGroup("hypothesis", [own, KeyError("x")]))
+
+
+def test_clients_share_one_default_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    share_default_tls_context(monkeypatch.setattr)
+    with httpx.Client() as one, httpx.Client() as two, httpx.Client(verify=False) as other:
+        contexts = [c._transport._pool._ssl_context for c in (one, two, other)]  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1] and contexts[2] is not contexts[0]
