@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shlex
+import threading
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -203,6 +204,32 @@ async def _read(http: httpx.AsyncClient, reading: _Reading, connected: asyncio.E
         connected.set()
 
 
+def _in_daemon_thread(send: Callable[[], Exchange]) -> asyncio.Future[Exchange]:
+    """``send()`` in a daemon thread: an answer that never ends can neither hold the event
+    loop's shutdown (as ``asyncio.to_thread``'s executor would) nor the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Exchange] = loop.create_future()
+
+    def settle(outcome: Exchange | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome: Exchange | BaseException = send()
+        except BaseException as exc:  # handed to the awaiting case
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="relaygate-public-endpoints-send", daemon=True).start()
+    return future
+
+
 async def _read_around(
     base_url: str, headers: Mapping[str, str], timeout_s: float, send: Callable[[], Exchange]
 ) -> tuple[Exchange, list[_Reading]]:
@@ -228,7 +255,7 @@ async def _read_around(
                 await asyncio.wait_for(
                     asyncio.gather(*(event.wait() for event in opened)), READER_CONNECT_S
                 )
-            ex = await asyncio.to_thread(send)
+            ex = await asyncio.wait_for(_in_daemon_thread(send), timeout_s + 1)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READER_LISTEN_S
             await asyncio.sleep(READER_AFTER_DELAY_S)
@@ -256,14 +283,23 @@ def test_no_key_in_public_endpoints(client, profile, funded_key, tag, relay):
         for name, value in {**profile.http.extra_headers, **relay.extra_headers}.items()
         if name.lower() != "authorization" and not any(s in value for s in secrets)
     }
-    ex, readings = asyncio.run(
-        _read_around(
-            relay.base_url,
-            headers,
-            relay.timeout_s,
-            lambda: client.chat(chat_body(directive=directive(tag=tag))),
+    try:
+        ex, readings = asyncio.run(
+            _read_around(
+                relay.base_url,
+                headers,
+                relay.timeout_s,
+                lambda: client.chat(chat_body(directive=directive(tag=tag))),
+            )
         )
-    )
+    except TimeoutError:
+        fail(
+            "the funded key is used while the public endpoints are read",
+            f"an answer within the request timeout ({relay.timeout_s:g} s)",
+            "no complete answer",
+            None,
+            relay.secrets,
+        )
     leaks = []
     for reading in readings:
         dump = reading.head + bytes(reading.body)

@@ -9,10 +9,14 @@ ignores) everything then fails those cases instead of passing them.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from relaygate.suite.failures import deviation, fail, require
@@ -30,6 +34,7 @@ __all__ = [
     "check_not_forwarded",
     "is_chat_completion",
     "key_in_state",
+    "retry_after_s",
     "settled_balance",
 ]
 
@@ -58,6 +63,8 @@ class Baseline:
         self._secrets = secrets
         self._served: Exchange | None = None
         self._served_tag = ""
+        # Why the probe gave no answer (transport error, or interrupted: then it never ended).
+        self._served_error: str | None = None
         self._forwarded: list[dict[str, Any]] | None = None
         self._billed: tuple[Exchange, int] | None = None
 
@@ -69,9 +76,25 @@ class Baseline:
 
         if not self._key:
             pytest.skip("needs a funded key (--relay-key) to show the relay serves keys at all")
-        if self._served is None:
+        if self._served is None and self._served_error is None:
             self._served_tag = new_tag("baseline")
-            self._served = self._client.chat(chat_body(directive=directive(tag=self._served_tag)))
+            body = chat_body(directive=directive(tag=self._served_tag))
+            # Set before the call: a probe a case timeout interrupts fails the next case at
+            # once instead of hanging it again.
+            self._served_error = "the request never completed (interrupted by a timeout)"
+            try:
+                self._served = self._client.chat(body)
+                self._served_error = None
+            except httpx.HTTPError as exc:
+                self._served_error = f"{type(exc).__name__}: {exc}"
+        if self._served is None:
+            fail(
+                "baseline: the relay serves the funded key",
+                "HTTP 200 application/json with choices[0].message",
+                f"no answer: {self._served_error}",
+                None,
+                self._secrets,
+            )
         ex = self._served
         require(
             is_chat_completion(ex),
@@ -311,6 +334,26 @@ def check_not_forwarded(
         + ", ".join(f"{e.get('method')} {e.get('path')}" for e in entries),
         curl,
     )
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds a 429 asks the client to wait: ``retry-after-ms``, else ``Retry-After`` as
+    delta-seconds or an HTTP-date (RFC 9110 §10.2.3 allows both); None when absent or
+    unreadable."""
+    ms = headers.get("retry-after-ms", "").strip()
+    with contextlib.suppress(ValueError):
+        if ms:
+            return max(0.0, float(ms) / 1000)
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def key_in_state(make: Callable[[], ProvisionedKey]) -> ProvisionedKey:
