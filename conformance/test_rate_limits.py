@@ -9,7 +9,13 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.provision import KeyState
-from relaygate.suite.checks import charged, check_error, key_in_state, settled_balance
+from relaygate.suite.checks import (
+    charged,
+    check_error,
+    key_in_state,
+    retry_after_s,
+    settled_balance,
+)
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
@@ -67,10 +73,12 @@ def test_429_shape(client, profile, limited_key, tag, relay):
     refused = _require_429(answers, refused, limited_key.key, relay)
     if profile.rate_limit.retry_after_header:
         value = refused.headers.get("retry-after", "")
+        # delta-seconds or an HTTP-date: RFC 9110 allows both, and clients read both.
+        wait_s = retry_after_s({"retry-after": value})
         require(
-            value.isdigit() and int(value) >= 1,
-            "a 429 says when to retry (Retry-After, seconds)",
-            "Retry-After: <integer >= 1>",
+            wait_s is not None and (not value.isdigit() or int(value) >= 1),
+            "a 429 says when to retry (Retry-After)",
+            "Retry-After: <seconds >= 1> or <HTTP-date>",
             repr(value),
             refused.curl,
             relay.secrets,
@@ -136,15 +144,16 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     refused = _require_429(answers, refused, limited_key.key, relay)
     ms = refused.headers.get("retry-after-ms")
     seconds = refused.headers.get("retry-after", "")
+    wait_s = retry_after_s(refused.headers)
     require(
-        bool(ms) or seconds.isdigit(),
+        wait_s is not None,
         "a 429 says when to retry (Retry-After), so its advice can be checked",
-        "Retry-After: <seconds> (or retry-after-ms)",
+        "Retry-After: <seconds> or <HTTP-date> (or retry-after-ms)",
         f"Retry-After {seconds!r}, retry-after-ms {ms!r}",
         refused.curl,
         relay.secrets,
     )
-    wait_s = float(ms) / 1000 if ms else float(seconds)
+    assert wait_s is not None
     if wait_s > 5:
         pytest.skip(f"Retry-After {wait_s:.1f} s is too long for this bounded check")
     early = client.chat(chat_body(directive=directive(tag=tag + ".early")), key=limited_key.key)
