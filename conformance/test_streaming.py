@@ -123,10 +123,10 @@ def test_usage_chunk(asked, client, profile, upstream, tag, relay):
     # "No usage chunk" only means something in a stream that was served to its end.
     _require_content(ex, relay, want=4)
     require(
-        ex.done_count == 1,
+        bool(_finish_reasons(ex)),
         "the stream is served to its end",
-        "one [DONE]",
-        f"{ex.done_count} [DONE]",
+        "a finish_reason",
+        "none",
         ex.curl,
         relay.secrets,
     )
