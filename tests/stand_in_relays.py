@@ -47,12 +47,30 @@ async def _stream_forever(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(FOREVER_INTERVAL_S)
 
 
+def _models_listed(handler: Handler) -> Handler:
+    """``GET /v1/models`` lists a model (so the suite's preflight lets the run start); every
+    other request goes to ``handler``."""
+    listed = _json_everything(200, b'{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}')
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
+            return await listed(request)
+        return await handler(request)
+
+    return handle
+
+
+_REFUSE_401 = _json_everything(
+    401,
+    b'{"error":{"message":"Invalid API key","type":"invalid_request_error",'
+    b'"param":null,"code":"invalid_api_key"}}',
+)
+
 HANDLERS: dict[str, Handler] = {
-    "refuse-401": _json_everything(
-        401,
-        b'{"error":{"message":"Invalid API key","type":"invalid_request_error",'
-        b'"param":null,"code":"invalid_api_key"}}',
-    ),
+    "refuse-401": _REFUSE_401,
+    # The preflight stops a run against the two above at once; these get past it.
+    "refuse-401-listing-models": _models_listed(_REFUSE_401),
+    "hold-listing-models": _models_listed(_hold),
     "refuse-404": _json_everything(
         404,
         b'{"error":{"message":"Not found","type":"invalid_request_error",'
