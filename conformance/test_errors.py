@@ -17,7 +17,9 @@ from relaygate.suite.failures import require
     area="errors",
     faq=("F5",),
 )
-def test_invalid_json(client, profile, tag, relay, _journal):
+def test_invalid_json(client, profile, tag, relay, baseline):
+    # The 400 must be the malformed body's doing: a well-formed request is served.
+    baseline.require_served()
     ex = client.request(
         "POST",
         "/v1/chat/completions",
@@ -36,7 +38,8 @@ def test_invalid_json(client, profile, tag, relay, _journal):
 @pytest.mark.case(
     "errors.missing-model", title="A request without a model is refused", area="errors", faq=("F5",)
 )
-def test_missing_model(client, profile, tag, relay, _journal):
+def test_missing_model(client, profile, tag, relay, _journal, baseline):
+    baseline.require_served()
     expectation = applicable(profile.expect("model_missing"))
     body = {"messages": [{"role": "user", "content": "hi " + directive(tag=tag)}]}
     ex = client.request("POST", "/v1/chat/completions", json=body)
@@ -49,7 +52,11 @@ def test_missing_model(client, profile, tag, relay, _journal):
         upstream_status = entries[0].get("status") if entries else None
     elif _journal is not None:
         check_not_forwarded(
-            _journal, tag, "a request without a model is not sent upstream", ex.curl
+            _journal,
+            tag,
+            "a request without a model is not sent upstream",
+            ex.curl,
+            baseline=baseline,
         )
     check_error(
         ex,
@@ -70,7 +77,9 @@ def test_missing_model(client, profile, tag, relay, _journal):
     area="errors",
     faq=("F5", "F12", "F18"),
 )
-def test_unknown_path(path, client, profile, relay):
+def test_unknown_path(path, client, profile, relay, baseline):
+    # A relay that answers 404 to everything shows nothing about unknown paths.
+    baseline.require_served()
     ex = client.request("POST", path, json=chat_body())
     check_error(
         ex, profile, "unknown_path", f"F12/F18: POST {path} is a JSON 404", secrets=relay.secrets
@@ -83,7 +92,8 @@ def test_unknown_path(path, client, profile, relay):
     area="errors",
     faq=("F5", "F18"),
 )
-def test_wrong_method(client, profile, relay):
+def test_wrong_method(client, profile, relay, baseline):
+    baseline.require_served()
     ex = client.request("GET", "/v1/chat/completions")
     check_error(
         ex,
@@ -100,7 +110,8 @@ def test_wrong_method(client, profile, relay):
     area="errors",
     faq=("F5",),
 )
-def test_body_too_large(client, profile, relay):
+def test_body_too_large(client, profile, relay, baseline):
+    baseline.require_served()
     limit = profile.http.body_limit_bytes
     if profile.http.body_limit_status is None or limit is None:
         pytest.skip("profile: this relay documents no request body limit")
@@ -134,10 +145,20 @@ UPSTREAM = {
     area="errors",
     faq=("F5", "F7", "F18"),
 )
-def test_upstream_error(kind, client, profile, upstream, tag, relay):
+def test_upstream_error(kind, client, profile, upstream, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     condition, fields = UPSTREAM[kind]
     ex = client.chat(chat_body(directive=directive(tag=tag, **fields)))
     status = int(fields["error"])
+    # The status to compare is the upstream's only if the request got there.
+    require(
+        bool(upstream.wait_entries(tag)),
+        "the request reaches the upstream, whose error is then relayed",
+        "the request in the mock upstream's journal",
+        f"nothing reached the upstream; the relay answered {ex.describe()}",
+        ex.curl,
+        relay.secrets,
+    )
     check_error(
         ex,
         profile,

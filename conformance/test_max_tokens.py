@@ -35,7 +35,8 @@ UPSTREAM_ERRORS = {
     area="max_tokens",
     faq=("F22", "F5"),
 )
-def test_upstream_400(kind, client, profile, upstream, tag, relay):
+def test_upstream_400(kind, client, profile, upstream, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     extra, fields, _ = OVERS[kind]
     ex = client.chat(chat_body("gpt-4", directive=directive(tag=tag, **fields), **extra))
     entries = upstream.wait_entries(tag)
@@ -74,9 +75,10 @@ def test_upstream_400(kind, client, profile, upstream, tag, relay):
     area="max_tokens",
     faq=("F22",),
 )
-def test_not_billed(client, provision, profile, upstream, tag, relay):
+def test_not_billed(client, provision, profile, upstream, tag, relay, baseline):
     if not profile.billing.applicable:
         pytest.skip(f"profile: {profile.billing.skip_reason}")
+    baseline.require_billing_seen(client, provision, profile)
     key = key_in_state(lambda: provision.funded_key())
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body("gpt-4", directive=directive(tag=tag), max_tokens=9000), key=key.key)
@@ -106,7 +108,8 @@ def test_not_billed(client, provision, profile, upstream, tag, relay):
     area="max_tokens",
     faq=("F22",),
 )
-def test_forwarded_unchanged(field, client, upstream, tag, relay):
+def test_forwarded_unchanged(field, client, upstream, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     ex = client.chat(chat_body("gpt-4o", directive=directive(tag=tag), **{field: 3333}))
     require(
         ex.status == 200, "the request is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets

@@ -7,7 +7,13 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.provision import KeyState
-from relaygate.suite.checks import applicable, check_error, check_not_forwarded, key_in_state
+from relaygate.suite.checks import (
+    applicable,
+    check_error,
+    check_not_forwarded,
+    is_chat_completion,
+    key_in_state,
+)
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
@@ -22,7 +28,8 @@ CASE_VARIANTS = ("GPT-4o", "Gpt-4O", "GPT-4O", "gpt-4O", "GPT-3.5-TURBO")
     area="models",
     faq=("F8",),
 )
-def test_exact_name_forwarded(model, client, upstream, tag, relay):
+def test_exact_name_forwarded(model, client, upstream, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     ex = client.chat(chat_body(model, directive=directive(tag=tag)))
     require(
         ex.status == 200, f"{model} is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets
@@ -55,8 +62,10 @@ def test_exact_name_forwarded(model, client, upstream, tag, relay):
     area="models",
     faq=("F8", "F17"),
 )
-def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
+def test_case_variant_refused(variant, client, profile, tag, relay, _journal, baseline):
     expectation = applicable(profile.expect("no_channel"))
+    # A relay that refuses every model shows nothing about case variants.
+    baseline.require_served()
     ex = client.chat(chat_body(variant, directive=directive(tag=tag)))
     upstream_status = None
     if expectation.status_from_upstream:
@@ -76,7 +85,9 @@ def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
         )
         upstream_status = entries[0].get("status")
     elif _journal is not None:
-        check_not_forwarded(_journal, tag, f"F8: {variant!r} is not routed upstream", ex.curl)
+        check_not_forwarded(
+            _journal, tag, f"F8: {variant!r} is not routed upstream", ex.curl, baseline=baseline
+        )
     error = check_error(
         ex,
         profile,
@@ -104,11 +115,12 @@ def test_case_variant_refused(variant, client, profile, tag, relay, _journal):
     area="models",
     faq=("F8",),
 )
-def test_case_variant_not_billed(client, provision, profile, tag, relay):
+def test_case_variant_not_billed(client, provision, profile, tag, relay, baseline):
     from relaygate.suite.checks import charged, settled_balance
 
     if not profile.billing.applicable:
         pytest.skip(f"profile: {profile.billing.skip_reason}")
+    baseline.require_billing_seen(client, provision, profile)
     key = key_in_state(lambda: provision.funded_key())
     before = settled_balance(provision, key, profile)
     ex = client.chat(
@@ -164,9 +176,9 @@ def test_models_list(client, profile, tag, relay):
     for model_id in ids[:12]:
         answer = client.chat(chat_body(model_id, directive=directive(tag=tag)))
         require(
-            answer.status == 200,
+            is_chat_completion(answer),
             "every model /v1/models lists can be used (no case or alias drift)",
-            f"HTTP 200 for {model_id!r}",
+            f"HTTP 200 with a chat completion for {model_id!r}",
             answer.describe(),
             answer.curl,
             relay.secrets,
@@ -203,7 +215,7 @@ def test_models_list_exact(client, provision, profile, relay):
     faq=("F8",),
     spec="RELAY_SPEC §10.8",
 )
-def test_allow_list(client, provision, profile, tag, relay, _journal):
+def test_allow_list(client, provision, profile, tag, relay, _journal, baseline):
     allowed = ["gpt-4o-mini"]
     key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED, models=allowed))
     forbidden = next((m for m in MODELS if m not in allowed), None)
@@ -211,9 +223,9 @@ def test_allow_list(client, provision, profile, tag, relay, _journal):
         pytest.skip("the restricted key allows no model or every model")
     ok = client.chat(chat_body(allowed[0], directive=directive(tag=tag + ".ok")), key=key.key)
     require(
-        ok.status == 200,
+        is_chat_completion(ok),
         "an allowed model works",
-        "HTTP 200",
+        "HTTP 200 with a chat completion",
         ok.describe(),
         ok.curl,
         (*relay.secrets, key.key),
@@ -221,7 +233,11 @@ def test_allow_list(client, provision, profile, tag, relay, _journal):
     ex = client.chat(chat_body(forbidden, directive=directive(tag=tag)), key=key.key)
     if _journal is not None:
         check_not_forwarded(
-            _journal, tag, "a model outside the allow-list is not sent upstream", ex.curl
+            _journal,
+            tag,
+            "a model outside the allow-list is not sent upstream",
+            ex.curl,
+            baseline=baseline,
         )
     check_error(
         ex,
@@ -239,7 +255,9 @@ def test_allow_list(client, provision, profile, tag, relay, _journal):
     faq=("F17", "F5"),
     spec="RELAY_SPEC §10.12",
 )
-def test_unknown_model_id(client, profile, relay):
+def test_unknown_model_id(client, profile, relay, baseline):
+    # A relay that answers 404 to everything shows nothing about unknown ids.
+    baseline.require_served()
     ex = client.request("GET", "/v1/models/relaygate-no-such-model")
     check_error(
         ex,

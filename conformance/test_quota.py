@@ -154,11 +154,14 @@ def test_stream_billed(client, provision, profile, billing, upstream, tag, relay
     area="quota",
     faq=("F20", "F11", "F5"),
 )
-def test_token_exhausted(client, provision, profile, billing, upstream, tag, relay):
+def test_token_exhausted(client, provision, profile, billing, upstream, tag, relay, baseline):
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
+    baseline.require_billing_seen(client, provision, profile)
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
-    check_not_forwarded(upstream, tag, "F20: an exhausted token makes no upstream call", ex.curl)
+    check_not_forwarded(
+        upstream, tag, "F20: an exhausted token makes no upstream call", ex.curl, baseline=baseline
+    )
     after = settled_balance(provision, key, profile)
     require(
         charged(before, after) == 0,
@@ -183,10 +186,12 @@ def test_token_exhausted(client, provision, profile, billing, upstream, tag, rel
     area="quota",
     faq=("F21", "F11", "F5"),
 )
-def test_user_exhausted(client, provision, profile, billing, upstream, tag, relay):
+def test_user_exhausted(client, provision, profile, billing, upstream, tag, relay, baseline):
     key = key_in_state(lambda: provision.key_with(KeyState.USER_EXHAUSTED))
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
-    check_not_forwarded(upstream, tag, "F21: an exhausted wallet makes no upstream call", ex.curl)
+    check_not_forwarded(
+        upstream, tag, "F21: an exhausted wallet makes no upstream call", ex.curl, baseline=baseline
+    )
     check_error(
         ex,
         profile,
@@ -202,7 +207,8 @@ def test_user_exhausted(client, provision, profile, billing, upstream, tag, rela
     area="quota",
     faq=("F20", "F21", "F11"),
 )
-def test_token_vs_user_distinct(client, provision, billing, tag, relay):
+def test_token_vs_user_distinct(client, provision, billing, tag, relay, baseline):
+    baseline.require_served()
     token = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
     user = key_in_state(lambda: provision.key_with(KeyState.USER_EXHAUSTED))
     a = client.chat(chat_body(directive=directive(tag=tag)), key=token.key)
@@ -224,11 +230,15 @@ def test_token_vs_user_distinct(client, provision, billing, tag, relay):
     area="quota",
     faq=("F6", "F21"),
 )
-def test_unlimited_bounded(client, provision, profile, billing, upstream, tag, relay):
+def test_unlimited_bounded(client, provision, profile, billing, upstream, tag, relay, baseline):
     key = key_in_state(lambda: provision.key_with(KeyState.UNLIMITED, user_quota=0))
     ex = client.chat(chat_body(directive=directive(tag=tag)), key=key.key)
     check_not_forwarded(
-        upstream, tag, "an unlimited token of an empty wallet makes no upstream call", ex.curl
+        upstream,
+        tag,
+        "an unlimited token of an empty wallet makes no upstream call",
+        ex.curl,
+        baseline=baseline,
     )
     check_error(
         ex,
@@ -247,9 +257,10 @@ def test_unlimited_bounded(client, provision, profile, billing, upstream, tag, r
     faq=("F9", "F5"),
 )
 def test_refund_on_upstream_error(
-    status, client, provision, profile, billing, upstream, tag, relay
+    status, client, provision, profile, billing, upstream, tag, relay, baseline
 ):
     key = key_in_state(lambda: provision.funded_key())
+    baseline.require_billing_seen(client, provision, profile)
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(error=status, tag=tag)), key=key.key)
     require(
@@ -285,10 +296,21 @@ def test_refund_on_upstream_error(
     faq=("F9", "F5"),
     spec="RELAY_SPEC §2 refunds",
 )
-def test_refund_on_transport_failure(client, provision, profile, billing, upstream, tag, relay):
+def test_refund_on_transport_failure(
+    client, provision, profile, billing, upstream, tag, relay, baseline
+):
     key = key_in_state(lambda: provision.funded_key())
+    baseline.require_billing_seen(client, provision, profile)
     before = settled_balance(provision, key, profile)
     ex = client.chat(chat_body(directive=directive(disconnect_after=0, tag=tag)), key=key.key)
+    require(
+        bool(upstream.wait_entries(tag)),
+        "the request reached the upstream (which then dropped the connection)",
+        "one upstream request",
+        f"none; the relay answered {ex.describe()}",
+        ex.curl,
+        relay.secrets,
+    )
     require(
         ex.status >= 500,
         "a transport failure upstream is an error to the client",
@@ -388,6 +410,14 @@ def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda _: client.chat(body, key=key.key), range(calls * 4)))
     ok = sum(1 for a in answers if a.status == 200)
+    require(
+        ok >= 1,
+        "a token funded for several requests serves some of them",
+        f">= 1 of {len(answers)} served",
+        f"none served: {answers[0].describe()}",
+        answers[0].curl,
+        relay.secrets,
+    )
     after = settled_balance(provision, key, profile, expect_change_from=before if ok else None)
     require(
         after.remain_quota is not None and after.remain_quota >= -one,
@@ -421,8 +451,11 @@ def test_parallel_no_overdraw(client, provision, profile, billing, upstream, tag
     area="quota",
     faq=("F4",),
 )
-def test_client_disconnect_billing(client, provision, profile, billing, upstream, tag, relay):
+def test_client_disconnect_billing(
+    client, provision, profile, billing, upstream, tag, relay, baseline
+):
     key = key_in_state(lambda: provision.funded_key())
+    baseline.require_billing_seen(client, provision, profile)
     prompt, completion = 50, 40
     before = settled_balance(provision, key, profile)
     ex = client.stream(
@@ -436,7 +469,12 @@ def test_client_disconnect_billing(client, provision, profile, billing, upstream
         stop_after_events=4,
     )
     require(
-        ex.status == 200, "the stream starts", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+        ex.status == 200 and len(ex.data_events) >= 4,
+        "the stream starts and delivers events before the client leaves",
+        "HTTP 200 and 4 data events",
+        f"{len(ex.data_events)} data events ({ex.describe()})",
+        ex.curl,
+        relay.secrets,
     )
     full = profile.quota_for("gpt-4o", key.group, prompt, completion)
     after = settled_balance(provision, key, profile, expect_change_from=before)

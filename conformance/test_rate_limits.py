@@ -9,7 +9,13 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.provision import KeyState
-from relaygate.suite.checks import charged, check_error, key_in_state, settled_balance
+from relaygate.suite.checks import (
+    charged,
+    check_error,
+    key_in_state,
+    retry_after_s,
+    settled_balance,
+)
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
@@ -34,7 +40,8 @@ def limited_key(provision, profile):
 
 
 def _require_429(answers, refused, key, relay):
-    """Fail (with the last request's curl) when the limit was never enforced."""
+    """Fail (with the last request's curl) when the limit was never enforced, or when the key
+    was refused from its first request on (then the 429 is not about the limit)."""
     require(
         refused is not None,
         "a key over its rate limit is refused with 429",
@@ -44,6 +51,14 @@ def _require_429(answers, refused, key, relay):
         (*relay.secrets, key),
     )
     assert refused is not None
+    require(
+        any(a.status == 200 for a in answers[:-1]),
+        "a key within its rate limit is served before it is refused",
+        "HTTP 200 before the 429",
+        f"statuses {[a.status for a in answers]}",
+        answers[0].curl,
+        (*relay.secrets, key),
+    )
     return refused
 
 
@@ -58,10 +73,12 @@ def test_429_shape(client, profile, limited_key, tag, relay):
     refused = _require_429(answers, refused, limited_key.key, relay)
     if profile.rate_limit.retry_after_header:
         value = refused.headers.get("retry-after", "")
+        # delta-seconds or an HTTP-date: RFC 9110 allows both, and clients read both.
+        wait_s = retry_after_s({"retry-after": value})
         require(
-            value.isdigit() and int(value) >= 1,
-            "a 429 says when to retry (Retry-After, seconds)",
-            "Retry-After: <integer >= 1>",
+            wait_s is not None and (not value.isdigit() or int(value) >= 1),
+            "a 429 says when to retry (Retry-After)",
+            "Retry-After: <seconds >= 1> or <HTTP-date>",
             repr(value),
             refused.curl,
             relay.secrets,
@@ -81,9 +98,12 @@ def test_429_shape(client, profile, limited_key, tag, relay):
     area="rate_limits",
     faq=("F5",),
 )
-def test_refused_before_upstream(client, profile, provision, upstream, limited_key, tag, relay):
+def test_refused_before_upstream(
+    client, profile, provision, upstream, limited_key, tag, relay, baseline
+):
     answers, refused = _until_429(client, limited_key.key, tag)
     refused = _require_429(answers, refused, limited_key.key, relay)
+    baseline.require_forwarding_seen()
     refused_tag = f"{tag}.{len(answers) - 1}"
     entries = upstream.wait_entries(refused_tag, timeout_s=0.3)
     require(
@@ -95,6 +115,7 @@ def test_refused_before_upstream(client, profile, provision, upstream, limited_k
         relay.secrets,
     )
     if profile.billing.applicable:
+        baseline.require_billing_seen(client, provision, profile)
         before = settled_balance(provision, limited_key, profile)
         again = client.chat(chat_body(directive=directive(tag=tag + ".again")), key=limited_key.key)
         after = settled_balance(provision, limited_key, profile)
@@ -123,15 +144,16 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     refused = _require_429(answers, refused, limited_key.key, relay)
     ms = refused.headers.get("retry-after-ms")
     seconds = refused.headers.get("retry-after", "")
+    wait_s = retry_after_s(refused.headers)
     require(
-        bool(ms) or seconds.isdigit(),
+        wait_s is not None,
         "a 429 says when to retry (Retry-After), so its advice can be checked",
-        "Retry-After: <seconds> (or retry-after-ms)",
+        "Retry-After: <seconds> or <HTTP-date> (or retry-after-ms)",
         f"Retry-After {seconds!r}, retry-after-ms {ms!r}",
         refused.curl,
         relay.secrets,
     )
-    wait_s = float(ms) / 1000 if ms else float(seconds)
+    assert wait_s is not None
     if wait_s > 5:
         pytest.skip(f"Retry-After {wait_s:.1f} s is too long for this bounded check")
     early = client.chat(chat_body(directive=directive(tag=tag + ".early")), key=limited_key.key)
@@ -162,8 +184,17 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     faq=("F5",),
     spec="RELAY_SPEC §10.25",
 )
-def test_upstream_429(client, profile, upstream, tag, relay):
+def test_upstream_429(client, profile, upstream, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(error=429, retry_after="7", tag=tag)))
+    require(
+        bool(upstream.wait_entries(tag)),
+        "the request reaches the upstream, whose 429 is then relayed",
+        "the request in the mock upstream's journal",
+        f"nothing reached the upstream; the relay answered {ex.describe()}",
+        ex.curl,
+        relay.secrets,
+    )
     check_error(
         ex,
         profile,

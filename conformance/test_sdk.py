@@ -123,6 +123,20 @@ def _call(call, curl, relay):
         )
 
 
+def _raw_status(ex, status, condition, relay):
+    """The relay answers ``condition`` with ``status`` over plain HTTP: the SDK case then checks
+    the SDK's class for what the relay really sent, not the SDK's own status mapping."""
+    __tracebackhide__ = True
+    require(
+        ex.status == status,
+        f"{condition} is answered with HTTP {status} (checked over plain HTTP first)",
+        f"HTTP {status}",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )
+
+
 def _raises(cls, call, requirement, relay, curl):
     try:
         call()
@@ -147,7 +161,7 @@ def _raises(cls, call, requirement, relay, curl):
     area="sdk",
     faq=("F15",),
 )
-def test_authentication_error(relay, profile, tag, sdk):
+def test_authentication_error(relay, profile, tag, sdk, client, baseline):
     # The SDK's class for the status the profile documents for an unknown key (401 by default;
     # a relay documented to answer 403 must then raise PermissionDeniedError).
     status = profile.expect("invalid_key").status
@@ -156,6 +170,10 @@ def test_authentication_error(relay, profile, tag, sdk):
         pytest.skip(f"profile: an unknown key is answered with {status}, not 401/403")
     bad_key = "sk-relaygateUnknownKey000000000000000000000000000000"
     body = {"model": "gpt-4o", "messages": _msg(tag)}
+    # A relay that refuses every key raises AuthenticationError for every key: the funded key
+    # must be served before an unknown key's refusal means anything.
+    baseline.require_served()
+    _raw_status(client.chat(body, key=bad_key), status, "an unknown key", relay)
     _raises(
         error_class,
         lambda: sdk(bad_key).chat.completions.create(**body),
@@ -171,11 +189,13 @@ def test_authentication_error(relay, profile, tag, sdk):
     area="sdk",
     faq=("F20",),
 )
-def test_permission_denied(relay, provision, profile, tag, sdk):
+def test_permission_denied(relay, provision, profile, tag, sdk, client, baseline):
     if profile.expect("token_quota_exhausted").status != 403:
         pytest.skip("profile: exhausted tokens are not refused with 403 by this relay")
     key = key_in_state(lambda: provision.key_with(KeyState.TOKEN_EXHAUSTED))
     body = {"model": "gpt-4o", "messages": _msg(tag)}
+    baseline.require_served()
+    _raw_status(client.chat(body, key=key.key), 403, "an exhausted token", relay)
     _raises(
         openai.PermissionDeniedError,
         lambda: sdk(key.key).chat.completions.create(**body),
@@ -191,9 +211,17 @@ def test_permission_denied(relay, provision, profile, tag, sdk):
     area="sdk",
     faq=("F17",),
 )
-def test_not_found(relay, funded_key, profile, sdk):
+def test_not_found(relay, funded_key, profile, sdk, client, baseline):
     if profile.expect("models_unknown_id").status != 404:
         pytest.skip("profile: unknown model ids are not answered with 404 by this relay")
+    # A relay (or a plain web server) that answers 404 to everything proves nothing here.
+    baseline.require_served()
+    _raw_status(
+        client.request("GET", "/v1/models/relaygate-no-such-model"),
+        404,
+        "an unknown model id",
+        relay,
+    )
     _raises(
         openai.NotFoundError,
         lambda: sdk(funded_key).models.retrieve("relaygate-no-such-model"),
@@ -206,8 +234,11 @@ def test_not_found(relay, funded_key, profile, sdk):
 @pytest.mark.case(
     "sdk.rate-limit-error", title="SDK: a 429 raises RateLimitError", area="sdk", faq=("F5",)
 )
-def test_rate_limit(relay, profile, funded_key, upstream, tag, sdk):
+def test_rate_limit(relay, profile, funded_key, upstream, tag, sdk, client, baseline):
     body = {"model": "gpt-4o", "messages": _msg(tag, error=429, retry_after="1")}
+    baseline.require_served()
+    _raw_status(client.chat({**body, "messages": _msg(tag + ".raw", error=429, retry_after="1")}),
+                429, "an upstream 429", relay)  # fmt: skip
     _raises(
         openai.RateLimitError,
         lambda: sdk(funded_key).chat.completions.create(**body),
@@ -223,8 +254,11 @@ def test_rate_limit(relay, profile, funded_key, upstream, tag, sdk):
     area="sdk",
     faq=("F22",),
 )
-def test_bad_request(relay, profile, funded_key, upstream, tag, sdk):
+def test_bad_request(relay, profile, funded_key, upstream, tag, sdk, client, baseline):
     body = {"model": "gpt-4", "messages": _msg(tag), "max_tokens": 9000}
+    baseline.require_served()
+    _raw_status(client.chat({**body, "messages": _msg(tag + ".raw")}), 400,
+                "an over-cap max_tokens", relay)  # fmt: skip
     _raises(
         openai.BadRequestError,
         lambda: sdk(funded_key).chat.completions.create(**body),

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shlex
+import threading
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.keys import mask_key
-from relaygate.suite.checks import check_not_forwarded
+from relaygate.suite.checks import check_not_forwarded, is_chat_completion
 from relaygate.suite.client import Exchange, chat_body, header_pairs
 from relaygate.suite.failures import fail, require
 
@@ -48,12 +49,28 @@ READER_MAX_BYTES = 256 * 1024
     area="security",
     spec="relay design; RELAY_SPEC §10.28",
 )
-def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay):
+def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     require(
-        ex.status == 200, "the request is served", "HTTP 200", ex.describe(), ex.curl, relay.secrets
+        is_chat_completion(ex),
+        "the request is served",
+        "HTTP 200 with a chat completion",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
     )
-    for entry in upstream.wait_entries(tag):
+    entries = upstream.wait_entries(tag)
+    # "Not in what the upstream received" needs something the upstream received.
+    require(
+        bool(entries),
+        "the served request reached the mock upstream (so what it received can be checked)",
+        "the request in the mock upstream's journal",
+        "no journal entry: is --upstream-url the relay's upstream?",
+        ex.curl,
+        relay.secrets,
+    )
+    for entry in entries:
         dump = repr(entry.get("headers")) + repr(entry.get("body")) + repr(entry.get("query"))
         require(
             funded_key not in dump,
@@ -71,9 +88,18 @@ def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay):
     area="security",
     spec="relay design",
 )
-def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay):
+def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay, baseline):
+    baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     entries = upstream.wait_entries(tag)
+    require(
+        is_chat_completion(ex) and bool(entries),
+        "the request is served through the mock upstream (where the channel key is seen)",
+        "HTTP 200 with a chat completion, and the request in the journal",
+        f"{ex.describe()}; {len(entries)} journal entries",
+        ex.curl,
+        relay.secrets,
+    )
     auth = next(
         (v for e in entries for k, v in header_pairs(e) if k.lower() == "authorization"), ""
     )
@@ -111,7 +137,9 @@ def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay):
     area="security",
     spec="relay design",
 )
-def test_query_key_rejected(client, funded_key, tag, relay, profile, _journal):
+def test_query_key_rejected(client, funded_key, tag, relay, profile, _journal, baseline):
+    # The refusal must be about where the key travels: in the header it is served.
+    baseline.require_served()
     ex = client.request(
         "POST",
         f"/v1/chat/completions?key={funded_key}&api_key={funded_key}",
@@ -133,7 +161,11 @@ def test_query_key_rejected(client, funded_key, tag, relay, profile, _journal):
     )
     if _journal is not None:
         check_not_forwarded(
-            _journal, tag, "a request with its key in the URL is not sent upstream", ex.curl
+            _journal,
+            tag,
+            "a request with its key in the URL is not sent upstream",
+            ex.curl,
+            baseline=baseline,
         )
 
 
@@ -172,6 +204,32 @@ async def _read(http: httpx.AsyncClient, reading: _Reading, connected: asyncio.E
         connected.set()
 
 
+def _in_daemon_thread(send: Callable[[], Exchange]) -> asyncio.Future[Exchange]:
+    """``send()`` in a daemon thread: an answer that never ends can neither hold the event
+    loop's shutdown (as ``asyncio.to_thread``'s executor would) nor the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Exchange] = loop.create_future()
+
+    def settle(outcome: Exchange | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome: Exchange | BaseException = send()
+        except BaseException as exc:  # handed to the awaiting case
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="relaygate-public-endpoints-send", daemon=True).start()
+    return future
+
+
 async def _read_around(
     base_url: str, headers: Mapping[str, str], timeout_s: float, send: Callable[[], Exchange]
 ) -> tuple[Exchange, list[_Reading]]:
@@ -197,7 +255,7 @@ async def _read_around(
                 await asyncio.wait_for(
                     asyncio.gather(*(event.wait() for event in opened)), READER_CONNECT_S
                 )
-            ex = await asyncio.to_thread(send)
+            ex = await asyncio.wait_for(_in_daemon_thread(send), timeout_s + 1)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READER_LISTEN_S
             await asyncio.sleep(READER_AFTER_DELAY_S)
@@ -225,14 +283,23 @@ def test_no_key_in_public_endpoints(client, profile, funded_key, tag, relay):
         for name, value in {**profile.http.extra_headers, **relay.extra_headers}.items()
         if name.lower() != "authorization" and not any(s in value for s in secrets)
     }
-    ex, readings = asyncio.run(
-        _read_around(
-            relay.base_url,
-            headers,
-            relay.timeout_s,
-            lambda: client.chat(chat_body(directive=directive(tag=tag))),
+    try:
+        ex, readings = asyncio.run(
+            _read_around(
+                relay.base_url,
+                headers,
+                relay.timeout_s,
+                lambda: client.chat(chat_body(directive=directive(tag=tag))),
+            )
         )
-    )
+    except TimeoutError:
+        fail(
+            "the funded key is used while the public endpoints are read",
+            f"an answer within the request timeout ({relay.timeout_s:g} s)",
+            "no complete answer",
+            None,
+            relay.secrets,
+        )
     leaks = []
     for reading in readings:
         dump = reading.head + bytes(reading.body)
@@ -259,3 +326,12 @@ def test_no_key_in_public_endpoints(client, profile, funded_key, tag, relay):
             f"{shlex.join(reader)} &  {ex.curl}",
             relay.secrets,
         )
+    # A relay that did not serve the key had nothing to leak: the window proved nothing.
+    require(
+        is_chat_completion(ex),
+        "the funded key is used while the public endpoints are read",
+        "HTTP 200 with a chat completion",
+        ex.describe(),
+        ex.curl,
+        relay.secrets,
+    )

@@ -14,6 +14,20 @@ from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 
 
+def _require_content(ex, relay, want=1):
+    """Evidence first: a 200 event stream that delivered content, before judging how it ends."""
+    __tracebackhide__ = True
+    got = len(ex.content_events())
+    require(
+        ex.status == 200 and ex.content_type == "text/event-stream" and got >= want,
+        "the stream answers with content (without it, how it ends proves nothing)",
+        f"HTTP 200 text/event-stream with >= {want} content event(s)",
+        f"{got} content event(s); {ex.describe()}",
+        ex.curl,
+        relay.secrets,
+    )
+
+
 def _finish_reasons(ex):
     reasons = {}
     for chunk in ex.chunks():
@@ -25,11 +39,14 @@ def _finish_reasons(ex):
 
 @pytest.mark.case(
     "streaming.event-stream",
-    title="A stream is text/event-stream of well-formed data: frames ending in one [DONE]",
+    title="A stream is text/event-stream of JSON data events ending in one [DONE]",
     area="streaming",
     faq=("F4",),
+    spec="WHATWG HTML §9.2 (event stream interpretation)",
 )
 def test_event_stream(client, profile, tag, relay):
+    # Read as a client reads it (WHATWG rules, like the OpenAI SDK): comments, event:/id:/
+    # retry: fields, CR or CRLF line ends and 'data:' without the space are all legal.
     ex = client.stream(chat_body(directive=directive(chunks=5, tag=tag)))
     require(
         ex.status == 200, "the stream answers", "HTTP 200", ex.describe(), ex.curl, relay.secrets
@@ -42,14 +59,12 @@ def test_event_stream(client, profile, tag, relay):
         ex.curl,
         relay.secrets,
     )
-    text = ex.body.decode("utf-8", "replace")
-    frames = [f for f in text.split("\n\n") if f.strip()]
-    bad = [f for f in frames if not f.startswith("data: ") or "\n" in f.strip("\n")]
+    got = len(ex.content_events())
     require(
-        not bad and "\r" not in text,
-        "every frame is 'data: <json>' followed by a blank line",
-        "well-formed data: frames",
-        f"{len(bad)} malformed frame(s): {bad[:2]!r}",
+        got == 5,
+        "every content event the upstream sent arrives as an SSE data event",
+        "5 content events",
+        f"{got} content events ({len(ex.events)} events in all)",
         ex.curl,
         relay.secrets,
     )
@@ -105,6 +120,16 @@ def test_finish_reason(finish, client, upstream, tag, relay):
 def test_usage_chunk(asked, client, profile, upstream, tag, relay):
     extra = {"stream_options": {"include_usage": True}} if asked else {}
     ex = client.stream(chat_body(directive=directive(chunks=4, usage="77/4", tag=tag), **extra))
+    # "No usage chunk" only means something in a stream that was served to its end.
+    _require_content(ex, relay, want=4)
+    require(
+        bool(_finish_reasons(ex)),
+        "the stream is served to its end",
+        "a finish_reason",
+        "none",
+        ex.curl,
+        relay.secrets,
+    )
     usage_chunks = [c for c in ex.chunks() if c.get("usage")]
     if asked:
         require(
@@ -260,6 +285,7 @@ def test_not_buffered(client, profile, upstream, tag, relay):
 )
 def test_upstream_error_surfaces(client, profile, tag, relay, upstream):
     ex = client.stream(chat_body(directive=directive(chunks=6, stream_error_after=2, tag=tag)))
+    _require_content(ex, relay)
     errors = [c for c in ex.chunks() if isinstance(c.get("error"), dict)]
     reasons = _finish_reasons(ex)
     require(
@@ -289,6 +315,8 @@ def test_upstream_error_surfaces(client, profile, tag, relay, upstream):
 )
 def test_upstream_disconnect_surfaces(client, profile, tag, relay, upstream):
     ex = client.stream(chat_body(directive=directive(chunks=6, disconnect_after=2, tag=tag)))
+    # A relay that never streamed has no [DONE] either: that is no evidence of honesty.
+    _require_content(ex, relay)
     reasons = _finish_reasons(ex)
     require(
         not reasons,
@@ -326,6 +354,33 @@ def test_upstream_framing(framing, client, profile, upstream, tag, relay):
         f"an upstream stream framed '{framing}' is delivered whole",
         "5 content events + [DONE]",
         f"{got} content events, {ex.done_count} [DONE] ({ex.describe()})",
+        ex.curl,
+        relay.secrets,
+    )
+
+
+@pytest.mark.case(
+    "streaming.event-stream-canonical",
+    title="Stream frames are exactly 'data: <json>' and a blank line, as OpenAI sends them",
+    area="streaming",
+    faq=("F4",),
+    level="SHOULD",
+    spec="OpenAI API streaming format",
+)
+def test_event_stream_canonical(client, tag, relay):
+    # Stricter than SSE requires (streaming.event-stream is the MUST): naive line-splitting
+    # clients parse only OpenAI's own framing.
+    ex = client.stream(chat_body(directive=directive(chunks=5, tag=tag)))
+    _require_content(ex, relay, want=5)
+    text = ex.body.decode("utf-8", "replace")
+    frames = [f for f in text.split("\n\n") if f.strip()]
+    bad = [f for f in frames if not f.startswith("data: ") or "\n" in f.strip("\n")]
+    require(
+        not bad and "\r" not in text,
+        "every frame is 'data: <json>' followed by a blank line (no comments, other fields "
+        "or CR line ends)",
+        "'data: …\\n\\n' frames only",
+        f"{len(bad)} other frame(s): {bad[:2]!r}" if bad else "CR line ends",
         ex.curl,
         relay.secrets,
     )

@@ -1,13 +1,22 @@
 """Checks shared by the cases: an answer against the profile's expectation, the journal,
 balances. Each check fails with requirement / expected / actual and a curl line.
+
+A verdict is earned: a case that judges a refusal, a "not forwarded" or a "not billed" first
+shows, through :class:`Baseline`, that the relay does serve the funded key, that what it
+forwards reaches the journal, and that a served request is billed. A relay that refuses (or
+ignores) everything then fails those cases instead of passing them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from relaygate.suite.failures import deviation, fail, require
@@ -15,16 +24,155 @@ from relaygate.suite.failures import deviation, fail, require
 if TYPE_CHECKING:
     from relaygate.profiles import ErrorExpectation, Profile
     from relaygate.provision import Balance, ProvisionedKey, Provisioner
-    from relaygate.suite.client import Exchange, UpstreamJournal
+    from relaygate.suite.client import Exchange, RelayClient, UpstreamJournal
 
 __all__ = [
+    "Baseline",
     "applicable",
     "charged",
     "check_error",
     "check_not_forwarded",
+    "is_chat_completion",
     "key_in_state",
+    "retry_after_s",
     "settled_balance",
 ]
+
+
+class Baseline:
+    """What the relay demonstrably does for the funded key, probed once per session.
+
+    ``require_served``: a chat request with the funded key gets a JSON chat completion.
+    ``require_forwarding_seen``: and that request reached the mock upstream's journal (so an
+    empty journal later means "not forwarded", not "we watch the wrong upstream").
+    ``require_billing_seen``: a served request changes a funded key's balance (so a zero
+    charge later means "not billed", not "nothing is ever billed or readable").
+    A failed probe fails every case that relies on it, with the probe's own answer.
+    """
+
+    def __init__(
+        self,
+        client: RelayClient,
+        journal: UpstreamJournal | None,
+        key: str | None,
+        secrets: tuple[str | None, ...],
+    ) -> None:
+        self._client = client
+        self._journal = journal
+        self._key = key
+        self._secrets = secrets
+        self._served: Exchange | None = None
+        self._served_tag = ""
+        # Why the probe gave no answer (transport error, or interrupted: then it never ended).
+        self._served_error: str | None = None
+        self._forwarded: list[dict[str, Any]] | None = None
+        self._billed: tuple[Exchange, int] | None = None
+
+    def require_served(self) -> Exchange:
+        """Fail unless the funded key gets a chat completion (skip without a funded key)."""
+        __tracebackhide__ = True
+        from relaygate.directives import directive
+        from relaygate.suite.client import chat_body, new_tag
+
+        if not self._key:
+            pytest.skip("needs a funded key (--relay-key) to show the relay serves keys at all")
+        if self._served is None and self._served_error is None:
+            self._served_tag = new_tag("baseline")
+            body = chat_body(directive=directive(tag=self._served_tag))
+            # Set before the call: a probe a case timeout interrupts fails the next case at
+            # once instead of hanging it again.
+            self._served_error = "the request never completed (interrupted by a timeout)"
+            try:
+                self._served = self._client.chat(body)
+                self._served_error = None
+            except httpx.HTTPError as exc:
+                self._served_error = f"{type(exc).__name__}: {exc}"
+        if self._served is None:
+            fail(
+                "baseline: the relay serves the funded key",
+                "HTTP 200 application/json with choices[0].message",
+                f"no answer: {self._served_error}",
+                None,
+                self._secrets,
+            )
+        ex = self._served
+        require(
+            is_chat_completion(ex),
+            "baseline: the relay serves the funded key (without that, a refusal or an absent "
+            "effect proves nothing)",
+            "HTTP 200 application/json with choices[0].message",
+            ex.describe(),
+            ex.curl,
+            self._secrets,
+        )
+        return ex
+
+    def require_forwarding_seen(self) -> list[dict[str, Any]]:
+        """Fail unless the served baseline request reached the upstream journal."""
+        __tracebackhide__ = True
+        ex = self.require_served()
+        if self._journal is None:
+            pytest.skip("needs ground truth: pass --upstream-url (the relaygate mock upstream)")
+        if self._forwarded is None:
+            self._forwarded = self._journal.wait_entries(self._served_tag, count=1)
+        require(
+            bool(self._forwarded),
+            "baseline: a served request reaches the mock upstream's journal (without that, an "
+            "empty journal proves nothing: is --upstream-url the relay's upstream?)",
+            "the funded key's request in the journal",
+            "no journal entry for it",
+            ex.curl,
+            self._secrets,
+        )
+        return self._forwarded
+
+    def require_billing_seen(
+        self, client: RelayClient, provision: Provisioner, profile: Profile
+    ) -> int:
+        """Fail unless a served request changes a funded key's balance; returns the charge."""
+        __tracebackhide__ = True
+        from relaygate.directives import directive
+        from relaygate.suite.client import chat_body, new_tag
+
+        if self._billed is None:
+            key = key_in_state(lambda: provision.funded_key())
+            before = settled_balance(provision, key, profile)
+            body = chat_body(directive=directive(usage="100/100", tag=new_tag("baseline.billed")))
+            ex = client.chat(body, key=key.key)
+            require(
+                is_chat_completion(ex),
+                "baseline: a fresh funded key is served",
+                "HTTP 200 with choices",
+                ex.describe(),
+                ex.curl,
+                (*self._secrets, key.key),
+            )
+            after = settled_balance(provision, key, profile, expect_change_from=before)
+            self._billed = (ex, charged(before, after))
+        ex, amount = self._billed
+        require(
+            amount > 0,
+            "baseline: a served request is billed (without that, a zero charge proves nothing)",
+            "a charge > 0 for a served request",
+            f"{amount} quota",
+            ex.curl,
+            self._secrets,
+        )
+        return amount
+
+
+def is_chat_completion(ex: Exchange) -> bool:
+    """A 200 JSON answer with at least one choice carrying a message."""
+    data = ex.json()
+    if ex.status != 200 or ex.content_type != "application/json" or not isinstance(data, dict):
+        return False
+    choices = data.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and isinstance(choices[0], dict)
+        and isinstance(choices[0].get("message"), dict)
+    )
 
 
 def applicable(expectation: ErrorExpectation) -> ErrorExpectation:
@@ -59,7 +207,20 @@ def check_error(
     """
     __tracebackhide__ = True
     exp = applicable(profile.expect(condition))
-    want_status = upstream_status if exp.status_from_upstream else exp.status
+    if exp.status_from_upstream:
+        # The answer must carry the upstream's status: with nothing in the journal there is
+        # no status to compare, and skipping the comparison would pass any answer.
+        require(
+            upstream_status is not None,
+            f"{requirement} (the request reaches the upstream, whose answer comes back)",
+            "the request in the mock upstream's journal",
+            f"nothing reached the upstream; the relay answered {ex.describe()}",
+            ex.curl,
+            secrets,
+        )
+        want_status = upstream_status
+    else:
+        want_status = exp.status
     expected = f"HTTP {want_status}" + (f", error.code {exp.code!r}" if exp.code else "")
     require(
         want_status is None or ex.status == want_status,
@@ -151,10 +312,17 @@ def check_error(
 
 
 def check_not_forwarded(
-    upstream: UpstreamJournal, tag: str, requirement: str, curl: str | None = None
+    upstream: UpstreamJournal,
+    tag: str,
+    requirement: str,
+    curl: str | None = None,
+    *,
+    baseline: Baseline,
 ) -> None:
-    """Nothing tagged ``tag`` reached the mock upstream."""
+    """Nothing tagged ``tag`` reached the mock upstream, on a relay whose forwarded requests
+    do show in that journal (``baseline``)."""
     __tracebackhide__ = True
+    baseline.require_forwarding_seen()
     # A relay that forwards waits for the upstream before answering, so by now the journal
     # has the request; the short grace covers a relay that forwards after it answered.
     entries = upstream.wait_entries(tag, count=1, timeout_s=0.05)
@@ -166,6 +334,26 @@ def check_not_forwarded(
         + ", ".join(f"{e.get('method')} {e.get('path')}" for e in entries),
         curl,
     )
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds a 429 asks the client to wait: ``retry-after-ms``, else ``Retry-After`` as
+    delta-seconds or an HTTP-date (RFC 9110 §10.2.3 allows both); None when absent or
+    unreadable."""
+    ms = headers.get("retry-after-ms", "").strip()
+    with contextlib.suppress(ValueError):
+        if ms:
+            return max(0.0, float(ms) / 1000)
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def key_in_state(make: Callable[[], ProvisionedKey]) -> ProvisionedKey:
