@@ -458,6 +458,17 @@ async def _drop_finish_reason(env: Env) -> None:
     assert answer["choices"][0]["finish_reason"] is None
 
 
+@check("sse_keepalive_comments")
+async def _sse_keepalive_comments(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = sse_frames(chunk("a"), chunk(None, "stop"), "[DONE]")
+    body = (await env.chat(token.key, stream=True)).body
+    assert body.count(b": keep-alive\n\n") == 3  # one before each event, [DONE] included
+    # the events themselves are unchanged
+    plain = body.replace(b": keep-alive\n\n", b"")
+    assert [c["choices"][0]["finish_reason"] for c in chunks_of(plain)] == [None, "stop"]
+
+
 @check("mask_upstream_5xx")
 async def _mask_upstream_5xx(env: Env) -> None:
     _, token = env.user_token()

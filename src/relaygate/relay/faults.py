@@ -64,6 +64,10 @@ FAULTS: dict[str, str] = {
         "an upstream 401/403 (the channel key refused) reaches the client as its own key's 401"
     ),
     "drop_tool_calls": "tool_calls deltas are removed from streamed chunks",
+    "sse_keepalive_comments": (
+        "every streamed event is preceded by a ': keep-alive' comment (legal SSE, not OpenAI's "
+        "framing: only the SHOULD case on canonical frames may fail)"
+    ),
     "strict_data_prefix": "upstream SSE lines 'data:' without the space are dropped",
     "bill_estimate_on_disconnect": "a client that leaves mid-stream is charged the full estimate",
     "billing_usage_in_usd": "/dashboard/billing/usage total_usage is in USD, not US cents",

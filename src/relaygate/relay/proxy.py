@@ -352,13 +352,18 @@ def _record_body_usage(outcome: Outcome, body: dict[str, Any]) -> None:
 class _Sender:
     """Writes SSE frames to the client, one write per event (or all at the end when buffering)."""
 
-    def __init__(self, response: web.StreamResponse, buffered: bool) -> None:
+    def __init__(
+        self, response: web.StreamResponse, buffered: bool, keepalive_comments: bool = False
+    ) -> None:
         self.response = response
         self.buffered = buffered
+        self.keepalive = keepalive_comments
         self.frames: list[bytes] = []
 
     async def send(self, data: bytes | str) -> None:
         frame = encode_event(data)
+        if self.keepalive:
+            frame = b": keep-alive\n\n" + frame
         if self.buffered:
             self.frames.append(frame)
             return
@@ -530,7 +535,11 @@ async def _relay_stream(call: UpstreamCall, upstream: aiohttp.ClientResponse) ->
     except (ConnectionError, RuntimeError):
         call.outcome.partial = call.outcome.client_gone = True  # left before the first byte
         return response
-    sender = _Sender(response, buffered="buffer_streams" in call.faults)
+    sender = _Sender(
+        response,
+        buffered="buffer_streams" in call.faults,
+        keepalive_comments="sse_keepalive_comments" in call.faults,
+    )
     relay = _StreamRelay(call, sender)
     handler = asyncio.current_task()
     assert handler is not None
