@@ -264,13 +264,17 @@ def test_not_buffered(client, profile, upstream, tag, relay):
     )
     gaps = [(b.arrived_ns - a.arrived_ns) / 1e6 for a, b in itertools.pairwise(events)]
     tolerance = profile.stream.gap_tolerance_ms
-    worst = max(abs(g - itl_ms) for g in gaps)
+    # Buffering shows in the typical gap (all at once: ~0; in batches: 0 and n x ITL); one
+    # stall of the machine running the harness shows as one long gap and one short catch-up
+    # gap, which must not fail a relay that streams.
+    off = [g for g in gaps if abs(g - itl_ms) > tolerance]
+    typical = statistics.median(gaps)
     require(
-        worst <= tolerance,
+        abs(typical - itl_ms) <= tolerance and len(off) <= 2,
         f"F4: events are flushed as they arrive: gaps through the relay match the upstream's "
         f"{itl_ms:.0f} ms (tolerance {tolerance} ms)",
-        f"gaps {itl_ms:.0f} ± {tolerance} ms",
-        f"gaps {[round(g, 1) for g in gaps]} ms (median {statistics.median(gaps):.1f})",
+        f"gaps {itl_ms:.0f} ± {tolerance} ms (median; at most one stall: 2 gaps off)",
+        f"gaps {[round(g, 1) for g in gaps]} ms (median {typical:.1f}, {len(off)} off)",
         ex.curl,
         relay.secrets,
     )

@@ -630,6 +630,7 @@ SKIP_REASONS = [
     # key: a key the run could not get
     ("needs a funded key (--relay-key)", "key"),
     ("needs a funded key: pass --relay-key or RELAYGATE_RELAY_KEY", "key"),
+    ("needs a funded key (--relay-key) to show the relay serves keys at all", "key"),
     (
         "cannot provision the key this case needs: no key for state EXPIRED: set "
         "RELAYGATE_KEY_EXPIRED (or pass it in the static keys), or give an admin token so the "

@@ -117,8 +117,9 @@ def test_every_object_holding_a_key_has_a_masked_repr(tmp_path: Path) -> None:
 
 # -- everything a run prints or writes ----------------------------------------------------
 class _Refuses(BaseHTTPRequestHandler):
-    """A relay that lists its models to anyone (so the preflight lets the run start) and answers
-    401 to everything else: every case fails, printing its traceback."""
+    """A relay that lists its models and shows its admin settings to anyone (so the preflight
+    lets the run start) and answers 401 to everything else: every case fails, printing its
+    traceback."""
 
     protocol_version = "HTTP/1.1"
 
@@ -135,15 +136,20 @@ class _Refuses(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0].rstrip("/").endswith("/v1/models"):
-            body = b'{"object": "list", "data": []}'
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        path = self.path.split("?")[0].rstrip("/")
+        open_to_all = {
+            "/v1/models": b'{"object": "list", "data": []}',
+            "/api/admin/settings": b'{"faults": []}',
+        }
+        body = open_to_all.get(path)
+        if body is None:
+            self._refuse()
             return
-        self._refuse()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from stand_in_relays import StandInRelay
 
 from relaygate.load.client import TimingClient
 from relaygate.profiles import load_profile
@@ -112,21 +113,24 @@ def test_relay_header_option_merges_over_the_profile(
 ) -> None:
     pytester.makepyfile(test_x=SHOW_HEADERS)
     monkeypatch.setenv("RELAYGATE_RELAY_HEADERS", "x-portkey-custom-host: http://m:1/v1")
-    args = ["-s", "--relay-url", "http://relay:1", "--relay-profile", "portkey"]
-    result = pytester.runpytest(*args)
-    result.stdout.fnmatch_lines(
-        [
-            "relaygate: extra headers x-portkey-custom-host",
-            "*HEADERS [[]('x-portkey-custom-host', 'http://m:1/v1'), "
-            "('x-portkey-provider', 'openai')[]]",
-        ]
-    )
-    # The CLI replaces the env var; a header named in both wins over the profile's.
-    result = pytester.runpytest(*args, "--relay-header", "x-portkey-provider: groq")
-    result.stdout.fnmatch_lines(["*HEADERS [[]('x-portkey-provider', 'groq')[]]"])
-    result = pytester.runpytest(*args, "--relay-header", "junk")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*relay header 'junk' is not 'Name: value'*"])
+    # A relay on 127.0.0.1 that lists its models: the preflight lets the run start.
+    with StandInRelay("refuse-401-listing-models") as relay:
+        args = ["-s", "--relay-url", relay.url, "--relay-profile", "portkey"]
+        result = pytester.runpytest(*args)
+        result.stdout.fnmatch_lines(
+            [
+                "relaygate: extra headers x-portkey-custom-host",
+                # the value is masked in the report (a header value can carry a key)
+                "*HEADERS [[]('x-portkey-custom-host', *), ('x-portkey-provider', 'openai')[]]",
+            ]
+        )
+        # The CLI replaces the env var; a header named in both wins over the profile's.
+        result = pytester.runpytest(*args, "--relay-header", "x-portkey-provider: groq")
+        result.stdout.fnmatch_lines(["*HEADERS [[]('x-portkey-provider', *)[]]"])
+        assert "x-portkey-custom-host" not in result.stdout.str().split("HEADERS", 1)[1]
+        result = pytester.runpytest(*args, "--relay-header", "junk")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*relay header 'junk' is not 'Name: value'*"])
 
 
 def test_timing_client_sends_its_headers_on_every_request() -> None:
