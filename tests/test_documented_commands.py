@@ -12,8 +12,16 @@ examples on the reports those two wrote. The rest are listed in ``PARSED_ONLY`` 
 from __future__ import annotations
 
 import configparser
+import json
+import os
+import queue
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,3 +260,259 @@ def test_a_wrong_command_fails(text: str, message: str, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         build_parser().parse_args(shlex.split(text)[1:])
     assert message in capsys.readouterr().err
+
+
+# -- the commands that run --------------------------------------------------------------------
+
+URL = re.compile(r"http://127\.0\.0\.1:\d+")
+ENV_FILE = re.compile(r"/tmp/relaygate-up-\w+/env")
+
+
+def command_at(text: str) -> Command:
+    (command,) = [c for c in COMMANDS if c.text == text][:1]
+    return command
+
+
+def sample_output(command: Command) -> list[str]:
+    """The first untagged fenced block after ``command``: the output the docs show for it."""
+    lines = command.path.read_text().splitlines()[command.line :]
+    closing = next(i for i, line in enumerate(lines) if line.strip() == "```")
+    start = next(i for i in range(closing + 1, len(lines)) if lines[i].strip() == "```") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "```")
+    return lines[start:end]
+
+
+def tool_env() -> dict[str, str]:
+    """The environment the documented commands run in: this venv's relaygate and locust."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name in list(env):
+        if name.startswith(("RELAYGATE_", "LOCUST_")):
+            del env[name]
+    return env
+
+
+def run(script: str, cwd: Path, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        env=tool_env() | env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Up:
+    """``relaygate up`` (+ options) started in ``cwd``; its stdout lines as they come."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.stderr = (cwd / f"up-{time.monotonic_ns()}.err").open("w+")
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=self.stderr, text=True
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def read_until(self, pattern: str, timeout: float = 60) -> list[str]:
+        """Lines up to and including the first that matches ``pattern``."""
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"relaygate up printed no {pattern!r} in {timeout} s: {out}")
+            if line is None:
+                pytest.fail(f"relaygate up ended ({self.proc.wait()}): {out} {self.errors()}")
+            out.append(line)
+            if re.search(pattern, line):
+                return out
+
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:]
+
+    def stop(self) -> int:
+        """SIGTERM (the README's way to stop it); its exit code."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        finally:
+            self.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch directory laid out like the checkout for ``-f loadtests``; reports land here."""
+    work = tmp_path_factory.mktemp("docs")
+    (work / "loadtests").symlink_to(ROOT / "loadtests")
+    return work
+
+
+@dataclass
+class UpSession:
+    printed: list[str]  # what `relaygate up` printed until ready
+    check: subprocess.CompletedProcess[str]  # the suite, run as `up` printed it
+    env_file: Path
+    env_file_existed: bool  # while the stack ran
+    exit_code: int  # of `relaygate up`, stopped with SIGTERM
+
+
+@pytest.fixture(scope="module")
+def up_session(workdir: Path) -> UpSession:
+    """``relaygate up``; the conformance suite exactly as it prints it (env file sourced, in
+    ``workdir``: the report lands in ``workdir/reports``); then the stack stopped."""
+    up = Up(["relaygate", "up"], workdir)
+    try:
+        printed = up.read_until(r"^Ctrl-C to stop")
+        at = next(i for i, line in enumerate(printed) if line.strip().startswith("set -a;"))
+        script = "\n".join(line.strip() for line in printed[at : at + 2])
+        env_file = Path(ENV_FILE.findall(script)[0])
+        existed = env_file.is_file()
+        check = run(script, workdir, timeout=180)
+    finally:
+        code = up.stop()
+    return UpSession(printed, check, env_file, existed, code)
+
+
+@pytest.fixture(scope="module")
+def worked_example(workdir: Path, up_session: UpSession) -> subprocess.CompletedProcess[str]:
+    """The README's Locust worked example, as written, in ``workdir`` (after the stack of
+    ``up_session`` stopped: one load at a time on two cores)."""
+    return run(command_at(WORKED_EXAMPLE).text, workdir, timeout=180)
+
+
+def _normalise(line: str) -> str:
+    return ENV_FILE.sub("ENV", URL.sub("URL", line.rstrip()))
+
+
+@pytest.mark.timeout(300)
+def test_up_prints_what_the_readme_shows_and_stops(up_session: UpSession) -> None:
+    sample = [_normalise(line) for line in sample_output(command_at(UP)) if line.strip() != "…"]
+    printed = [_normalise(line) for line in up_session.printed]
+    missing = [line for line in sample if line not in printed]
+    assert not missing, f"README.md: `relaygate up` prints no {missing}; it printed {printed}"
+    order = [printed.index(line) for line in sample]
+    assert order == sorted(order), f"README.md: `relaygate up` prints {printed}"
+    # README: "runs until Ctrl-C / SIGTERM"; the env file is "removed when the stack stops".
+    assert up_session.exit_code == 0
+    assert up_session.env_file_existed and not up_session.env_file.exists()
+
+
+@pytest.mark.timeout(300)
+def test_the_check_up_prints_passes(up_session: UpSession, workdir: Path) -> None:
+    done = up_session.check
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((workdir / "reports" / "conformance.json").read_text())
+    # README: "with the admin token and upstream URL every case runs".
+    summary = report["summary"]
+    assert summary["passed"] > 0 and summary["failed"] == summary["skipped"] == 0, summary
+
+
+@pytest.mark.timeout(120)
+def test_up_json_prints_the_documented_keys_and_stops(workdir: Path) -> None:
+    command = command_at(UP)
+    block = command.path.read_text().splitlines()[command.line : command.line + 4]
+    comment = " ".join(line.lstrip("# ") for line in block if line.startswith("#"))
+    documented = json.loads(comment)
+    up = Up(list(command.argv), workdir)
+    try:
+        (line,) = up.read_until(r"^\{")
+        printed = json.loads(line)
+        assert printed.keys() == documented.keys()
+        for key in ("relay_url", "upstream_url"):
+            assert URL.fullmatch(printed[key]), printed[key]
+        assert printed["relay_key"].startswith("sk-")
+        assert printed["admin_token"].startswith("rg-admin-")
+    finally:
+        code = up.stop()
+    assert code == 0
+
+
+@pytest.mark.timeout(300)
+def test_worked_example_passes_and_prints_the_sample_rows(
+    worked_example: subprocess.CompletedProcess[str],
+) -> None:
+    out = worked_example.stdout + worked_example.stderr
+    assert worked_example.returncode == 0, out[-4000:]
+    sample = sample_output(command_at(WORKED_EXAMPLE))
+    printed = out.splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("relaygate metric"))
+    assert printed[start].split() == sample[0].split()
+
+    def rows(lines: list[str]) -> list[str]:
+        labels = []
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) != 6 or not fields[1].isdigit():
+                break
+            labels.append(fields[0])
+        return labels
+
+    assert rows(printed[start:]) == rows(sample), "README.md: the worked example's rows differ"
+    checks = [line.split(":")[0] for line in sample if line.startswith("CHECK ")]
+    assert checks == [line.split(":")[0] for line in printed if line.startswith("CHECK ")]
+    written = "relaygate summary written to reports/load-summary.json"
+    assert any(line.endswith(written) for line in sample)
+    assert any(line.endswith(written) for line in printed)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("text", GATES, ids=lambda t: command_at(t).where)
+def test_gate_examples_pass_on_the_reports_written_above(
+    text: str,
+    workdir: Path,
+    up_session: UpSession,
+    worked_example: subprocess.CompletedProcess[str],
+) -> None:
+    where = command_at(text).where
+    done = run(command_at(text).text, workdir, timeout=60)
+    summary = json.loads((workdir / "reports" / "load-summary.json").read_text())
+    if "--load" in text and not summary["latency_valid"]:
+        # The load run's self-check found the harness itself too slow (a busy machine): the
+        # gate must fail on that, and only on that.
+        assert done.returncode == 1, f"{where}: {done.stdout}{done.stderr}"
+        assert "self-check: latency percentiles INVALID" in done.stdout, done.stdout
+        assert "FAILED" not in done.stdout.replace("GATE FAILED", ""), done.stdout
+        return
+    assert done.returncode == 0, f"{where}: {done.stdout}{done.stderr}"
+    assert done.stdout.startswith("GATE PASSED"), done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["relay", "list"],
+        *([name, "--help"] for name in sorted(_subcommands())),
+    ],
+    ids=" ".join,
+)
+def test_help_and_relay_list_run(argv: list[str], tmp_path: Path) -> None:
+    """The commands the docs point readers to for the details: offline, quick, exit 0."""
+    done = subprocess.run(
+        ["relaygate", *argv],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
