@@ -248,6 +248,15 @@ def test_command_parses(
         assert args[:1] == ["-e"], where
         missing = set(args[1].split(",")) - envs
         assert not missing, f"{where}: tox.ini has no environment {missing}"
+        # What those environments run: relaygate's commands parse too (`relay matrix`).
+        for env in args[1].split(","):
+            for line in tox.get(f"testenv:{env}", "commands", fallback="").splitlines():
+                words = line.replace("{posargs}", "").split()
+                if words[:1] == ["relaygate"]:
+                    try:
+                        build_parser().parse_args(words[1:])
+                    except SystemExit:
+                        pytest.fail(f"{where}: tox.ini [testenv:{env}] runs `{line}`: refused")
 
 
 @pytest.mark.parametrize(
