@@ -303,11 +303,11 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run(script: str, cwd: Path, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+def run(script: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", script],
         cwd=cwd,
-        env=tool_env() | env,
+        env=tool_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -379,6 +379,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class UpSession:
     printed: list[str]  # what `relaygate up` printed until ready
     check: subprocess.CompletedProcess[str]  # the suite, run as `up` printed it
+    refused: subprocess.CompletedProcess[str]  # the suite with a key the relay refuses
     env_file: Path
     env_file_existed: bool  # while the stack ran
     exit_code: int  # of `relaygate up`, stopped with SIGTERM
@@ -396,9 +397,14 @@ def up_session(workdir: Path) -> UpSession:
         env_file = Path(ENV_FILE.findall(script)[0])
         existed = env_file.is_file()
         check = run(script, workdir, timeout=180)
+        # README's sample of an unusable input: a key the relay refuses.
+        elsewhere = workdir / "refused-key"
+        elsewhere.mkdir()
+        relay_url = URL.findall(printed[0])[0]
+        refused = run(f"relaygate check --relay-url {relay_url} --relay-key sk-0", elsewhere, 60)
     finally:
         code = up.stop()
-    return UpSession(printed, check, env_file, existed, code)
+    return UpSession(printed, check, refused, env_file, existed, code)
 
 
 @pytest.fixture(scope="module")
@@ -433,6 +439,21 @@ def test_the_check_up_prints_passes(up_session: UpSession, workdir: Path) -> Non
     # README: "with the admin token and upstream URL every case runs".
     summary = report["summary"]
     assert summary["passed"] > 0 and summary["failed"] == summary["skipped"] == 0, summary
+
+
+@pytest.mark.timeout(300)
+def test_a_refused_key_stops_the_suite_as_the_readme_shows(
+    up_session: UpSession, workdir: Path
+) -> None:
+    done = up_session.refused
+    out = done.stdout + done.stderr
+    # README: "relaygate check exits 2" and "writes no report".
+    assert done.returncode == 2, out[-3000:]
+    assert not (workdir / "refused-key" / "reports").exists()
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (sample,) = [line for line in readme if line.startswith("! _pytest.outcomes.Exit:")]
+    pattern = re.escape(sample).replace(re.escape('{"error":…}'), r"\{.*\}")
+    assert re.search(pattern, out), f"README.md: the refused-key line is not {sample!r}: {out}"
 
 
 @pytest.mark.timeout(120)
