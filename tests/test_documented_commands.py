@@ -414,8 +414,13 @@ def worked_example(workdir: Path, up_session: UpSession) -> subprocess.Completed
     return run(command_at(WORKED_EXAMPLE).text, workdir, timeout=180)
 
 
+MASKED_KEY = re.compile(r"sk-\w{3}…\w{3}")
+
+
 def _normalise(line: str) -> str:
-    return ENV_FILE.sub("ENV", URL.sub("URL", line.rstrip()))
+    """A line with what differs run to run (ports, temp paths, masked keys) made constant."""
+    line = MASKED_KEY.sub("sk-KEY", line.rstrip())
+    return ENV_FILE.sub("ENV", URL.sub("URL", line))
 
 
 @pytest.mark.timeout(300)
@@ -556,3 +561,27 @@ def test_relay_list_names_the_relays_of_the_readme_matrix(tmp_path: Path) -> Non
     readme = (ROOT / "README.md").read_text()
     table = set(re.findall(r"^\| ([a-z][\w-]*) \| \d", readme, flags=re.MULTILINE))
     assert listed and table - {"reference"} == listed, done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_failed_case_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    """README "Reading a failure": F20 against the reference relay with the fault switch that
+    answers an exhausted token with 429 (``wrong_quota_status``), on the embedded stack."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Reading a failure", 1)[1].split("```\n", 2)[1]
+    sample = [line.strip() for line in block.splitlines() if line.strip()]
+    assert sample[0].startswith("-> F20:"), sample
+    done = run(
+        "relaygate check --relay-fault wrong_quota_status -k test_token_exhausted",
+        tmp_path,
+        timeout=150,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    printed = [_normalise(line) for line in done.stdout.splitlines()]
+    at = 0
+    for line in sample:
+        # "…" elides (a JSON body, the rest of a command, the middle of a masked key).
+        pattern = ".*".join(re.escape(part) for part in _normalise(line).split("…"))
+        found = [i for i in range(at, len(printed)) if re.search(pattern, printed[i])]
+        assert found, f"README.md: a failed case prints no {line!r}: {done.stdout[-3000:]}"
+        at = found[0] + 1
