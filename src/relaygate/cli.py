@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "mock-upstream": ("relaygate.mock.cli", "run the mock OpenAI-compatible upstream"),
     "reference-relay": ("relaygate.relay.cli", "run the reference relay (FAQ semantics)"),
     "bench": ("relaygate.bench", "benchmark the mock upstream (streams held, events/s, jitter)"),
-    "gate": ("relaygate.gate", "judge saved conformance/load reports: exit 0 (pass) or 1 (fail)"),
+    "gate": ("relaygate.gate", "judge saved reports: exit 0 pass, 1 fail, 2 unusable input"),
     "relay": ("relaygate.relays.cli", "install/start/stop third-party relays; run the matrix"),
 }
 
