@@ -142,7 +142,9 @@ class _BoundedStream(httpx.SyncByteStream):
                 yield chunk
         except (DeadlineExceeded, ByteCapExceeded):
             raise
-        except httpx.TransportError as exc:
+        except Exception as exc:
+            # The watchdog ends a read by shutting the socket down; whatever the layers below
+            # make of that (not always an httpx error), past the deadline it is the deadline.
             if self._watchdog.expired():
                 raise self._bounds.deadline() from exc
             raise
@@ -192,7 +194,7 @@ class BoundedTransport(httpx.BaseTransport):
         request.extensions = {**request.extensions, "trace": trace}
         try:
             response = self._inner.handle_request(request)
-        except httpx.TransportError as exc:
+        except Exception as exc:
             watchdog.finish()
             if isinstance(exc, httpx.TimeoutException) or watchdog.expired():
                 raise bounds.deadline() from exc

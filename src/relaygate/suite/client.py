@@ -472,7 +472,10 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
                     if self._watchdog.expired():
                         raise lib.ReadTimeout(deadline_reason(timeout_s))
                     yield chunk
-            except lib.TransportError as exc:
+            except Exception as exc:
+                # The watchdog ends a read by shutting the socket down: whatever the layers
+                # below make of that (httpcore's own RemoteProtocolError included), past the
+                # deadline it is the deadline.
                 if self._watchdog.expired() and not isinstance(exc, lib.ReadTimeout):
                     raise lib.ReadTimeout(deadline_reason(timeout_s)) from exc
                 raise
