@@ -21,6 +21,9 @@ class BenchStreamingChatUser(RelaygateUser):
     def chat_completions_stream(self) -> None:
         self.stream_chat()
 
-    def report(self, name: str, res: RequestResult, *, scope: str = "") -> None:
+    def report(
+        self, name: str, res: RequestResult, *, scope: str = "", expected: tuple[str, ...] = ()
+    ) -> None:
         sent = res.t_sent_ns or 0
-        super().report(name, res, scope=scope if FROM_NS <= sent < UNTIL_NS else "warmup.")
+        in_window = FROM_NS <= sent < UNTIL_NS
+        super().report(name, res, scope=scope if in_window else "warmup.", expected=expected)

@@ -342,10 +342,11 @@ def main() -> int:
         if "error" in r:
             print(f"{r['client']:<15}{r['streams_concurrent']:>8}  ERROR {r['error'][-200:]}")
             continue
+        shown = {k: "-" if v is None else v for k, v in r.items()}  # None: nothing measured
         print(
-            f"{r['client']:<15}{r['streams_concurrent']:>8}{r['events_per_s']:>8}"
-            f"{r['ttft_err_p50']:>11} / {r['ttft_err_p99']:<8}"
-            f"{r['itl_err_p50']:>10} / {r['itl_err_p99']:<8}{r['cpu_percent']:>6}"
+            f"{shown['client']:<15}{shown['streams_concurrent']:>8}{shown['events_per_s']:>8}"
+            f"{shown['ttft_err_p50']:>11} / {shown['ttft_err_p99']:<8}"
+            f"{shown['itl_err_p50']:>10} / {shown['itl_err_p99']:<8}{shown['cpu_percent']:>6}"
         )
     print(
         f"capacity (events/s, TTFT error p99 <= {CAPACITY_P99_MS} ms at every level up to it, "
