@@ -1,6 +1,6 @@
 """Benchmark the mock upstream: ``python benchmarks/bench_mock.py [relaygate bench flags]``.
 
-A thin wrapper around ``relaygate bench`` (see :mod:`relaygate.bench` for what it measures).
+A thin wrapper around ``relaygate bench`` (see :mod:`relaygate.cli.bench` for what it measures).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
         --rate-limit 60/60s --headless -t 10m
 
 One prober runs per test (``fixed_count = 1``), whatever ``-u`` says; the run ends when it is
-done if it is the only scenario. Phases and metrics: ``relaygate.load.ratelimit``.
+done if it is the only scenario. Phases and metrics: ``relaygate.load.prober``.
 """
 
 from locust import run_single_user, task

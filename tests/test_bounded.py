@@ -22,8 +22,8 @@ from relaygate.provision import ProvisioningError
 from relaygate.provision.newapi import NewAPIProvisioner
 from relaygate.provision.oneapi import OneAPIProvisioner
 from relaygate.provision.reference import ReferenceProvisioner
-from relaygate.relays.launcher import RelayLauncher, RelayStartError
 from relaygate.suite.client import UpstreamJournal
+from relaygate.thirdparty.launcher import RelayLauncher, RelayStartError
 
 ADMIN_TOKEN = "sk-relaygate-admin-0123456789abcdef"
 FIFTY_MB = 50 * 1024 * 1024
@@ -184,7 +184,7 @@ class _Alive:
 def test_relay_health_check_is_bounded(
     stand_in: StandIn, behaviour: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relaygate.relays import launcher as launcher_mod
+    from relaygate.thirdparty import launcher as launcher_mod
 
     monkeypatch.setattr(launcher_mod, "HEALTH_PROBE_TIMEOUT_S", 0.5)
     launcher = object.__new__(RelayLauncher)
@@ -224,7 +224,7 @@ def test_upstream_journal_health_is_bounded(stand_in: StandIn, behaviour: str) -
 def test_bench_control_call_is_bounded(
     stand_in: StandIn, behaviour: str, bound: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relaygate import bench
+    from relaygate.cli import bench
 
     monkeypatch.setattr(bench, "_CONTROL_TIMEOUT_S", 0.5)
     started = time.monotonic()

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from relaygate.check import conformance_dir
 from relaygate.cli import SUBCOMMANDS, main
+from relaygate.cli.check import conformance_dir
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,7 +91,7 @@ def test_check_carries_a_per_case_timeout_and_maps_exit_codes(
         return next(codes)
 
     monkeypatch.setattr(sp, "call", call)
-    from relaygate.check import CASE_TIMEOUT_S, run_pytest
+    from relaygate.cli.check import CASE_TIMEOUT_S, run_pytest
 
     assert [run_pytest(["--timeout", "7"]) for _ in range(4)] == [2, 130, 1, 0]
     command = calls[0]

@@ -163,8 +163,7 @@ def test_demo_refused_key_is_named(tmp_path: Path) -> None:
 def test_demo_interrupted_or_empty_run_keeps_the_previous_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from relaygate import demo
-    from relaygate.cli import build_parser
+    from relaygate.cli import build_parser, demo
 
     out = tmp_path / "reports"
     files = _previous(out)
@@ -273,8 +272,7 @@ def test_demo_complete_run_replaces_the_whole_previous_report(
 ) -> None:
     """A complete run swaps its files in and drops the previous run's files it did not write
     (--no-load: no load-summary.json beside a page that has no load section)."""
-    from relaygate import demo
-    from relaygate.cli import build_parser
+    from relaygate.cli import build_parser, demo
 
     out = tmp_path / "reports"
     _previous(out)

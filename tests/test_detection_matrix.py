@@ -29,7 +29,7 @@ from typing import NamedTuple
 import pytest
 from matrix_runner import BASELINE
 
-from relaygate.relay.faults import FAULTS
+from relaygate.reference.faults import FAULTS
 from relaygate.stack import EmbeddedStack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_every_case_is_caught_by_some_fault(matrix: Matrix) -> None:
     uncaught = sorted(instances - caught)
     assert not uncaught, (
         f"no fault switch makes these case instances fail: {uncaught}; add a fault switch "
-        "(src/relaygate/relay/faults.py) that breaks the rule they check"
+        "(src/relaygate/reference/faults.py) that breaks the rule they check"
     )
     named = set().union(*DETECTS.values())
     unknown = sorted(named - instances)

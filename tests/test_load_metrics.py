@@ -8,7 +8,7 @@ from relaygate.load import outcomes
 from relaygate.load.client import RequestResult
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
-from relaygate.load.ratelimit import jain_index, parse_rate_limit, retry_after_s, step_stats
+from relaygate.load.prober import jain_index, parse_rate_limit, retry_after_s, step_stats
 from relaygate.load.summary import build_summary, mask_url
 
 MS = 1_000_000
@@ -137,7 +137,7 @@ def test_importing_the_load_package_imports_neither_locust_nor_gevent() -> None:
     import sys
 
     code = (
-        "import sys, relaygate.load, relaygate.load.client, relaygate.load.ratelimit, "
+        "import sys, relaygate.load, relaygate.load.client, relaygate.load.prober, "
         "relaygate.load.summary, relaygate.load.plots, relaygate.load.selfcheck; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent', 'matplotlib')]; "
         "print(bad); sys.exit(1 if bad else 0)"

@@ -18,7 +18,7 @@ from test_load_locust import run_locust
 
 from relaygate.load import outcomes
 from relaygate.load.client import RequestResult, TimingClient
-from relaygate.load.ratelimit import (
+from relaygate.load.prober import (
     ProbeConfig,
     RateLimitProber,
     judge_retry_after,

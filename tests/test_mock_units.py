@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relaygate.mock import cli
+from relaygate.cli import mock_upstream as cli
 from relaygate.mock.clock import Histogram, PreciseClock
 from relaygate.mock.config import DEFAULT_MODELS, MockConfig, ModelLimits, load_models_file
 from relaygate.mock.journal import Journal, shrink_json

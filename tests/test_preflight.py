@@ -141,7 +141,7 @@ def test_bad_profile_and_url_are_one_line() -> None:
 def test_every_fault_switch_passes_preflight() -> None:
     """The detection matrix runs the suite against each fault switch: preflight must leave all
     of them to the cases (they break rules, never the funded key or the admin token)."""
-    from relaygate.relay.faults import FAULTS
+    from relaygate.reference.faults import FAULTS
     from relaygate.stack import EmbeddedStack
 
     stack = EmbeddedStack()

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from relaygate.provision import KeyState
 from relaygate.provision.reference import ReferenceProvisioner
-from relaygate.relay.app import build_state, create_app
-from relaygate.relay.config import RelayConfig
+from relaygate.reference.app import build_state, create_app
+from relaygate.reference.config import RelayConfig
 
 ADMIN = "admin-token-live-test"
 

@@ -19,18 +19,18 @@ from typing import IO, Any, ClassVar
 import pytest
 
 from relaygate.keys import mask_key
-from relaygate.load.ratelimit import ProbeConfig
+from relaygate.load.prober import ProbeConfig
 from relaygate.mock.config import MockConfig
 from relaygate.provision.base import KeyState, ProvisionedKey
 from relaygate.provision.oneapi import _User
-from relaygate.relay.config import RelayConfig
-from relaygate.relay.store import Channel, Token
-from relaygate.relays import launcher as launcher_mod
-from relaygate.relays.base import RelayDriver, RelayPlan, write_private
-from relaygate.relays.launcher import RelayLauncher, RunningRelay
+from relaygate.reference.config import RelayConfig
+from relaygate.reference.store import Channel, Token
 from relaygate.stack import StackInfo
 from relaygate.suite.client import RelayClient
 from relaygate.suite.target import RelayOptions, RelayTarget
+from relaygate.thirdparty import launcher as launcher_mod
+from relaygate.thirdparty.base import RelayDriver, RelayPlan, write_private
+from relaygate.thirdparty.launcher import RelayLauncher, RunningRelay
 
 pytest_plugins = ["pytester"]
 

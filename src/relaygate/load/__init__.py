@@ -11,7 +11,7 @@ monkey-patches anything):
 * :mod:`relaygate.load.metrics`    - the registry and per-request recording
 * :mod:`relaygate.load.outcomes`   - outcome classes
 * :mod:`relaygate.load.pacer`      - open-loop schedule (constant / Poisson)
-* :mod:`relaygate.load.ratelimit`  - the 429 prober and its analysis
+* :mod:`relaygate.load.prober`  - the 429 prober and its analysis
 * :mod:`relaygate.load.slo`        - ``--slo`` rules
 * :mod:`relaygate.load.selfcheck`  - loop lag / CPU self-check
 * :mod:`relaygate.load.summary`, :mod:`relaygate.load.plots` - reports

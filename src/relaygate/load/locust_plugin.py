@@ -59,7 +59,7 @@ from relaygate.load.client import (
 from relaygate.load.geventio import cooperative
 from relaygate.load.metrics import Registry, record_result
 from relaygate.load.pacer import Pacer
-from relaygate.load.ratelimit import (
+from relaygate.load.prober import (
     EXPECTED_429,
     PHASES,
     ProbeConfig,
@@ -947,7 +947,7 @@ def _first(value: Any, default: Any) -> Any:
 
 
 class GeventRuntime:
-    """:class:`relaygate.load.ratelimit.Runtime` on gevent."""
+    """:class:`relaygate.load.prober.Runtime` on gevent."""
 
     def spawn(self, fn: Any) -> Any:
         return gevent.spawn(fn)

@@ -35,7 +35,7 @@ import orjson
 from relaygate.keys import mask_secrets
 from relaygate.load import outcomes, selfcheck
 from relaygate.load.metrics import Registry
-from relaygate.load.ratelimit import summarize_stream_429s
+from relaygate.load.prober import summarize_stream_429s
 
 __all__ = ["build_summary", "mask_url", "write_metrics_csv", "write_summary"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relaygate.mock import cli
+from relaygate.cli import mock_upstream as cli
 
 
 def main() -> int:

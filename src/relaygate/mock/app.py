@@ -22,8 +22,7 @@ from aiohttp import HttpVersion11, web
 from relaygate import tokens
 from relaygate.directives import Directive, DirectiveError, find_directive
 from relaygate.keys import mask_key
-from relaygate.mock import checks
-from relaygate.mock.checks import RequestError
+from relaygate.mock import validation as checks
 from relaygate.mock.clock import PreciseClock, TimingStats
 from relaygate.mock.config import MockConfig, ModelLimits
 from relaygate.mock.journal import Journal, JournalEntry
@@ -39,6 +38,7 @@ from relaygate.mock.responses import (
     text_completion,
 )
 from relaygate.mock.stream import StreamPlan, write_stream
+from relaygate.mock.validation import RequestError
 from relaygate.serve import error_body, json_errors_middleware
 
 __all__ = ["STATE", "MockState", "create_app"]

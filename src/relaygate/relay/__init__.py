@@ -1,1 +1,0 @@
-"""The reference relay: a compact, correct one-api-style relay (see ``relaygate.relay.app``)."""
