@@ -160,6 +160,32 @@ def test_without_the_mode_detail_the_report_marks_what_it_does_not_know(tmp_path
     assert "models" not in doc and "live_cost" not in doc
 
 
+def test_without_the_mode_detail_a_missing_admin_api_is_read_from_the_skips(
+    tmp_path: Path,
+) -> None:
+    no_admin = CaseResult(
+        CaseMeta(id="auth.refused", title="t", area="auth"),
+        "skipped",
+        "cannot provision the key this case needs: no key for state EXPIRED: set "
+        "RELAYGATE_KEY_EXPIRED (or pass it in the static keys), or give an admin token so the "
+        "harness can create one",
+        0.0,
+    )
+    write_reports(
+        tmp_path,
+        [*_results(), no_admin],
+        relay_url="http://127.0.0.1:3000",
+        profile="faq",
+        mode="mock",
+        started_at=dt.datetime(2026, 12, 4, tzinfo=dt.UTC),
+        duration_s=1.0,
+    )
+    detail = json.loads((tmp_path / "conformance.json").read_text())["run_mode"]
+    assert detail["name"] == "partial"
+    assert detail["ground_truth"] == ["upstream_journal"]
+    assert (detail["missing"], detail["unknown"]) == (["admin_api"], ["relay_key"])
+
+
 # -- audit.md ---------------------------------------------------------------------------------
 def test_audit_md_is_written_beside_conformance_json_fit_to_send(tmp_path: Path) -> None:
     mode = run_mode(relay_key=True, admin_api=False, upstream_journal=False)

@@ -132,7 +132,7 @@ def _mode(doc: Mapping[str, Any]) -> tuple[str, str]:
     detail = doc.get("run_mode")
     if isinstance(detail, Mapping) and detail.get("summary"):
         name = str(detail.get("name") or doc.get("mode") or "?")
-        meaning = f" ({RUN_MODES[name]})" if name in RUN_MODES else ""
+        meaning = f" — {RUN_MODES[name]}" if name in RUN_MODES else ""
         return name, f"{detail['summary']}{meaning}"
     name = str(doc.get("mode") or "?")
     return name, f"{name} (this report does not say what ground truth the run had)"
@@ -247,6 +247,10 @@ def _fence(text: str, lang: str = "") -> list[str]:
     return [f"{fence}{lang}", text, fence]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -276,7 +280,8 @@ def render_markdown(audit: Audit) -> str:
         "",
         "## Summary",
         "",
-        f"{audit.total} checks: **{len(audit.findings)} findings** ({sev['high']} high, "
+        f"{audit.total} checks: **{_plural(len(audit.findings), 'finding')}** "
+        f"({sev['high']} high, "
         f"{sev['medium']} medium, {sev['low']} low) · {audit.clean_count} checked and clean · "
         f"{len(audit.deviations)} documented differences · "
         f"**{audit.not_tested_count} not tested**.",

@@ -67,7 +67,7 @@ GROUND_TRUTH: dict[str, tuple[str, str]] = {
 RUN_MODES: dict[str, str] = {
     "mock": "ground truth: the relaygate mock upstream behind the relay and its admin API",
     "partial": "part of the ground truth: the cases that need the rest are skipped",
-    "live": "URL + key only (what a relay's customer has): ground-truth cases are skipped",
+    "live": "URL + key only, what a relay's customer has: ground-truth cases are skipped",
 }
 
 
@@ -89,7 +89,7 @@ class RunMode:
         def names(keys: tuple[str, ...]) -> str:
             return ", ".join(GROUND_TRUTH[k][0] if k in GROUND_TRUTH else k for k in keys)
 
-        parts = [f"had {names(self.ground_truth)}" if self.ground_truth else "had no ground truth"]
+        parts = [f"had {names(self.ground_truth)}"] if self.ground_truth else []
         if self.missing:
             parts.append(f"without {names(self.missing)}")
         if self.unknown:
@@ -125,17 +125,26 @@ def run_mode(
     )
 
 
-def _guessed_mode(mode: str, relay_url: str) -> RunMode:
-    """A run that passed only ``mode``: the journal is known from it, the rest is not."""
+def _guessed_mode(mode: str, relay_url: str, results: Sequence[CaseResult]) -> RunMode:
+    """A run that passed only ``mode``: the journal is known from it; a missing key or admin
+    API from the skips that name them; the rest is marked unknown."""
     if relay_url == "embedded":  # the embedded stack always has all three
         return run_mode(relay_key=True, admin_api=True, upstream_journal=True, embedded=True)
-    journal: tuple[str, ...] = ("upstream_journal",)
-    known, missing = (journal, ()) if mode == "mock" else ((), journal)
+    reasons = [_reason_text(r.reason) for r in results if r.outcome == "skipped"]
+    have: dict[str, bool | None] = {
+        "relay_key": False if any(r.startswith("needs a funded key") for r in reasons) else None,
+        "admin_api": False if any(_NO_ADMIN.search(r) for r in reasons) else None,
+        "upstream_journal": mode == "mock",
+    }
+    missing = tuple(k for k in GROUND_TRUTH if have[k] is False)
+    name = mode
+    if mode == "mock" and "admin_api" in missing:
+        name = "partial"
     return RunMode(
-        name=mode,
-        ground_truth=known,
+        name=name,
+        ground_truth=tuple(k for k in GROUND_TRUTH if have[k]),
         missing=missing,
-        unknown=tuple(k for k in GROUND_TRUTH if k not in known + missing),
+        unknown=tuple(k for k in GROUND_TRUTH if have[k] is None),
     )
 
 
@@ -171,12 +180,20 @@ _SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # "the static adapter cannot configure a group ratio and a channel": no admin API in this run.
 _NO_ADMIN_API = re.compile(r"^the \S+ adapter cannot configure ")
+# Skips that only a run without an admin token writes (provision/, pytest_plugin.py).
+_NO_ADMIN = re.compile(
+    r"give an admin token|^no admin token|^needs an admin|^the static adapter cannot", re.I
+)
+
+
+def _reason_text(reason: str) -> str:
+    """A skip reason without pytest's ``Skipped:`` prefix."""
+    return reason.strip().removeprefix("Skipped: ").strip()
 
 
 def skip_class(reason: str) -> str:
     """The class (a key of :data:`SKIP_CLASSES`) of a skip reason the suite wrote."""
-    text = reason.strip().removeprefix("Skipped: ").strip()
-    lowered = text.lower()
+    lowered = _reason_text(reason).lower()
     for name, prefixes in _SKIP_PREFIXES:
         if lowered.startswith(prefixes):
             return name
@@ -262,7 +279,7 @@ def write_reports(
 
     report_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (list(AREAS).index(r.meta.area), r.meta.id))
-    detail = mode_detail or _guessed_mode(mode, relay_url)
+    detail = mode_detail or _guessed_mode(mode, relay_url, ordered)
     doc = {
         "relay_url": mask_secrets(relay_url, *secrets),
         "profile": profile,
