@@ -331,3 +331,24 @@ def test_a_live_run_writes_audit_md_without_a_key(pytester: pytest.Pytester) -> 
     assert doc["run_mode"]["name"] == "live"
     [failed] = [c for c in doc["cases"] if c["outcome"] == "failed"]
     assert failed["evidence"]["counts"] == {"local": 12, "reported": 40}
+
+
+# -- relaygate gate -------------------------------------------------------------------------------
+def test_gate_says_the_mode_and_writes_the_audit_on_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relaygate.cli import main as cli
+
+    mode = run_mode(relay_key=True, admin_api=False, upstream_journal=False)
+    _write(tmp_path, mode_detail=mode)
+    report, audit_md = tmp_path / "conformance.json", tmp_path / "sent" / "audit.md"
+    assert cli(["gate", "--conformance", str(report), "--audit-md", str(audit_md)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "mode live: had a funded key; without the admin API, the mock upstream's journal" in out
+    text = audit_md.read_text()
+    assert text.startswith("# Relay audit: relay.example:8443") and KEY not in text
+    assert cli(["gate", "--load", str(report), "--audit-md", str(audit_md)]) == 2
+    assert "--audit-md needs --conformance" in capsys.readouterr().err
+    assert cli(["gate", "--conformance", str(report), "--audit-md", str(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("relaygate gate: error: --audit-md")
