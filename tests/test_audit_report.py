@@ -352,3 +352,15 @@ def test_gate_says_the_mode_and_writes_the_audit_on_request(
     assert cli(["gate", "--conformance", str(report), "--audit-md", str(tmp_path)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("relaygate gate: error: --audit-md")
+
+
+def test_a_demo_run_without_a_conformance_report_leaves_no_stale_audit(tmp_path: Path) -> None:
+    from relaygate.cli.demo import _swap_in
+
+    out, new = tmp_path / "reports", tmp_path / "new"
+    out.mkdir()
+    new.mkdir()
+    (out / "audit.md").write_text("# Relay audit: an older run")
+    (new / "load-summary.json").write_text("{}")
+    _swap_in(new, out)
+    assert sorted(p.name for p in out.iterdir()) == ["load-summary.json"]
