@@ -192,8 +192,10 @@ def cell(outcome: Outcome | None, baseline: Outcome | None) -> str:
         label = "missed (info only:"
         if not new:
             return "missed"
-    shown = ", ".join(i.split(":")[0] for i in new[:2])
+    shown = ", ".join(i.split(": ")[0] for i in new[:2])
     more = f" +{len(new) - 2}" if len(new) > 2 else ""
+    if len(shown) > 36:  # one id, whole, and how many more
+        shown, more = new[0].split(": ")[0], f" +{len(new) - 1}" if len(new) > 1 else ""
     return f"{label} {shown}{more}" + (")" if label != "CAUGHT" else "")
 
 
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((fault, audit(fault, relaycheck)))
 
     width = max(len(f) for f in ["fault", *faults])
-    col = 44
+    col = 52
     print()
     print(f"{'fault':<{width}}  " + "  ".join(f"{t:<{col}}" for t in tools))
     clean_cells = []
