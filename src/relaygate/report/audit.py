@@ -142,8 +142,8 @@ def _finding(case: Mapping[str, Any]) -> Finding:
     from relaygate.report.page import split_failure
 
     view = split_failure(case)
-    evidence = case.get("evidence") if isinstance(case.get("evidence"), Mapping) else {}
-    assert isinstance(evidence, Mapping)
+    raw = case.get("evidence")
+    evidence: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     counts = evidence.get("counts")
     confidence = evidence.get("confidence")
     area, level = str(case.get("area", "")), str(case.get("level", "MUST"))
