@@ -33,6 +33,24 @@ EVIDENCE: dict[str, Any] = {
 }
 
 
+# conformance.json's live_cost as the live cost meter writes it (relaygate.suite.budget)
+LIVE_COST: dict[str, Any] = {
+    "requests": 41,
+    "refused_requests": 3,
+    "prompt_tokens": 900,
+    "completion_tokens": 120,
+    "quota": 7380,
+    "usd": 0.01230,
+    "worst_case_quota": 12000,
+    "worst_case_usd": 0.02,
+    "max_tokens": 16,
+    "budget_quota": 300000,
+    "budget_usd": 0.5,
+    "stopped_by_budget": True,
+    "priced_with": "the profile's ratios, tokens counted locally (relaygate.tokens)",
+}
+
+
 def _failure_text(**kwargs: Any) -> str:
     with pytest.raises(CaseFailure) as info:
         require(
@@ -143,8 +161,8 @@ def _write(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
 
 def test_conformance_json_records_the_mode_the_version_models_and_cost(tmp_path: Path) -> None:
     mode = run_mode(relay_key=True, admin_api=False, upstream_journal=False)
-    cost = {"spent_usd": 0.0123, "budget_usd": 0.5, "requests": 41}
-    doc = _write(tmp_path, mode_detail=mode, models=["gpt-4o"], live_cost=cost)
+    cost = {"usd": 0.0123, "budget_usd": 0.5, "requests": 41}
+    doc = _write(tmp_path, mode_detail=mode, models=["gpt-4o"], extra={"live_cost": cost})
     assert doc["mode"] == "live"  # the old key keeps its old value
     assert doc["run_mode"] == mode.to_json()
     assert doc["relaygate_version"]
@@ -189,7 +207,7 @@ def test_without_the_mode_detail_a_missing_admin_api_is_read_from_the_skips(
 # -- audit.md ---------------------------------------------------------------------------------
 def test_audit_md_is_written_beside_conformance_json_fit_to_send(tmp_path: Path) -> None:
     mode = run_mode(relay_key=True, admin_api=False, upstream_journal=False)
-    _write(tmp_path, mode_detail=mode, models=["gpt-4o"], live_cost={"spent_usd": 0.0123})
+    _write(tmp_path, mode_detail=mode, models=["gpt-4o"], extra={"live_cost": LIVE_COST})
     text = (tmp_path / "audit.md").read_text()
     for secret in (KEY, OTHER):
         assert secret not in text
@@ -198,7 +216,11 @@ def test_audit_md_is_written_beside_conformance_json_fit_to_send(tmp_path: Path)
     assert "relay.example:8443/v1" not in head  # host only in the header
     assert "2026-12-04" in head and "| models tested | gpt-4o |" in head
     assert "live: had a funded key; without the admin API" in head
-    assert "spent_usd 0.0123" in head and "relaygate 0." in head
+    assert (
+        "spent 0.012300 USD (7380 quota); requests 41 (3 refused); tokens 900 prompt + 120 " in head
+    )
+    assert "budget 0.500000 USD; stopped at the budget: the cases after it were not tested" in head
+    assert "worst_case_usd 0.02" in head and "relaygate 0." in head
     findings = text[text.index("## Findings") : text.index("## Checked and clean")]
     # high (MUST quota) first, then low (SHOULD); severity and confidence apart
     assert findings.index("quota.usage-honest") < findings.index("streaming.not-buffered")
@@ -272,7 +294,7 @@ def test_the_command_builds_audit_md_from_a_saved_report(
 # -- the page -----------------------------------------------------------------------------------
 def test_the_page_has_the_audit_section_and_the_mode(tmp_path: Path) -> None:
     mode = run_mode(relay_key=True, admin_api=False, upstream_journal=False)
-    doc = _write(tmp_path, mode_detail=mode, live_cost={"spent_usd": 0.0123})
+    doc = _write(tmp_path, mode_detail=mode, extra={"live_cost": LIVE_COST})
     page = render_page(doc, None, secrets=[KEY, OTHER])
     assert KEY not in page and OTHER not in page
     assert "mode live: had a funded key; without the admin API" in page
@@ -280,7 +302,7 @@ def test_the_page_has_the_audit_section_and_the_mode(tmp_path: Path) -> None:
     assert "2 findings" in audit and "1 checked and clean" in audit and "1 not tested" in audit
     assert "<b>high</b>" in audit and "statistical" in audit
     assert "local prompt tokens: <b>12</b>" in audit
-    assert "spent_usd 0.0123" in audit
+    assert "spent 0.012300 USD" in audit
 
 
 # -- end to end through pytest: a live-mode run writes audit.md with no key in it ---------------

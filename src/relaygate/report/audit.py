@@ -181,9 +181,28 @@ def _models(doc: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[tuple[
 
 
 def _cost(doc: Mapping[str, Any], mode_name: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """``live_cost`` as (label, value) rows; or a note on why there is none."""
     cost = doc.get("live_cost")
     if isinstance(cost, Mapping):
-        return tuple((str(k), str(v)) for k, v in cost.items()), ""
+        rows: list[tuple[str, str]] = []
+        if isinstance(cost.get("usd"), int | float):
+            rows.append(("spent", f"{cost['usd']:.6f} USD ({cost.get('quota', '?')} quota)"))
+        if isinstance(cost.get("requests"), int):
+            refused = cost.get("refused_requests")
+            rows.append(("requests", f"{cost['requests']} ({refused} refused)"))
+        if isinstance(cost.get("prompt_tokens"), int):
+            tokens = f"{cost['prompt_tokens']} prompt + {cost.get('completion_tokens', '?')}"
+            rows.append(("tokens", f"{tokens} completion"))
+        if isinstance(cost.get("budget_usd"), int | float):
+            rows.append(("budget", f"{cost['budget_usd']:.6f} USD"))
+        if cost.get("stopped_by_budget"):
+            rows.append(("stopped", "at the budget: the cases after it were not tested"))
+        if cost.get("priced_with"):
+            rows.append(("priced with", str(cost["priced_with"])))
+        shown = {"usd", "quota", "requests", "refused_requests", "prompt_tokens"}
+        shown |= {"completion_tokens", "budget_usd", "stopped_by_budget", "priced_with"}
+        rows += [(str(k), str(v)) for k, v in cost.items() if k not in shown and v is not None]
+        return tuple(rows), ""
     if cost is not None:
         return (("total", str(cost)),), ""
     if mode_name == "mock" or doc.get("relay_url") == "embedded":

@@ -4,8 +4,8 @@ customer's ``audit.md`` (:mod:`relaygate.report.audit`).
 ``conformance.json`` keys added since 0.1 (old readers ignore them): ``run_mode`` (which
 ground truth the run had, :class:`RunMode`), ``relaygate_version``, per case ``evidence`` (a
 failure's structured evidence, :class:`relaygate.suite.failures.Evidence`), and, when the run
-was given them, ``models`` and ``live_cost``. ``mode`` stays ``"mock"`` (a journal) or
-``"live"`` (none), as before.
+was given them, ``models`` and the ``extra`` keys (``live_cost``). ``mode`` stays ``"mock"``
+(a journal) or ``"live"`` (none), as before.
 """
 
 from __future__ import annotations
@@ -266,13 +266,14 @@ def write_reports(
     secrets: tuple[str | None, ...] = (),
     mode_detail: RunMode | None = None,
     models: Sequence[str] = (),
-    live_cost: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``conformance.json``, ``conformance.html`` and ``audit.md``; return the JSON path.
 
     ``mode_detail`` says what ground truth the run had (:func:`run_mode`); without it the
     report records what ``mode`` alone tells and marks the rest ``unknown``. ``models``: the
-    models the run asked for; ``live_cost``: what a live run spent (written as given).
+    models the run asked for. ``extra``: further top-level keys, e.g. ``live_cost`` (what a
+    live run spent; the audit report prints it).
     """
     from relaygate import __version__
     from relaygate.report.audit import write_audit
@@ -289,9 +290,9 @@ def write_reports(
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 3),
         **({"models": list(models)} if models else {}),
-        **({"live_cost": dict(live_cost)} if live_cost is not None else {}),
         "summary": _summary(ordered),
         "cases": [r.to_json() for r in ordered],
+        **(extra or {}),
     }
     text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     text = mask_secrets(text, *secrets)
