@@ -255,6 +255,8 @@ def test_audit_of_a_report_without_the_new_keys() -> None:
     assert "gpt-4o (the run did not record its models" in text
     assert "audit cost | nothing: the upstream was the relaygate mock" in text
     assert "None: every case ran." in text
+    no_models = render_markdown(build_audit({**doc, "cases": []}))
+    assert "| models tested | not recorded by this run |" in no_models
     assert "| tool | relaygate not recorded, profile faq |" in text
 
 

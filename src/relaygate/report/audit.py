@@ -132,7 +132,9 @@ def _mode(doc: Mapping[str, Any]) -> tuple[str, str]:
     detail = doc.get("run_mode")
     if isinstance(detail, Mapping) and detail.get("summary"):
         name = str(detail.get("name") or doc.get("mode") or "?")
-        meaning = f" — {RUN_MODES[name]}" if name in RUN_MODES else ""
+        # The mode's general meaning only when the run recorded everything it had.
+        known = name in RUN_MODES and not detail.get("unknown")
+        meaning = f" — {RUN_MODES[name]}" if known else ""
         return name, f"{detail['summary']}{meaning}"
     name = str(doc.get("mode") or "?")
     return name, f"{name} (this report does not say what ground truth the run had)"
@@ -281,9 +283,13 @@ def _ids(ids: Sequence[str]) -> str:
 def render_markdown(audit: Audit) -> str:
     """The audit as Markdown (unmasked: :func:`write_audit` masks)."""
     sev = audit.severity_counts
-    models = ", ".join(audit.models) or "none named"
+    models = ", ".join(audit.models)
     if not audit.models_recorded:
-        models += " (the run did not record its models; these are the ones its findings name)"
+        models = (
+            f"{models} (the run did not record its models; these are the ones its findings name)"
+            if models
+            else "not recorded by this run"
+        )
     lines = [
         f"# Relay audit: {audit.relay}",
         "",
