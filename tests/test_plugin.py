@@ -53,6 +53,7 @@ def test_report_json_contract(suite: pytest.Pytester) -> None:
     doc = json.loads((suite.path / "out" / "conformance.json").read_text())
     assert set(doc) == {
         "relay_url", "profile", "mode", "started_at", "duration_s", "summary", "cases",
+        "run_mode", "relaygate_version",
     }  # fmt: skip
     assert doc["relay_url"] == "http://relay.invalid:3000"
     assert doc["profile"] == "faq" and doc["mode"] == "live"

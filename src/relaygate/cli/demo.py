@@ -51,7 +51,7 @@ _STACK_MOCK_TTFT_MS = "100"
 _BAR = 28
 # Everything a demo run writes into the report directory; a complete new run replaces these.
 _OUTPUTS = (
-    "conformance.json", "conformance.html", "junit.xml", "suite.log", "load.log",
+    "conformance.json", "conformance.html", "audit.md", "junit.xml", "suite.log", "load.log",
     "load-summary.json", "load-metrics.csv", "locust.html", "locust_*.csv", "*.png", "index.html",
 )  # fmt: skip
 

@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "full or bare id (auth.*, quota.formula[gpt-4])",
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument(
+        "--audit-md",
+        metavar="FILE",
+        help="also write the customer's audit report (Markdown, keys masked) built from "
+        "--conformance to FILE (the suite writes one as reports/audit.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.audit_md and not args.conformance:
+        print("relaygate gate: error: --audit-md needs --conformance FILE", file=sys.stderr)
+        return EXIT_USAGE
     try:
         conformance = load_report(args.conformance, "conformance") if args.conformance else None
         load = load_report(args.load, "load") if args.load else None
@@ -101,6 +110,17 @@ def run(args: argparse.Namespace) -> int:
     except GateInputError as exc:
         print(f"relaygate gate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.audit_md and conformance is not None:
+        from pathlib import Path
+
+        from relaygate.report.audit import write_audit
+
+        try:
+            write_audit(Path(args.audit_md), conformance)
+        except OSError as exc:
+            why = exc.strerror or exc
+            print(f"relaygate gate: error: --audit-md {args.audit_md}: {why}", file=sys.stderr)
+            return EXIT_USAGE
     if args.json:
         import orjson
 

@@ -337,7 +337,13 @@ def _judge_conformance(
         allowed_skips=_groups(allowed),
         should_skips=_groups(should),
         unchecked_areas=tuple(unchecked),
+        mode_summary=_mode_summary(doc),
     )
+
+
+def _mode_summary(doc: Mapping[str, Any]) -> str:
+    detail = doc.get("run_mode")
+    return _text(detail.get("summary")) if isinstance(detail, Mapping) else ""
 
 
 def _is_latency_metric(rule_text: str) -> bool:

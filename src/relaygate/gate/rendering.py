@@ -91,7 +91,9 @@ def _render_conformance(c: ConformanceVerdict, allow_deviations: bool, width: in
     if c.not_verified:
         counts += f"; {c.not_verified_count} NOT VERIFIED"
     lines = _wrap(
-        f"conformance: {c.total} cases ({counts}); profile {c.profile}, mode {c.mode}", width
+        f"conformance: {c.total} cases ({counts}); profile {c.profile}, "
+        f"mode {c.mode_summary or c.mode}",
+        width,
     )
     lines += _wrap(f"  relay {c.relay_url}", width)
     for case in c.failed[:_MAX_FAILED]:

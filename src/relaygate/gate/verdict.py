@@ -120,6 +120,8 @@ class ConformanceVerdict:
     allowed_skips: tuple[SkipGroup, ...] = ()
     should_skips: tuple[SkipGroup, ...] = ()
     unchecked_areas: tuple[UncheckedArea, ...] = ()
+    # conformance.json's run_mode.summary: the mode and the ground truth it had ("" if absent)
+    mode_summary: str = ""
 
     @property
     def total(self) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from relaygate.keys import mask_secrets
 
-__all__ = ["PLOTS", "FailureView", "render_page", "write_page"]
+__all__ = ["PLOTS", "FailureView", "render_page", "split_failure", "write_page"]
 
 # (file name, caption) in page order
 PLOTS: tuple[tuple[str, str], ...] = (
@@ -40,7 +40,7 @@ _LATENCY = (
     ("e2e_ms", "e2e", "request sent → end of the stream"),
     ("schedule_lag_ms", "schedule lag", "intended send → actual send"),
 )
-_FIELD = re.compile(r"^\s*(Expected|Actual|Reproduce):\s?(.*)$")
+_FIELD = re.compile(r"^\s*(Expected|Actual|Evidence|Reproduce):\s?(.*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +60,12 @@ class FailureView:
     raw: str
 
 
-def _split_failure(case: Mapping[str, Any]) -> FailureView:
+def split_failure(case: Mapping[str, Any]) -> FailureView:
+    """A failed case's ``details`` split into requirement / expected / actual / curl (the
+    ``Evidence:`` line is left to the case's structured ``evidence`` key)."""
     text = str(case.get("details") or case.get("reason") or "")
     text = re.sub(r"^(?:[A-Za-z_]\w*\.)*\w+(?:Error|Failure): ", "", text).removeprefix("-> ")
-    parts: dict[str, list[str]] = {"Expected": [], "Actual": [], "Reproduce": []}
+    parts: dict[str, list[str]] = {"Expected": [], "Actual": [], "Evidence": [], "Reproduce": []}
     requirement: list[str] = []
     current: list[str] | None = None
     for line in text.splitlines():
@@ -90,6 +92,16 @@ def _split_failure(case: Mapping[str, Any]) -> FailureView:
         curl="\n".join(parts["Reproduce"]),
         raw=text,
     )
+
+
+def _mode_line(conformance: Mapping[str, Any] | None) -> str:
+    """Which mode ran, and what ground truth it had (``run_mode``), else the bare ``mode``."""
+    if conformance is None:
+        return "–"
+    detail = conformance.get("run_mode")
+    if isinstance(detail, Mapping) and detail.get("summary"):
+        return str(detail["summary"])
+    return str(conformance.get("mode", "–"))
 
 
 def _plot_uri(path: Path) -> str | None:
@@ -212,6 +224,7 @@ def render_page(
     import jinja2
 
     from relaygate.gate import relay_mismatch
+    from relaygate.report.audit import SEVERITIES, build_audit
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
@@ -224,8 +237,8 @@ def render_page(
     env.filters["num"] = lambda v: "–" if not isinstance(v, int | float) else f"{v:,.4g}"
     env.filters["pct"] = lambda v: "–" if not isinstance(v, int | float) else f"{v:.0%}"
     cases = list((conformance or {}).get("cases") or [])
-    failures = [_split_failure(c) for c in cases if c.get("outcome") == "failed"]
-    deviations = [_split_failure(c) for c in cases if c.get("outcome") == "deviation"]
+    failures = [split_failure(c) for c in cases if c.get("outcome") == "failed"]
+    deviations = [split_failure(c) for c in cases if c.get("outcome") == "deviation"]
     judged = _judged(conformance, verdict)
     areas = _areas(cases)
     _area_not_verified(judged, areas)
@@ -256,12 +269,14 @@ def render_page(
         meta={
             "relay_url": relay_url,
             "profile": (conformance or {}).get("profile", "–"),
-            "mode": (conformance or {}).get("mode", "–"),
+            "mode": _mode_line(conformance),
             "generated_at": (generated_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
             "suite_started_at": (conformance or {}).get("started_at", "–"),
             "versions": _versions(),
         },
         conformance=conformance,
+        audit=build_audit(conformance) if conformance is not None else None,
+        severities=SEVERITIES,
         summary=(conformance or {}).get("summary") or {},
         areas=areas,
         failures=failures,

@@ -1,4 +1,12 @@
-"""Per-case results and the report files: ``conformance.json`` and ``conformance.html``."""
+"""Per-case results and the report files: ``conformance.json``, ``conformance.html`` and the
+customer's ``audit.md`` (:mod:`relaygate.report.audit`).
+
+``conformance.json`` keys added since 0.1 (old readers ignore them): ``run_mode`` (which
+ground truth the run had, :class:`RunMode`), ``relaygate_version``, per case ``evidence`` (a
+failure's structured evidence, :class:`relaygate.suite.failures.Evidence`), and, when the run
+was given them, ``models`` and the ``extra`` keys (``live_cost``). ``mode`` stays ``"mock"``
+(a journal) or ``"live"`` (none), as before.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,27 @@ import dataclasses
 import datetime as dt
 import html
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from relaygate.keys import mask_secrets
+from relaygate.suite.failures import parse_evidence
 
-__all__ = ["AREAS", "SKIP_CLASSES", "CaseMeta", "CaseResult", "skip_class", "write_reports"]
+__all__ = [
+    "AREAS",
+    "GROUND_TRUTH",
+    "RUN_MODES",
+    "SKIP_CLASSES",
+    "CaseMeta",
+    "CaseResult",
+    "RunMode",
+    "run_mode",
+    "skip_class",
+    "write_reports",
+]
 
 # Categories are data (STYLE.md): area id -> title, in report order.
 AREAS: dict[str, str] = {
@@ -29,6 +50,103 @@ AREAS: dict[str, str] = {
     "properties": "Generated requests (property-based)",
 }
 LEVELS = ("MUST", "SHOULD")
+
+# What a run can rely on besides the relay's own answers: key -> (short name, what it gives).
+GROUND_TRUTH: dict[str, tuple[str, str]] = {
+    "relay_key": ("a funded key", "--relay-key: the requests a customer can send"),
+    "admin_api": (
+        "the admin API",
+        "--relay-admin-token: keys in every state (exhausted, expired, ...), ratios, channels",
+    ),
+    "upstream_journal": (
+        "the mock upstream's journal",
+        "--upstream-url: exact token counts and what the relay forwarded upstream",
+    ),
+}
+# run_mode name -> what it means
+RUN_MODES: dict[str, str] = {
+    "mock": "ground truth: the relaygate mock upstream behind the relay and its admin API",
+    "partial": "part of the ground truth: the cases that need the rest are skipped",
+    "live": "URL + key only, what a relay's customer has: ground-truth cases are skipped",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMode:
+    """Which mode ran and what it had: ``ground_truth`` (available), ``missing`` (not) and
+    ``unknown`` (the run did not record it), each a list of :data:`GROUND_TRUTH` keys."""
+
+    name: str
+    ground_truth: tuple[str, ...]
+    missing: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
+    embedded: bool = False
+
+    def describe(self) -> str:
+        """One line: the mode and what it had, e.g. ``live: had a funded key; without the
+        admin API, the mock upstream's journal``."""
+
+        def names(keys: tuple[str, ...]) -> str:
+            return ", ".join(GROUND_TRUTH[k][0] if k in GROUND_TRUTH else k for k in keys)
+
+        parts = [f"had {names(self.ground_truth)}"] if self.ground_truth else []
+        if self.missing:
+            parts.append(f"without {names(self.missing)}")
+        if self.unknown:
+            parts.append(f"not recorded: {names(self.unknown)}")
+        where = " (the embedded stack)" if self.embedded else ""
+        return f"{self.name}{where}: {'; '.join(parts)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ground_truth": list(self.ground_truth),
+            "missing": list(self.missing),
+            **({"unknown": list(self.unknown)} if self.unknown else {}),
+            "embedded": self.embedded,
+            "summary": self.describe(),
+        }
+
+
+def run_mode(
+    *, relay_key: bool, admin_api: bool, upstream_journal: bool, embedded: bool = False
+) -> RunMode:
+    """The mode of a run given what it had: ``mock`` (journal and admin API), ``live``
+    (neither: URL + key only) or ``partial`` (one of them)."""
+    have = {"relay_key": relay_key, "admin_api": admin_api, "upstream_journal": upstream_journal}
+    name = "mock" if admin_api and upstream_journal else "live"
+    if admin_api != upstream_journal:
+        name = "partial"
+    return RunMode(
+        name=name,
+        ground_truth=tuple(k for k in GROUND_TRUTH if have[k]),
+        missing=tuple(k for k in GROUND_TRUTH if not have[k]),
+        embedded=embedded,
+    )
+
+
+def _guessed_mode(mode: str, relay_url: str, results: Sequence[CaseResult]) -> RunMode:
+    """A run that passed only ``mode``: the journal is known from it; a missing key or admin
+    API from the skips that name them; the rest is marked unknown."""
+    if relay_url == "embedded":  # the embedded stack always has all three
+        return run_mode(relay_key=True, admin_api=True, upstream_journal=True, embedded=True)
+    reasons = [_reason_text(r.reason) for r in results if r.outcome == "skipped"]
+    have: dict[str, bool | None] = {
+        "relay_key": False if any(r.startswith("needs a funded key") for r in reasons) else None,
+        "admin_api": False if any(_NO_ADMIN.search(r) for r in reasons) else None,
+        "upstream_journal": mode == "mock",
+    }
+    missing = tuple(k for k in GROUND_TRUTH if have[k] is False)
+    name = mode
+    if mode == "mock" and "admin_api" in missing:
+        name = "partial"
+    return RunMode(
+        name=name,
+        ground_truth=tuple(k for k in GROUND_TRUTH if have[k]),
+        missing=missing,
+        unknown=tuple(k for k in GROUND_TRUTH if have[k] is None),
+    )
+
 
 # Why a case could not be verified, as a class the gate can allow (``--allow-skip CLASS``):
 SKIP_CLASSES: dict[str, str] = {
@@ -62,12 +180,20 @@ _SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # "the static adapter cannot configure a group ratio and a channel": no admin API in this run.
 _NO_ADMIN_API = re.compile(r"^the \S+ adapter cannot configure ")
+# Skips that only a run without an admin token writes (provision/, pytest_plugin.py).
+_NO_ADMIN = re.compile(
+    r"give an admin token|^no admin token|^needs an admin|^the static adapter cannot", re.I
+)
+
+
+def _reason_text(reason: str) -> str:
+    """A skip reason without pytest's ``Skipped:`` prefix."""
+    return reason.strip().removeprefix("Skipped: ").strip()
 
 
 def skip_class(reason: str) -> str:
     """The class (a key of :data:`SKIP_CLASSES`) of a skip reason the suite wrote."""
-    text = reason.strip().removeprefix("Skipped: ").strip()
-    lowered = text.lower()
+    lowered = _reason_text(reason).lower()
     for name, prefixes in _SKIP_PREFIXES:
         if lowered.startswith(prefixes):
             return name
@@ -103,6 +229,7 @@ class CaseResult:
     details: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        evidence = parse_evidence(self.details) if self.details else None
         return {
             "id": self.meta.id,
             "title": self.meta.title,
@@ -115,6 +242,7 @@ class CaseResult:
             **({"skip_class": skip_class(self.reason)} if self.outcome == "skipped" else {}),
             **({"spec": self.meta.spec} if self.meta.spec else {}),
             **({"details": self.details} if self.details else {}),
+            **({"evidence": evidence} if evidence else {}),
         }
 
 
@@ -136,18 +264,35 @@ def write_reports(
     started_at: dt.datetime,
     duration_s: float,
     secrets: tuple[str | None, ...] = (),
+    mode_detail: RunMode | None = None,
+    models: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``conformance.json`` and ``conformance.html``; return the JSON path."""
+    """Write ``conformance.json``, ``conformance.html`` and ``audit.md``; return the JSON path.
+
+    ``mode_detail`` says what ground truth the run had (:func:`run_mode`); without it the
+    report records what ``mode`` alone tells and marks the rest ``unknown``. ``models``: the
+    models the run asked for. ``extra``: further top-level keys, e.g. ``live_cost`` (what a
+    live run spent; the audit report prints it).
+    """
+    from relaygate import __version__
+    from relaygate.report.audit import write_audit
+
     report_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (list(AREAS).index(r.meta.area), r.meta.id))
+    detail = mode_detail or _guessed_mode(mode, relay_url, ordered)
     doc = {
         "relay_url": mask_secrets(relay_url, *secrets),
         "profile": profile,
         "mode": mode,
+        "run_mode": detail.to_json(),
+        "relaygate_version": __version__,
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 3),
+        **({"models": list(models)} if models else {}),
         "summary": _summary(ordered),
         "cases": [r.to_json() for r in ordered],
+        **(extra or {}),
     }
     text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     text = mask_secrets(text, *secrets)
@@ -156,6 +301,7 @@ def write_reports(
     (report_dir / "conformance.html").write_text(
         mask_secrets(_html(doc), *secrets), encoding="utf-8"
     )
+    write_audit(report_dir / "audit.md", orjson.loads(text), secrets=secrets)
     return json_path
 
 
@@ -195,7 +341,7 @@ pre{{white-space:pre-wrap;margin:0;font-size:.8rem}}
 </style></head><body>
 <h1>relaygate conformance</h1>
 <p>Relay <code>{esc(doc["relay_url"])}</code> &middot; profile <code>{esc(doc["profile"])}</code>
-&middot; mode {esc(doc["mode"])} &middot; {esc(doc["started_at"])}
+&middot; mode {esc(doc["run_mode"]["summary"])} &middot; {esc(doc["started_at"])}
 &middot; {doc["duration_s"]} s</p>
 <p><b>{s["passed"]}</b> passed &middot; <b>{s["failed"]}</b> failed &middot;
 <b>{s["deviations"]}</b> deviations &middot; <b>{s["skipped"]}</b> skipped</p>
