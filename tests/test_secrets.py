@@ -204,7 +204,7 @@ def _assert_run_clean(pytester: pytest.Pytester, result: pytest.RunResult) -> No
     assert any(p.name == "junit.xml" for p in written)
     assert any(p.name == "conformance.json" for p in written)
     for path in written:
-        if path.suffix in {".xml", ".json", ".html", ".txt", ".log"}:
+        if path.suffix in {".xml", ".json", ".html", ".txt", ".log", ".md", ".csv"}:
             _assert_clean(path.read_text(errors="replace"), str(path))
 
 
