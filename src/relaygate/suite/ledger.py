@@ -59,7 +59,8 @@ LIVE_MAX_TOKENS = 32
 
 def live_chat(model: str = "gpt-4o", text: str = LIVE_PROMPT, **extra: Any) -> dict[str, Any]:
     """A chat body for a live relay: plain text, ``max_tokens`` bounded unless given."""
-    extra.setdefault("max_tokens", LIVE_MAX_TOKENS)
+    if "max_tokens" not in extra and "max_completion_tokens" not in extra:
+        extra["max_tokens"] = LIVE_MAX_TOKENS
     return chat_body(model, text, **extra)
 
 
