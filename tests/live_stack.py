@@ -31,11 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class LiveStack:
-    """The embedded stack, seen by the suite as a live relay (URL and key only)."""
+    """The embedded stack, seen by the suite as a live relay (URL and key only).
 
-    def __init__(self) -> None:
-        self._stack = EmbeddedStack()
+    The mock paces plain answers like a model (``itl_ms`` between tokens), so a client that
+    leaves a stream early leaves it while it still runs.
+    """
+
+    def __init__(self, *, itl_ms: float = 2.0) -> None:
+        self._stack = EmbeddedStack(mock_args=("--default-itl-ms", str(itl_ms)))
         self.info: StackInfo | None = None
+        self.keys: dict[str, str] = {}  # RELAYGATE_KEY_<STATE> -> key: the holder's other keys
 
     def __enter__(self) -> LiveStack:
         self.info = self._stack.start()
@@ -61,6 +66,19 @@ class LiveStack:
         answer.raise_for_status()
         return answer.json()
 
+    def add_rate_limited_key(self, rate_limit: str = "2/1s") -> None:
+        """A second key of the holder's, with a tight per-key limit (for the 429 cases)."""
+        from relaygate.profiles import load_profile
+        from relaygate.provision import KeyState, make_provisioner
+
+        assert self.info is not None
+        prov = make_provisioner(load_profile("faq"), self.info.relay_url, self.info.admin_token)
+        try:
+            key = prov.key_with(KeyState.RATE_LIMITED, rate_limit=rate_limit)
+        finally:
+            prov.close()
+        self.keys[KeyState.RATE_LIMITED.env_var] = key.key
+
     def snapshot(self) -> None:
         """Remember the relay's state (balances, keys, log) for :meth:`restore`."""
         self._admin("POST", "/snapshot")
@@ -79,6 +97,7 @@ class LiveStack:
             **os.environ,
             "RELAYGATE_RELAY_URL": self.info.relay_url,
             "RELAYGATE_RELAY_KEY": self.info.relay_key,
+            **self.keys,
         }
         for name in ("RELAYGATE_UPSTREAM_URL", "RELAYGATE_RELAY_ADMIN_TOKEN"):
             env.pop(name, None)
@@ -95,10 +114,15 @@ class LiveStack:
 def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fault", action="append", default=[], help="fault switch (repeatable)")
+    parser.add_argument(
+        "--rate-limited-key", action="store_true", help="give the suite a 2/1s key as well"
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments")
     opts = parser.parse_args()
     runs = [[]] + [[f] for f in opts.fault]
     with LiveStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        if opts.rate_limited_key:
+            stack.add_rate_limited_key()
         stack.snapshot()
         for i, faults in enumerate(runs):
             stack.restore(faults)

@@ -22,6 +22,10 @@ option                      env var                           meaning
 ``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
 ``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
                                                               request (repeatable)
+``--live-budget``           ``RELAYGATE_LIVE_BUDGET``         live spend cap: USD (0.5,
+                                                              $0.5, 0.5usd) or quota (250000q)
+``--live-dry-run``          ``RELAYGATE_LIVE_DRY_RUN``        live: send nothing, print the
+                                                              plan
 ==========================  ================================  ==========================
 
 Before the first case that uses the ``relay`` fixture with ``--relay-url``, a preflight
