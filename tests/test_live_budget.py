@@ -79,6 +79,9 @@ def test_dry_run_sends_nothing_and_prints_the_plan(stack, tmp_path):
     assert doc is None  # a dry run writes no report
     assert "dry run, nothing sent to the relay" in output
     assert "requests" in output and "max_tokens" in output and "USD" in output
+    # What ran against the stand-in is no verdict on the relay: every case is a skip.
+    assert "live dry run: planned against a local stand-in" in output
+    assert " passed" not in output.split("relaygate conformance")[-1]
     assert _used_quota(stack) == before
     assert _journal_size(stack) == journal
 

@@ -164,6 +164,13 @@ def live_cost_options(config: pytest.Config) -> tuple[str | None, bool]:
     return budget, bool(dry)
 
 
+_DRY_RUN_REASON = "live dry run: planned against a local stand-in; nothing sent to the relay"
+
+
+def _is_dry_run(config: pytest.Config) -> bool:
+    return bool(relay_options(config).relay_url) and live_cost_options(config)[1]
+
+
 def _make_meter(config: pytest.Config, relay: RelayTarget, profile: Profile) -> LiveMeter | None:
     """The run's meter in live mode (and in a dry run), else None."""
     from relaygate.suite.budget import LiveMeter, parse_budget
@@ -324,6 +331,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     mask_report(report, _run_secrets(item.config))
+    if report.when == "call" and not report.skipped and _is_dry_run(item.config):
+        # The outcome is the stand-in's, not the relay's: nothing was checked.
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), 0, f"Skipped: {_DRY_RUN_REASON}")
     meta = item.config.stash[_META].get(item.nodeid)
     if meta is None:
         return report
