@@ -13,11 +13,9 @@ import pytest
 from relaygate.directives import directive
 from relaygate.provision import KeyState
 from relaygate.suite.checks import (
-    charged,
     check_error,
     key_in_state,
     retry_after_s,
-    settled_balance,
 )
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
@@ -139,19 +137,13 @@ def test_refused_before_upstream(
         relay.secrets,
     )
     if profile.billing.applicable:
-        baseline.require_billing_seen(client, provision, profile)
-        before = settled_balance(provision, limited_key, profile)
-        again = client.chat(chat_body(directive=directive(tag=tag + ".again")), key=limited_key.key)
-        after = settled_balance(provision, limited_key, profile)
-        if again.status == 429:
-            require(
-                charged(before, after) == 0,
-                "a 429 is not billed",
-                "0 quota",
-                f"{charged(before, after)} quota",
-                again.curl,
-                relay.secrets,
-            )
+        ledger.require_billing_seen(baseline)
+        body = chat_body(directive=directive(tag=tag + ".again"))
+        billed = ledger.bill(
+            limited_key, lambda: client.chat(body, key=limited_key.key), expect_charge=False
+        )
+        if billed.exchange.status == 429:
+            ledger.require_free(billed, "a 429 is not billed", relay.secrets)
 
 
 def _live_429_not_billed(client, profile, key, tag, relay, baseline, ledger):
