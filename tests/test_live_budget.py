@@ -90,3 +90,33 @@ def test_a_budget_that_is_not_an_amount_is_one_line(stack, tmp_path):
     code, _, output = stack.run([QUOTA_CASES, "--live-budget", "ten"], report_dir=tmp_path)
     assert code == 4
     assert "--live-budget 'ten': give US dollars" in output
+
+
+# Live variants each fail on a faulty relay (one run with several switches: their failures
+# add up). The full table of (switch, case) pairs is the live detection matrix's.
+LIVE_DETECTIONS = {
+    "ignore_completion_ratio": ["quota.formula[gpt-4]", "quota.stream-billed-from-usage"],
+    "bill_failed": ["max_tokens.not-billed", "quota.refund-on-upstream-error[400]"],
+    "fold_model_case": ["models.case-variant-not-billed"],
+    "clamp_max_tokens": ["max_tokens.forwarded-unchanged[max_tokens]"],
+    "bill_estimate_on_disconnect": ["quota.client-disconnect-billed-at-most-full"],
+}
+
+
+def test_live_variants_fail_on_a_faulty_relay(stack, tmp_path):
+    stack.restore(list(LIVE_DETECTIONS))
+    try:
+        code, doc, output = stack.run(
+            [
+                "conformance/test_quota.py",
+                "conformance/test_models.py",
+                "conformance/test_max_tokens.py",
+            ],
+            report_dir=tmp_path,
+        )
+    finally:
+        stack.restore()
+    assert code == 1 and doc is not None, output[-3000:]
+    failed = {c["id"] for c in doc["cases"] if c["outcome"] == "failed"}
+    expected = {case for cases in LIVE_DETECTIONS.values() for case in cases}
+    assert expected <= failed, sorted(expected - failed)
