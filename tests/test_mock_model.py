@@ -6,6 +6,7 @@ instruction repertoire live probes use; streams and non-stream answers agree.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from mock_helpers import MockThread, RawResponse, request
 
+from relaygate.cli import mock_upstream
 from relaygate.mock import model as mock_model
 from relaygate.mock.config import MockConfig
 from relaygate.tokens import count_chat_prompt, count_text
@@ -307,3 +309,14 @@ def test_legacy_prompt_list_is_one_prompt(mock: MockThread) -> None:
     request_body = {"model": "gpt-4", "prompt": ["Repeat exactly: ", "two parts"]}
     body = answer(mock, request_body, LEGACY)
     assert text_of(body) == "two parts"
+
+
+def test_cli_pacing_options(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    mock_upstream.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.default_ttft_ms, args.default_itl_ms) == (0.0, 0.0)
+    args = parser.parse_args(["--default-ttft-ms", "250", "--default-itl-ms", "-1"])
+    assert args.default_ttft_ms == 250.0
+    assert mock_upstream.run(args) == 2
+    assert "default_itl_ms must be within 0..600000 ms, got -1.0" in capsys.readouterr().err
