@@ -27,6 +27,7 @@ AREAS: dict[str, str] = {
     "security": "Security (keys never leak)",
     "sdk": "Official OpenAI SDK",
     "properties": "Generated requests (property-based)",
+    "params": "Request parameters honoured (stop, n, temperature, formats, tools)",
 }
 LEVELS = ("MUST", "SHOULD")
 
