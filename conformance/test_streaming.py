@@ -129,8 +129,8 @@ def _live_finish_reason(finish, client, relay):
     """Live: 'stop' for an answer that ends by itself, 'length' for one cut by max_tokens."""
     __tracebackhide__ = True
     if finish == "content_filter":
-        skip_outside_view("a content_filter finish comes from the upstream's moderation, which "
-                          "no request can trigger on demand")  # fmt: skip
+        skip_outside_view("an upstream content_filter finish on demand (no request triggers a "
+                          "model's moderation reliably)")  # fmt: skip
     if finish == "stop":
         body = live_body(repeat("hello world"), temperature=0, max_tokens=50)
     else:
@@ -395,7 +395,7 @@ def _live_not_buffered(client, relay):
 def test_upstream_error_surfaces(client, profile, tag, relay, _journal):
     if _journal is None:
         skip_outside_view("an upstream that fails mid-stream on demand (the mock's "
-                          "stream_error_after); no request makes a healthy model fail")  # fmt: skip
+                          "stream_error_after)")  # fmt: skip
     ex = client.stream(chat_body(directive=directive(chunks=6, stream_error_after=2, tag=tag)))
     _require_content(ex, relay)
     errors = [c for c in ex.chunks() if isinstance(c.get("error"), dict)]
@@ -463,8 +463,8 @@ def test_upstream_disconnect_surfaces(client, profile, tag, relay, _journal):
 )
 def test_upstream_framing(framing, client, profile, _journal, tag, relay):
     if _journal is None:
-        skip_outside_view(f"an upstream that frames its SSE '{framing}' on demand; the "
-                          "client cannot choose how the upstream frames")  # fmt: skip
+        skip_outside_view(f"an upstream that frames its SSE '{framing}' on demand (the "
+                          "mock's framing directive)")  # fmt: skip
     ex = client.stream(chat_body(directive=directive(chunks=5, framing=framing, tag=tag)))
     got = len(ex.content_events())
     require(

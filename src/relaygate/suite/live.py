@@ -64,8 +64,8 @@ def live_body(prompt: str, model: str = "gpt-4o", **extra: Any) -> dict[str, Any
 def skip_outside_view(what: str) -> NoReturn:
     """Skip a rule that only the upstream can show (live mode has no journal)."""
     pytest.skip(
-        f"needs ground truth: {what}; live mode cannot see it (run with --upstream-url, the "
-        "relaygate mock upstream)"
+        f"needs ground truth: {what} (live mode has no upstream journal; run with "
+        "--upstream-url, the relaygate mock upstream)"
     )
 
 
