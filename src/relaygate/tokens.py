@@ -22,6 +22,7 @@ from tiktoken_ext import openai_public
 
 __all__ = [
     "TokenizerError",
+    "content_text",
     "count_chat_prompt",
     "count_text",
     "encoding_for_model",
@@ -91,7 +92,8 @@ def count_text(text: str, model: str = "gpt-4o") -> int:
     return len(encoding_for_model(model).encode_ordinary(text))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message ``content``: a string, or the ``text`` parts of a list, joined."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -121,7 +123,7 @@ def count_chat_prompt(
         total += 3
         for key, value in message.items():
             if key == "content":
-                text = _content_text(value)
+                text = content_text(value)
             elif key in ("role", "name", "tool_call_id") and isinstance(value, str):
                 text = value
             elif key == "tool_calls" and isinstance(value, list):

@@ -39,6 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="larger request bodies are answered 413 (default 32 MiB)",
     )
     parser.add_argument(
+        "--default-ttft-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="a plain (directive-free) answer's first content event comes MS after the request "
+        "(default 0; a directive's ttft_ms governs directed requests)",
+    )
+    parser.add_argument(
+        "--default-itl-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="gap between a plain answer's content events, one token each (default 0)",
+    )
+    parser.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="leave Python's garbage collector at its defaults",
@@ -85,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             journal_size=args.journal_size,
             max_body_bytes=args.max_body_bytes,
             preload_tokenizers=True,
+            default_ttft_ms=args.default_ttft_ms,
+            default_itl_ms=args.default_itl_ms,
         )
     except (OSError, ValueError) as exc:
         print(f"relaygate mock-upstream: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -22,6 +23,7 @@ from aiohttp import HttpVersion11, web
 from relaygate import tokens
 from relaygate.directives import Directive, DirectiveError, find_directive
 from relaygate.keys import mask_key
+from relaygate.mock import model as plain_model
 from relaygate.mock import validation as checks
 from relaygate.mock.clock import PreciseClock, TimingStats
 from relaygate.mock.config import MockConfig, ModelLimits
@@ -30,12 +32,16 @@ from relaygate.mock.responses import (
     TOKEN_TEXT,
     StreamPayloads,
     chat_completion,
+    chat_reply,
+    chat_reply_payloads,
     chat_stream_payloads,
+    completion_reply_payloads,
     completion_stream_payloads,
     directed_error,
     error_page,
     request_id,
     text_completion,
+    text_reply,
 )
 from relaygate.mock.stream import StreamPlan, write_stream
 from relaygate.mock.validation import RequestError
@@ -62,6 +68,8 @@ class MockState:
 
 STATE = web.AppKey("relaygate_mock_state", MockState)
 _ENTRY = web.RequestKey("relaygate_journal_entry", JournalEntry)
+# True when the request carries a directive; a plain request is answered like a model.
+_DIRECTED = web.RequestKey("relaygate_directed", bool)
 _log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -180,6 +188,7 @@ async def _intake(request: web.Request) -> tuple[dict[str, Any], Directive]:
             problem = exc
         if directive is not None:
             entry.tag = directive.tag
+    request[_DIRECTED] = directive is not None or problem is not None
     if too_big:
         raise RequestError(
             413,
@@ -405,9 +414,12 @@ async def chat_completions(
         request,
         body,
         d,
+        model,
         limits,
         "messages",
         lambda: tokens.count_chat_prompt(messages, model, body.get("tools")),
+        lambda reply, prompt, with_usage: chat_reply_payloads(model, reply, prompt, with_usage),
+        lambda reply, prompt: chat_reply(model, reply, prompt),
         lambda prompt, completion, with_usage: chat_stream_payloads(
             model,
             d.chunks,
@@ -435,19 +447,40 @@ async def _generate(
     request: web.Request,
     body: dict[str, Any],
     d: Directive,
+    model: str,
     limits: ModelLimits,
     prompt_field: str,
     count_prompt: Callable[[], int],
+    reply_payloads: Callable[[plain_model.Reply, int, bool], StreamPayloads],
+    reply_answer: Callable[[plain_model.Reply, int], dict[str, Any]],
     stream_payloads: Callable[[int, int, bool], StreamPayloads],
     answer: Callable[[str, int, int], dict[str, Any]],
 ) -> web.StreamResponse:
     """What chat and legacy completions share once the request is checked: max_tokens against
     the model's caps, the prompt (the directive's count, else ours) against its window, then a
-    stream or one JSON answer of the directed length."""
+    stream or one JSON answer: of the directed length, or a model's answer to a plain request
+    (:mod:`relaygate.mock.model`) paced by the configured defaults."""
     stream, include_usage = _stream_flags(body)
     max_tokens = checks.check_max_tokens(body, limits)
     prompt_tokens = d.prompt_tokens if d.prompt_tokens is not None else count_prompt()
     checks.check_context(prompt_tokens, max_tokens, limits, prompt_field)
+    if not request[_DIRECTED]:
+        reply = plain_model.reply(body, model, max_tokens)
+        config = request.app[STATE].config
+        paced = dataclasses.replace(
+            d,
+            ttft_ms=config.default_ttft_ms,
+            itl_ms=config.default_itl_ms,
+            chunks=reply.events,
+        )
+        if stream:
+            return await _answer_stream(
+                request,
+                paced,
+                lambda with_usage: reply_payloads(reply, prompt_tokens, with_usage),
+                include_usage,
+            )
+        return await _answer_json(request, paced, reply_answer(reply, prompt_tokens))
     completion_tokens = _completion_tokens(d)
     if stream:
         return await _answer_stream(
@@ -495,9 +528,14 @@ async def completions(
         request,
         body,
         d,
+        model,
         limits,
         "prompt",
         lambda: _count_prompt(prompt, model),
+        lambda reply, prompt_tokens, with_usage: completion_reply_payloads(
+            model, reply, prompt_tokens, with_usage
+        ),
+        lambda reply, prompt_tokens: text_reply(model, reply, prompt_tokens),
         lambda prompt_tokens, completion, with_usage: completion_stream_payloads(
             model,
             d.chunks,

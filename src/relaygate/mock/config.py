@@ -52,7 +52,10 @@ class MockConfig:
     ring. ``max_body_bytes``: larger request bodies are answered 413. ``journal_body_bytes``:
     bodies are kept in the journal up to this size (longer JSON strings are shortened, other
     bodies cut). ``preload_tokenizers``: load the tiktoken vocabularies at startup instead of on
-    the first request (0.3-0.5 s each).
+    the first request (0.3-0.5 s each). ``default_ttft_ms`` / ``default_itl_ms``: pacing of a
+    plain (directive-free) answer: arrival -> first content event, and the gap between
+    content events (a non-stream answer comes when the stream would end); a directive's own
+    ``ttft_ms`` / ``itl_ms`` (default 0) apply to directed requests.
     """
 
     keys: tuple[str, ...] = (DEFAULT_KEY,)
@@ -63,6 +66,8 @@ class MockConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     journal_body_bytes: int = 64 * 1024
     preload_tokenizers: bool = False
+    default_ttft_ms: float = 0.0
+    default_itl_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -71,6 +76,10 @@ class MockConfig:
             raise ValueError(f"journal_size must be >= 1, got {self.journal_size}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        for name in ("default_ttft_ms", "default_itl_ms"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 600_000.0:
+                raise ValueError(f"{name} must be within 0..600000 ms, got {value}")
 
 
 def _limits_from(model: str, raw: Any) -> ModelLimits:

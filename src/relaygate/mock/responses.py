@@ -1,7 +1,8 @@
 """OpenAI response shapes: ids, non-stream bodies, pre-serialised stream chunks, error bodies.
 
-Generated text is ``" tok"`` repeated: one token in both cl100k and o200k, so ``n`` repetitions
-are exactly ``n`` tokens for any relay that counts the streamed text itself.
+Directed text is ``" tok"`` repeated: one token in both cl100k and o200k, so ``n`` repetitions
+are exactly ``n`` tokens for any relay that counts the streamed text itself. A plain request's
+answer (:mod:`relaygate.mock.model`) is shaped by the ``*_reply`` functions.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from typing import Any
 import orjson
 
 from relaygate.directives import Directive
+from relaygate.mock.model import Reply
 
 __all__ = [
     "SYSTEM_FINGERPRINT",
     "TOKEN_TEXT",
     "StreamPayloads",
     "chat_completion",
+    "chat_reply",
+    "chat_reply_payloads",
     "chat_stream_payloads",
+    "completion_reply_payloads",
     "completion_stream_payloads",
     "directed_error",
     "error_page",
     "new_id",
     "request_id",
     "text_completion",
+    "text_reply",
     "tool_arguments",
     "usage",
 ]
@@ -149,6 +155,11 @@ class StreamPayloads:
     ``content(i)`` is content event ``i``; ``stamped(text)`` builds a content event whose text
     is ``text`` (``stamp=content``). ``header`` is the tool-call header chunk sent just before
     content event 0; ``usage`` is the final ``choices: []`` chunk, or None when not sent.
+
+    A plain request's answer (one or more choices, varied text) uses ``groups`` instead:
+    content event ``i`` is the payloads ``groups[i]`` written together (one per choice that
+    still has text), and ``roles`` / ``finishes`` replace ``role`` / ``finish``. Groups are
+    never stamped (stamps come from directives).
     """
 
     role: bytes | None
@@ -161,6 +172,9 @@ class StreamPayloads:
     finish: bytes
     usage: bytes | None
     count: int
+    groups: tuple[tuple[bytes, ...], ...] = ()
+    roles: tuple[bytes, ...] = ()
+    finishes: tuple[bytes, ...] = ()
 
     def content(self, index: int) -> bytes:
         """Payload of content event ``index`` (0-based)."""
@@ -273,6 +287,126 @@ def chat_stream_payloads(
         usage_payload,
         chunks,
     )
+
+
+def _reply_payloads(
+    base: dict[str, Any],
+    reply: Reply,
+    chunk: Any,
+    prompt_tokens: int,
+    with_usage: bool,
+    role: Any = None,
+) -> StreamPayloads:
+    """Stream payloads of a plain answer: ``chunk(index, text, finish)`` builds one chunk."""
+    indexes = range(len(reply.choices))
+    groups = tuple(
+        tuple(
+            orjson.dumps(chunk(index, choice.pieces[step], None))
+            for index, choice in enumerate(reply.choices)
+            if step < len(choice.pieces)
+        )
+        for step in range(reply.events)
+    )
+    finishes = tuple(
+        orjson.dumps(chunk(index, None, choice.finish_reason))
+        for index, choice in enumerate(reply.choices)
+    )
+    roles = tuple(orjson.dumps(role(index)) for index in indexes) if role is not None else ()
+    usage_payload = (
+        _usage_payload(base, prompt_tokens, reply.completion_tokens) if with_usage else None
+    )
+    return StreamPayloads(
+        roles[0] if roles else None,
+        None,
+        b"",
+        b"",
+        b"",
+        b"",
+        b"",
+        finishes[0],
+        usage_payload,
+        len(groups),
+        groups,
+        roles,
+        finishes,
+    )
+
+
+def chat_reply_payloads(
+    model: str, reply: Reply, prompt_tokens: int, with_usage: bool
+) -> StreamPayloads:
+    """Payloads of a ``chat.completion.chunk`` stream of a plain answer (any ``n``)."""
+    base = _stream_base("chatcmpl-", "chat.completion.chunk", model)
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        out = {
+            **base,
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            ],
+        }
+        if with_usage:
+            out["usage"] = None
+        return out
+
+    return _reply_payloads(
+        base,
+        reply,
+        lambda index, text, finish: chunk(index, {} if text is None else {"content": text}, finish),
+        prompt_tokens,
+        with_usage,
+        lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
+    )
+
+
+def completion_reply_payloads(
+    model: str, reply: Reply, prompt_tokens: int, with_usage: bool
+) -> StreamPayloads:
+    """Payloads of a legacy ``text_completion`` stream of a plain answer (no role chunk)."""
+    base = _stream_base("cmpl-", "text_completion", model)
+
+    def chunk(index: int, text: str | None, finish: str | None) -> dict[str, Any]:
+        out = {
+            **base,
+            "choices": [
+                {"text": text or "", "index": index, "logprobs": None, "finish_reason": finish}
+            ],
+        }
+        if with_usage:
+            out["usage"] = None
+        return out
+
+    return _reply_payloads(base, reply, chunk, prompt_tokens, with_usage)
+
+
+def chat_reply(model: str, reply: Reply, prompt_tokens: int) -> dict[str, Any]:
+    """A non-stream ``chat.completion`` body of a plain answer (any ``n``)."""
+    body = chat_completion(model, "", "stop", prompt_tokens, reply.completion_tokens)
+    body["choices"] = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": choice.text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+        }
+        for index, choice in enumerate(reply.choices)
+    ]
+    return body
+
+
+def text_reply(model: str, reply: Reply, prompt_tokens: int) -> dict[str, Any]:
+    """A non-stream legacy ``text_completion`` body of a plain answer (any ``n``)."""
+    body = text_completion(model, "", "stop", prompt_tokens, reply.completion_tokens)
+    body["choices"] = [
+        {
+            "text": choice.text,
+            "index": index,
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+        }
+        for index, choice in enumerate(reply.choices)
+    ]
+    return body
 
 
 def completion_stream_payloads(

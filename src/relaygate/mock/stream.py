@@ -81,6 +81,10 @@ def _items(plan: StreamPlan) -> Iterator[tuple[int, int, int]]:
         yield end_ns, _DONE, 0
 
 
+def _stamp_field(payload: bytes, now_ns: int) -> bytes:
+    return payload[:-1] + b',"relaygate_emit_ns":' + str(now_ns).encode() + b"}"
+
+
 class _Writer:
     """Renders items into SSE frames and writes them, timing every content event."""
 
@@ -106,29 +110,39 @@ class _Writer:
         self.last_content_ns = 0
         p = plan.payloads
         self._fixed = {
-            _ROLE: p.role or b"",
-            _HEADER: p.header or b"",
-            _ERROR: plan.error_payload,
-            _FINISH: p.finish,
-            _USAGE: p.usage or b"",
-            _DONE: b"[DONE]",
+            _ROLE: p.roles or (p.role or b"",),
+            _HEADER: (p.header or b"",),
+            _ERROR: (plan.error_payload,),
+            _FINISH: p.finishes or (p.finish,),
+            _USAGE: (p.usage or b"",),
+            _DONE: (b"[DONE]",),
         }
+        self._groups = [self._frame(group) for group in p.groups]
         self._frames = [self.prefix + p.content(i) + self.end for i in range(min(p.count, 2))]
         self._last_frame = self.prefix + p.content(p.count - 1) + self.end if p.count else b""
+
+    def _frame(self, payloads: tuple[bytes, ...]) -> bytes:
+        """One SSE event per payload, as one write."""
+        return b"".join([self.prefix + payload + self.end for payload in payloads])
 
     def render(self, kind: int, index: int, now_ns: int) -> bytes:
         stamp = self.plan.stamp
         p = self.plan.payloads
         if kind == _CONTENT:
+            if self._groups:
+                return self._groups[index]
             if stamp == "none":
                 if index < 2:
                     return self._frames[index]
                 return self._last_frame if index == p.count - 1 else self._frames[1]
             payload = p.stamped(f" {now_ns}") if stamp == "content" else p.content(index)
         else:
-            payload = self._fixed[kind]
-        if stamp == "field" and kind != _DONE:
-            payload = payload[:-1] + b',"relaygate_emit_ns":' + str(now_ns).encode() + b"}"
+            payloads = self._fixed[kind]
+            if stamp == "field" and kind != _DONE:
+                return self._frame(tuple(_stamp_field(payload, now_ns) for payload in payloads))
+            return self._frame(payloads)
+        if stamp == "field":
+            payload = _stamp_field(payload, now_ns)
         return self.prefix + payload + self.end
 
     async def write(self, group: list[tuple[int, int, int]]) -> None:

@@ -1,0 +1,280 @@
+"""The mock upstream behaves like a model when a request carries no directive (issue #12).
+
+max_tokens, exact usage, determinism per model, stop sequences, ``n`` choices and the small
+instruction repertoire live probes use; streams and non-stream answers agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from mock_helpers import MockThread, RawResponse, request
+
+from relaygate.mock import model as mock_model
+from relaygate.mock.config import MockConfig
+from relaygate.tokens import count_chat_prompt, count_text
+
+CHAT = "/v1/chat/completions"
+LEGACY = "/v1/completions"
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockThread]:
+    with MockThread() as server:
+        yield server
+
+
+def ask(content: str, model: str = "gpt-4o", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def post(mock: MockThread, body: dict[str, Any], path: str = CHAT) -> RawResponse:
+    return request(mock.port, "POST", path, body)
+
+
+def answer(mock: MockThread, body: dict[str, Any], path: str = CHAT) -> dict[str, Any]:
+    response = post(mock, body, path)
+    assert response.status == 200, response.body
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def streamed(mock: MockThread, body: dict[str, Any], path: str = CHAT) -> dict[str, Any]:
+    """A stream folded into the non-stream shape: texts and finish per index, usage."""
+    response = post(mock, {**body, "stream": True, "stream_options": {"include_usage": True}}, path)
+    assert response.status == 200, response.body
+    assert response.events()[-1] == "[DONE]"
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    usage = None
+    for chunk in response.event_json():
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk["choices"]:
+            index = choice["index"]
+            piece = choice["text"] if path == LEGACY else choice["delta"].get("content")
+            texts[index] = texts.get(index, "") + (piece or "")
+            if choice["finish_reason"] is not None:
+                finishes[index] = choice["finish_reason"]
+    return {"texts": texts, "finishes": finishes, "usage": usage}
+
+
+def text_of(body: dict[str, Any], index: int = 0) -> str:
+    choice = body["choices"][index]
+    return str(choice["text"] if "text" in choice else choice["message"]["content"])
+
+
+def test_plain_request_gets_a_long_natural_answer(mock: MockThread) -> None:
+    body = answer(mock, ask("Tell me about relays."))
+    text = text_of(body)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert "tok tok" not in text
+    assert text[0].isupper() and text.endswith(".")
+    assert body["usage"]["completion_tokens"] == count_text(text, "gpt-4o") > 256
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4"])
+def test_max_tokens_stops_at_exactly_n_tokens(mock: MockThread, field: str, model: str) -> None:
+    for limit in (1, 7, 64, 256):
+        body = answer(mock, ask("Answer at length about caching.", model, **{field: limit}))
+        text = text_of(body)
+        assert body["choices"][0]["finish_reason"] == "length", limit
+        assert count_text(text, model) == limit
+        assert body["usage"]["completion_tokens"] == limit
+
+
+def test_max_tokens_above_the_natural_answer_finishes_stop(mock: MockThread) -> None:
+    body = answer(mock, ask("Repeat exactly: short one", max_tokens=100))
+    assert text_of(body) == "short one"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == count_text("short one")
+
+
+def test_max_tokens_legacy_completions_stream_and_not(mock: MockThread) -> None:
+    request_body = {"model": "gpt-3.5-turbo", "prompt": "Write at length.", "max_tokens": 33}
+    body = answer(mock, request_body, LEGACY)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert count_text(text_of(body), "gpt-3.5-turbo") == 33
+    assert body["usage"]["completion_tokens"] == 33
+    assert body["usage"]["prompt_tokens"] == count_text("Write at length.", "gpt-3.5-turbo")
+    folded = streamed(mock, request_body, LEGACY)
+    assert folded["texts"] == {0: text_of(body)}
+    assert folded["finishes"] == {0: "length"}
+    assert folded["usage"] == body["usage"]
+
+
+def test_exact_usage_with_chat_framing_and_stream_agrees(mock: MockThread) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "ann", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Answer at length."},
+    ]
+    request_body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 50}
+    body = answer(mock, request_body)
+    assert body["usage"]["prompt_tokens"] == count_chat_prompt(messages, "gpt-4o-mini")
+    assert body["usage"]["completion_tokens"] == count_text(text_of(body), "gpt-4o-mini") == 50
+    folded = streamed(mock, request_body)
+    assert folded["texts"] == {0: text_of(body)}
+    assert folded["finishes"] == {0: "length"}
+    assert folded["usage"] == body["usage"]
+
+
+def test_stream_sends_one_token_per_content_event(mock: MockThread) -> None:
+    response = post(mock, ask("Answer at length.", max_tokens=12, stream=True))
+    chunks = response.event_json()
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert contents[0] == ""  # the role chunk
+    pieces = [c for c in contents[1:] if c]
+    assert len(pieces) == 12
+    assert all(count_text(p, "gpt-4o") == 1 for p in pieces)
+
+
+def test_temperature_zero_is_deterministic_per_model(mock: MockThread) -> None:
+    first = text_of(answer(mock, ask("Explain rate limits.", max_tokens=60)))
+    again = text_of(answer(mock, ask("Explain rate limits.", max_tokens=60, temperature=0)))
+    other_model = text_of(answer(mock, ask("Explain rate limits.", "gpt-4o-mini", max_tokens=60)))
+    other_prompt = text_of(answer(mock, ask("Explain quotas.", max_tokens=60)))
+    assert first == again
+    assert other_model != first
+    assert other_prompt != first
+
+
+def test_temperature_above_zero_varies_unless_seeded(mock: MockThread) -> None:
+    texts = {text_of(answer(mock, ask("Explain.", temperature=1.0, max_tokens=40)))
+             for _ in range(3)}  # fmt: skip
+    assert len(texts) > 1
+    seeded = {text_of(answer(mock, ask("Explain.", temperature=1.0, seed=7, max_tokens=40)))
+              for _ in range(2)}  # fmt: skip
+    assert len(seeded) == 1
+
+
+def test_a_shorter_max_tokens_gives_a_prefix(mock: MockThread) -> None:
+    long = text_of(answer(mock, ask("Answer at length.", max_tokens=100)))
+    short = text_of(answer(mock, ask("Answer at length.", max_tokens=10)))
+    assert long.startswith(short) and short
+
+
+def test_repeat_exactly_echoes_the_text(mock: MockThread) -> None:
+    payload = "Zebra 42 — ünïcode 你好 {json: true}\n  spaced  "
+    body = answer(mock, ask(f"Repeat exactly: {payload}"))
+    assert text_of(body) == payload
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == count_text(payload, "gpt-4o")
+    folded = streamed(mock, ask(f"repeat exactly:{payload}"))
+    assert folded["texts"] == {0: payload}
+    assert folded["usage"]["completion_tokens"] == count_text(payload, "gpt-4o")
+
+
+def test_repeat_exactly_cut_by_max_tokens(mock: MockThread) -> None:
+    payload = " ".join(f"word{i}" for i in range(40))
+    body = answer(mock, ask(f"Repeat exactly: {payload}", max_tokens=5))
+    text = text_of(body)
+    assert payload.startswith(text) and text
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == count_text(text, "gpt-4o") <= 5
+
+
+def test_canary_codes_from_the_whole_prompt_in_order(mock: MockThread) -> None:
+    messages = [
+        {"role": "system", "content": "Code RG-AAAA-0001 is first."},
+        {"role": "user", "content": "Remember RG-B2B2-0002 and RG-C3C3-0003."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Also RG-DDDD-0004. Reply with the codes you see."},
+    ]
+    body = answer(mock, {"model": "gpt-4o", "messages": messages})
+    assert text_of(body) == "RG-AAAA-0001 RG-B2B2-0002 RG-C3C3-0003 RG-DDDD-0004"
+    assert body["usage"]["completion_tokens"] == count_text(text_of(body), "gpt-4o")
+    truncated = answer(mock, {"model": "gpt-4o", "messages": messages[2:]})
+    assert text_of(truncated) == "RG-DDDD-0004"
+    none = answer(mock, ask("Reply with the codes you see."))
+    assert text_of(none) == mock_model.NO_CODES
+
+
+def test_answer_briefly_is_one_short_sentence(mock: MockThread) -> None:
+    text = text_of(answer(mock, ask("Answer briefly: what is a relay?")))
+    assert text.endswith(".") and text.count(".") == 1
+    assert count_text(text) < 40
+
+
+def test_stop_sequences_cut_before_the_first_stop(mock: MockThread) -> None:
+    body = answer(mock, ask("Repeat exactly: alpha beta gamma beta", stop=[" gamma", "beta"]))
+    assert text_of(body) == "alpha "
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == count_text("alpha ")
+    single = answer(mock, ask("Repeat exactly: one. two. three.", stop="."))
+    assert text_of(single) == "one"
+    folded = streamed(mock, ask("Repeat exactly: alpha beta gamma", stop=" gamma"))
+    assert folded["texts"] == {0: "alpha beta"} and folded["finishes"] == {0: "stop"}
+
+
+def test_stop_in_a_natural_answer(mock: MockThread) -> None:
+    full = text_of(answer(mock, ask("Answer at length.", max_tokens=200)))
+    word = full.split()[5]
+    body = answer(mock, ask("Answer at length.", max_tokens=200, stop=[" " + word]))
+    assert text_of(body) == full[: full.index(" " + word)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_n_choices_non_stream_and_stream(mock: MockThread) -> None:
+    request_body = ask("Answer at length.", n=3, max_tokens=20)
+    body = answer(mock, request_body)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    texts = [text_of(body, i) for i in range(3)]
+    assert len(set(texts)) == 3
+    assert all(c["finish_reason"] == "length" for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == sum(count_text(t) for t in texts) == 60
+    folded = streamed(mock, request_body)
+    assert folded["texts"] == dict(enumerate(texts))
+    assert folded["finishes"] == {0: "length", 1: "length", 2: "length"}
+    assert folded["usage"] == body["usage"]
+
+
+def test_n_choices_legacy(mock: MockThread) -> None:
+    body = answer(mock, {"model": "gpt-4", "prompt": "Go on.", "n": 2, "max_tokens": 9}, LEGACY)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["completion_tokens"] == 18
+
+
+@pytest.mark.parametrize("n", [0, 129, "2", 1.5])
+def test_bad_n_is_refused(mock: MockThread, n: object) -> None:
+    response = post(mock, ask("hi", n=n))
+    assert response.status == 400
+    assert response.json()["error"]["param"] == "n"
+
+
+def test_a_directive_still_overrides_everything(mock: MockThread) -> None:
+    body = answer(mock, ask("Answer at length. [[relaygate chunks=3]]", max_tokens=2, n=2))
+    assert text_of(body) == " tok" * 3
+    assert len(body["choices"]) == 1
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def test_default_pacing_spaces_content_events() -> None:
+    config = MockConfig(default_ttft_ms=80.0, default_itl_ms=15.0)
+    with MockThread(config) as paced:
+        response = post(paced, ask("Answer at length.", max_tokens=6, stream=True))
+        content_ns = [
+            ns
+            for chunk, ns in zip(response.chunks, response.chunk_ns, strict=True)
+            if b'"content":"' in chunk and b'"content":""' not in chunk
+        ]
+        assert len(content_ns) == 6
+        assert (content_ns[0] - response.sent_ns) / 1e6 >= 75
+        gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(content_ns)]
+        assert min(gaps) >= 10
+        started = time.monotonic()
+        answer(paced, ask("Answer at length.", max_tokens=6))
+        assert time.monotonic() - started >= 0.08 + 5 * 0.015 - 0.01
+
+
+def test_generated_words_are_one_token_each() -> None:
+    for model in ("gpt-4o", "gpt-4"):
+        for seed in range(20):
+            pieces = mock_model.natural_pieces(seed.to_bytes(8, "big"), long=True)
+            assert count_text("".join(pieces), model) == len(pieces) >= 300
