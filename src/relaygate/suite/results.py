@@ -28,6 +28,7 @@ AREAS: dict[str, str] = {
     "security": "Security (keys never leak)",
     "sdk": "Official OpenAI SDK",
     "properties": "Generated requests (property-based)",
+    "params": "Request parameters honoured (stop, n, temperature, formats, tools)",
 }
 LEVELS = ("MUST", "SHOULD")
 
@@ -137,8 +138,12 @@ def write_reports(
     started_at: dt.datetime,
     duration_s: float,
     secrets: tuple[str | None, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``conformance.json`` and ``conformance.html``; return the JSON path."""
+    """Write ``conformance.json`` and ``conformance.html``; return the JSON path.
+
+    ``extra``: further top-level keys of ``conformance.json`` (e.g. ``live_cost``).
+    """
     report_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (list(AREAS).index(r.meta.area), r.meta.id))
     doc = {
@@ -149,6 +154,7 @@ def write_reports(
         "duration_s": round(duration_s, 3),
         "summary": _summary(ordered),
         "cases": [r.to_json() for r in ordered],
+        **(extra or {}),
     }
     text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     text = mask_secrets(text, *secrets)
