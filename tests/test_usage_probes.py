@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from relaygate import tokens
+from relaygate.profiles import ProfileError, load_profile
 from relaygate.stack import EmbeddedStack, StackInfo
 from relaygate.suite.usage_probes import (
     CANARY_RE,
@@ -110,6 +111,29 @@ def test_usage_numbers_and_reasoning_tokens() -> None:
     reasoning = {"completion_tokens": 50, "completion_tokens_details": {"reasoning_tokens": 38}}
     assert visible_completion_tokens(reasoning) == 12
     assert visible_completion_tokens({"completion_tokens": 9}) == 9
+
+
+def test_usage_profile_settings(tmp_path: Path) -> None:
+    models = load_profile("faq").models
+    assert models.usage_tolerance_tokens == 0
+    assert models.answer_model_snapshot_ok is True
+    assert models.usage_ladder_max_tokens == 2000
+    head = 'extends = "faq"\nname = "r"\nrole = "relay"\n[models]\n'
+    cheap = tmp_path / "cheap.toml"
+    cheap.write_text(head + "usage_ladder_max_tokens = 600\n")
+    # A cost bound is configuration: no deviation reason needed.
+    assert load_profile(str(cheap)).models.usage_ladder_max_tokens == 600
+    tolerant = tmp_path / "tolerant.toml"
+    tolerant.write_text(head + "usage_tolerance_tokens = 3\n")
+    with pytest.raises(ProfileError, match="usage_tolerance_tokens"):
+        load_profile(str(tolerant))
+    tolerant.write_text(
+        head
+        + 'usage_tolerance_tokens = 3\n[models.deviations]\nusage_tolerance_tokens = "own counts"\n'
+    )
+    profile = load_profile(str(tolerant))
+    assert profile.models.usage_tolerance_tokens == 3
+    assert profile.deviation("models.usage_tolerance_tokens") == "own counts"
 
 
 # -- cheating relays ---------------------------------------------------------------------------
