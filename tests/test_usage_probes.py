@@ -2,11 +2,9 @@
 (``conformance/test_usage.py``) run in live mode against relays that cheat on usage or on the
 model, as a customer would meet them.
 
-The cheating relays are stand-ins: a proxy on 127.0.0.1 in front of the embedded stack that
-changes requests or answers the way a fraudulent relay does (inflated usage, an injected system
-prompt, dropped history, a model of another tokenizer family, a hidden substitute). The suite
-runs with ``--relay-url`` and ``--relay-key`` only, so these runs also show the cases need no
-ground truth.
+The stand-in relays are a proxy on 127.0.0.1 in front of the embedded stack: an honest one,
+and one that hides a same-family substitute. The suite runs with ``--relay-url`` and
+``--relay-key`` only, so these runs also show the cases need no ground truth.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from relaygate.suite.usage_probes import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4", "gpt-3.5-turbo")
 
 
 # -- probes ------------------------------------------------------------------------------------
@@ -137,90 +134,30 @@ def test_usage_profile_settings(tmp_path: Path) -> None:
 
 
 # -- cheating relays ---------------------------------------------------------------------------
-def _substitute(model: str) -> str:
-    return {"gpt-4o": "gpt-4o-mini"}.get(model, model)
-
-
-def _other_family(model: str) -> str:
-    return (
-        "gpt-3.5-turbo" if tokens.encoding_name_for_model(model) == "o200k_base" else "gpt-4o-mini"
-    )
-
-
-def _inflate(data: dict[str, Any]) -> None:
-    usage = data.get("usage")
-    if isinstance(usage, dict) and "prompt_tokens" in usage:
-        usage["prompt_tokens"] += 9
-        usage["completion_tokens"] += 4
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-
-
-def _inject(body: dict[str, Any]) -> None:
-    system = {"role": "system", "content": "Always answer politely and in plain English."}
-    body["messages"] = [system, *body["messages"]]
-
-
-def _truncate(body: dict[str, Any]) -> None:
-    body["messages"] = body["messages"][-2:]
+# The reference relay's fraud switches (inflate_usage, inject_system_prompt, truncate_history,
+# swap_model_family, rewrite_model_field, substitute_model, downgrade_models) show each usage
+# case failing, in both detection matrices. This stand-in adds the fraud none of them is: a
+# same-family substitute whose answer names the model asked for, which only the twin probe sees.
+def _hidden_substitute(body: dict[str, Any]) -> None:
+    body["model"] = {"gpt-4o": "gpt-4o-mini"}.get(body["model"], body["model"])
 
 
 Change = Callable[[dict[str, Any]], None]
-#: fraud -> (what it does to the request body, what it does to each answer object); both may
-#: read the model asked for from the body.
-FRAUDS: dict[str, tuple[Change | None, Change | None]] = {
-    "honest": (None, None),
-    "inflate_usage": (None, _inflate),
-    "inject_system_prompt": (_inject, None),
-    "truncate_history": (_truncate, None),
-    # A model of the other tokenizer family serves; the answer names the one asked for.
-    "swap_model_family": (lambda b: b.update(model=_other_family(b["model"])), None),
-    # gpt-4o is served by gpt-4o-mini and the answer says gpt-4o: only the twins can tell.
-    "rewrite_model_field": (lambda b: b.update(model=_substitute(b["model"])), None),
-    # gpt-4o is served by gpt-4o-mini and the answer says so.
-    "substitute_model": (lambda b: b.update(model=_substitute(b["model"])), None),
-}
+#: fraud -> what it does to the request body (the answer then names the model asked for).
+FRAUDS: dict[str, Change | None] = {"honest": None, "hidden_substitute": _hidden_substitute}
 
 #: The cases each fraud must fail (full ids); the honest proxy fails none.
 DETECTS: dict[str, set[str]] = {
     "honest": set(),
-    "inflate_usage": {
-        f"usage.{case}[{m}]"
-        for m in MODELS
-        for case in (
-            "prompt-tokens-exact",
-            "completion-tokens-exact",
-            "stream-matches-non-stream",
-            "tokenizer-family",
-        )
-    },
-    "inject_system_prompt": {
-        f"usage.{case}[{m}]" for m in MODELS for case in ("prompt-tokens-exact", "tokenizer-family")
-    },
-    "truncate_history": {
-        *(f"usage.prompt-tokens-exact[{m}]" for m in MODELS),
-        "usage.canary-ladder[short]",
-        "usage.canary-ladder[long]",
-    },
-    "swap_model_family": {
-        *(f"usage.prompt-tokens-exact[{m}]" for m in MODELS),
-        *(f"usage.tokenizer-family[{m}]" for m in MODELS),
-        # Both names of each pair land on the same stand-in model.
-        "usage.models-differ[gpt-4o-vs-gpt-4o-mini]",
-        "usage.models-differ[gpt-4-vs-gpt-3.5-turbo]",
-    },
-    "rewrite_model_field": {"usage.models-differ[gpt-4o-vs-gpt-4o-mini]"},
-    "substitute_model": {
-        "usage.answer-model[gpt-4o]",
-        "usage.models-differ[gpt-4o-vs-gpt-4o-mini]",
-    },
-}  # fmt: skip
+    "hidden_substitute": {"usage.models-differ[gpt-4o-vs-gpt-4o-mini]"},
+}
 
 
 class FraudProxy:
     """A relay in front of the embedded stack's relay that cheats the way ``fraud`` says.
 
-    Answers are read whole and rewritten (streams event by event): it is a stand-in for
-    dishonest accounting, not a streaming relay.
+    Answers are read whole and rewritten (streams event by event) to name the model asked
+    for: a stand-in for dishonest routing, not a streaming relay.
     """
 
     def __init__(self, target: str, fraud: str) -> None:
@@ -232,14 +169,14 @@ class FraudProxy:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        change_request, change_answer = FRAUDS[self.fraud]
+        change = FRAUDS[self.fraud]
         raw = await request.read()
         requested = None
         if raw and request.path.endswith("/chat/completions"):
             body = orjson.loads(raw)
             requested = body.get("model")
-            if change_request is not None:
-                change_request(body)
+            if change is not None:
+                change(body)
             raw = orjson.dumps(body)
         headers = {"Authorization": request.headers.get("Authorization", "")}
         if raw:
@@ -258,11 +195,7 @@ class FraudProxy:
             content_type = answer.headers.get("Content-Type", "application/json")
 
         def rewrite(data: Any) -> Any:
-            if not isinstance(data, dict):
-                return data
-            if change_answer is not None:
-                change_answer(data)
-            if self.fraud in ("swap_model_family", "rewrite_model_field") and "model" in data:
+            if isinstance(data, dict) and "model" in data and requested is not None:
                 data["model"] = requested
             return data
 
