@@ -4,7 +4,7 @@ on one that breaks it, judged from a customer's evidence only (``--relay-url`` a
 
 The ``params`` cases the mock upstream cannot answer yet (logprobs, response_format, a forced
 tool_choice) run against :class:`model_stand_in.ModelStandIn`; the others against the
-embedded stack with a reference-relay fault switch (``live_stack.run_live``).
+embedded stack with a reference-relay fault switch (``live_paced_stack.run_live``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_stack import run_live
+from live_paced_stack import run_live
 from model_stand_in import KEY, ModelStandIn
 
 from relaygate.suite.client import StreamEvent, StreamExchange

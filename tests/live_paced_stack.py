@@ -3,7 +3,7 @@ the embedded stack, optionally with reference-relay fault switches: what a relay
 run sees. The mock upstream paces plain answers like a model (``--default-ttft-ms`` /
 ``--default-itl-ms``) so a buffered stream is told from a streamed one.
 
-As a script: ``python tests/live_stack.py [FAULT,…|none] [pytest args…]`` prints the counts
+As a script: ``python tests/live_paced_stack.py [FAULT,…|none] [pytest args…]`` prints the counts
 and the failed case ids.
 """
 
