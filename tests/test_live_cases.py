@@ -4,12 +4,13 @@ on one that breaks it, judged from a customer's evidence only (``--relay-url`` a
 
 The ``params`` cases the mock upstream cannot answer yet (logprobs, response_format, a forced
 tool_choice) run against :class:`model_stand_in.ModelStandIn`; the others against the
-embedded stack with a reference-relay fault switch (``live_paced_stack.run_live``).
+embedded stack (its mock upstream paced like a model) with reference-relay fault switches.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,9 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from live_paced_stack import run_live
+from live_paced_stack import MOCK_PACING
+from matrix_runner import BASELINE
 from model_stand_in import KEY, ModelStandIn
 
+from relaygate.stack import EmbeddedStack
 from relaygate.suite.client import StreamEvent, StreamExchange
 from relaygate.suite.live import judge_streamed, stream_timing
 
@@ -37,15 +40,20 @@ STAND_IN_NODES = [
     "conformance/test_params.py::test_tool_choice",
     "conformance/test_streaming.py::test_tool_calls",
 ]
-#: reference-relay fault -> the live case ids it must fail (live mode, paced mock upstream)
+#: reference-relay fault -> the live case ids it makes fail (live mode, paced mock upstream)
 LIVE_DETECTION: dict[str, list[str]] = {
     "buffer_streams": ["streaming.not-buffered"],
     "drop_finish_reason": [
+        "params.stop",
         "streaming.finish-reason[length]",
         "streaming.finish-reason[stop]",
+        "streaming.usage-chunk[asked]",
+        "streaming.usage-chunk[not-asked]",
     ],
-    "no_usage_chunk": ["streaming.usage-chunk[asked]", "streaming.matches-non-stream"],
+    "normalize_finish_reason": ["streaming.finish-reason[length]"],
+    "no_usage_chunk": ["streaming.matches-non-stream", "streaming.usage-chunk[asked]"],
     "always_usage_chunk": ["streaming.usage-chunk[not-asked]"],
+    "inflate_usage": ["streaming.usage-chunk[asked]"],
     "leak_channel_key": ["security.channel-key-not-leaked"],
     "clamp_max_tokens": ["sdk.bad-request-error"],
     "drop_stop": ["params.stop"],
@@ -53,7 +61,10 @@ LIVE_DETECTION: dict[str, list[str]] = {
     "drop_temperature": ["params.temperature-zero"],
 }
 LIVE_NODES = [
-    "conformance/test_streaming.py",
+    "conformance/test_streaming.py::test_finish_reason",
+    "conformance/test_streaming.py::test_usage_chunk",
+    "conformance/test_streaming.py::test_not_buffered",
+    "conformance/test_streaming.py::test_matches_non_stream",
     "conformance/test_params.py::test_stop",
     "conformance/test_params.py::test_n",
     "conformance/test_params.py::test_temperature_zero",
@@ -106,19 +117,40 @@ def test_buffering_rule() -> None:
         judge_streamed(stream_timing(_stream(0, [50, 60, 70])))  # type: ignore[arg-type]
 
 
-@pytest.mark.timeout(600)
-def test_live_paths_pass_on_the_reference_relay() -> None:
-    doc = run_live((), LIVE_NODES)
-    outcomes = {c["id"]: c["outcome"] for c in doc["cases"]}
+def _live_matrix(tmp: Path) -> dict[str, dict[str, str]]:
+    """run -> case id -> status: one session (tests/matrix_runner.py) on a paced stack runs the
+    live paths once per fault. The admin token only switches faults and restores state; with
+    no --upstream-url every case takes its live path."""
+    out = tmp / "matrix.jsonl"
+    stack = EmbeddedStack(mock_args=MOCK_PACING)
+    info = stack.start()
+    try:
+        args = [sys.executable, "-m", "pytest", *LIVE_NODES, "-q", "-p", "no:cacheprovider"]
+        args += ["-p", "matrix_runner", "--report-dir", str(tmp), "--matrix-out", str(out)]
+        args += ["--relay-url", info.relay_url, "--relay-key", info.relay_key]
+        args += ["--relay-admin-token", info.admin_token]
+        for run in [BASELINE, *sorted(LIVE_DETECTION)]:
+            args += ["--matrix-run", run]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")])
+        )
+        subprocess.run(args, cwd=ROOT, env=env, capture_output=True, timeout=900, check=False)
+    finally:
+        stack.stop()
+    results: dict[str, dict[str, str]] = {}
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        results.setdefault(row["run"], {})[row["id"]] = row["status"]
+    return results
+
+
+@pytest.mark.timeout(1000)
+def test_live_paths_pass_and_fail_on_their_fault(tmp_path: Path) -> None:
+    results = _live_matrix(tmp_path)
     live_cases = {case for cases in LIVE_DETECTION.values() for case in cases}
-    assert {c: outcomes.get(c) for c in live_cases} == dict.fromkeys(live_cases, "passed"), doc[
-        "tail"
-    ]
-
-
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("fault", sorted(LIVE_DETECTION))
-def test_live_paths_fail_on_their_fault(fault: str) -> None:
-    doc = run_live((fault,), LIVE_NODES)
-    failed = {c["id"] for c in doc["cases"] if c["outcome"] == "failed"}
-    assert set(LIVE_DETECTION[fault]) <= failed, doc["tail"]
+    baseline = results[BASELINE]
+    assert {c: baseline.get(c) for c in live_cases} == dict.fromkeys(live_cases, "passed")
+    for fault, cases in LIVE_DETECTION.items():
+        failed = {case for case, status in results[fault].items() if status == "failed"}
+        assert failed == set(cases), fault
