@@ -22,6 +22,7 @@ import pytest
 from live_paced_stack import MOCK_PACING
 from matrix_runner import BASELINE
 from model_stand_in import KEY, ModelStandIn
+from stand_in_relays import StandInRelay
 
 from relaygate.stack import EmbeddedStack
 from relaygate.suite.client import StreamEvent, StreamExchange
@@ -194,3 +195,30 @@ def test_live_streaming_cases_accept_legal_sse(tmp_path: Path) -> None:
         bad = {k: v for k, v in must.items() if v == "failed" and k not in MOCK_GAPS}
         assert not bad, (variant, bad)
         assert must.get("streaming.not-buffered") == "passed", (variant, must)
+
+
+#: The conformance files whose cases have live paths here.
+LIVE_FILES = [
+    "conformance/test_streaming.py",
+    "conformance/test_params.py",
+    "conformance/test_errors.py",
+    "conformance/test_auth.py",
+    "conformance/test_sdk.py",
+    "conformance/test_security.py",
+    "conformance/test_properties.py",
+]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["empty-200", "refuse-404", "refuse-401-listing-models"])
+def test_no_live_path_passes_against_a_do_nothing_relay(kind: str, tmp_path: Path) -> None:
+    with StandInRelay(kind) as relay:
+        command = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *LIVE_FILES,
+            "--relay-url", relay.url, "--relay-key", KEY, "--relay-timeout", "2",
+            "--relay-fuzz-examples", "5", "--report-dir", str(tmp_path),
+        ]  # fmt: skip
+        subprocess.run(command, capture_output=True, timeout=500, check=False, cwd=ROOT)
+    cases = json.loads((tmp_path / "conformance.json").read_text())["cases"]
+    assert cases
+    assert not [c["id"] for c in cases if c["outcome"] == "passed"]
