@@ -6,9 +6,12 @@ from __future__ import annotations
 import pytest
 
 from relaygate.directives import directive
-from relaygate.suite.checks import charged, check_error, key_in_state, settled_balance
+from relaygate.suite.budget import answer_text
+from relaygate.suite.checks import check_error, is_chat_completion, key_in_state
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
+from relaygate.suite.ledger import live_chat, reported_usage
+from relaygate.tokens import count_text
 
 # gpt-4 on the mock: context window 8192, output cap 8192.
 OVERS = {
@@ -35,7 +38,11 @@ UPSTREAM_ERRORS = {
     area="max_tokens",
     faq=("F22", "F5"),
 )
-def test_upstream_400(kind, client, profile, upstream, tag, relay, baseline):
+def test_upstream_400(kind, client, profile, _journal, tag, relay, baseline):
+    if _journal is None:
+        _live_upstream_400(kind, client, profile, relay, baseline)
+        return
+    upstream = _journal
     baseline.require_forwarding_seen()
     extra, fields, _ = OVERS[kind]
     ex = client.chat(chat_body("gpt-4", directive=directive(tag=tag, **fields), **extra))
@@ -69,19 +76,58 @@ def test_upstream_400(kind, client, profile, upstream, tag, relay, baseline):
         )
 
 
+# Live, the same two refusals caused by the request itself: gpt-4's output cap is 8192 tokens
+# and its context window 8192 (a 6000-token prompt + max_tokens 4000 does not fit).
+LIVE_OVERS = {
+    "over-cap": ("Say hello.", {"max_tokens": 9000}),
+    "over-window": ("relaygate " * 6000, {"max_tokens": 4000}),
+}
+
+
+def _live_upstream_400(kind, client, profile, relay, baseline):
+    """Live: the provider's 400 reaches the key holder intact (status, type, param, code); that
+    it was sent upstream once shows only in the mock upstream's journal."""
+    baseline.require_served()
+    text, extra = LIVE_OVERS[kind]
+    ex = client.chat(chat_body("gpt-4", text, **extra))
+    want = UPSTREAM_ERRORS[kind]
+    error = check_error(
+        ex,
+        profile,
+        "upstream_4xx",
+        f"F22: {kind} max_tokens is refused with 400",
+        upstream_error=want,
+        upstream_status=400,
+        secrets=relay.secrets,
+    )
+    for field, value in want.items():
+        require(
+            (error or {}).get(field) == value,
+            f"F22: the provider's error object passes through intact ({field})",
+            f"error.{field} {value!r}",
+            f"error.{field} {(error or {}).get(field)!r}",
+            ex.curl,
+            relay.secrets,
+        )
+
+
 @pytest.mark.case(
     "max_tokens.not-billed",
     title="A refused max_tokens request is not billed",
     area="max_tokens",
     faq=("F22",),
 )
-def test_not_billed(client, provision, profile, upstream, tag, relay, baseline):
+def test_not_billed(client, provision, profile, _journal, tag, relay, baseline, ledger):
     if not profile.billing.applicable:
         pytest.skip(f"profile: {profile.billing.skip_reason}")
-    baseline.require_billing_seen(client, provision, profile)
+    ledger.require_billing_seen(baseline)
     key = key_in_state(lambda: provision.funded_key())
-    before = settled_balance(provision, key, profile)
-    ex = client.chat(chat_body("gpt-4", directive=directive(tag=tag), max_tokens=9000), key=key.key)
+    if _journal is None:
+        body = live_chat("gpt-4", max_tokens=9000)
+    else:
+        body = chat_body("gpt-4", directive=directive(tag=tag), max_tokens=9000)
+    billed = ledger.bill(key, lambda: client.chat(body, key=key.key), expect_charge=False)
+    ex = billed.exchange
     require(
         ex.status == 400,
         "over-cap max_tokens is refused",
@@ -90,15 +136,7 @@ def test_not_billed(client, provision, profile, upstream, tag, relay, baseline):
         ex.curl,
         relay.secrets,
     )
-    after = settled_balance(provision, key, profile)
-    require(
-        charged(before, after) == 0,
-        "F22: a refused max_tokens request is not billed",
-        "0 quota",
-        f"{charged(before, after)} quota",
-        ex.curl,
-        relay.secrets,
-    )
+    ledger.require_free(billed, "F22: a refused max_tokens request is not billed", relay.secrets)
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
@@ -108,7 +146,11 @@ def test_not_billed(client, provision, profile, upstream, tag, relay, baseline):
     area="max_tokens",
     faq=("F22",),
 )
-def test_forwarded_unchanged(field, client, upstream, tag, relay, baseline):
+def test_forwarded_unchanged(field, client, _journal, tag, relay, baseline):
+    if _journal is None:
+        _live_max_tokens_kept(field, client, relay)
+        return
+    upstream = _journal
     baseline.require_forwarding_seen()
     ex = client.chat(chat_body("gpt-4o", directive=directive(tag=tag), **{field: 3333}))
     require(
@@ -118,4 +160,45 @@ def test_forwarded_unchanged(field, client, upstream, tag, relay, baseline):
     got = [b.get(field) if isinstance(b, dict) else None for b in bodies]
     require(
         got == [3333], f"the relay forwards {field} unchanged", [3333], got, ex.curl, relay.secrets
+    )
+
+
+# Live: over 1024 (a common clamp) and still cheap on gpt-4o-mini (about 0.0007 USD).
+LIVE_MAX_TOKENS_KEPT = 1100
+
+
+def _live_max_tokens_kept(field, client, relay):
+    """Live: a request for a long answer with ``field`` = N ends with finish_reason "length" at
+    exactly N completion tokens (fewer: the relay lowered the cap; more: it ignored it)."""
+    n = LIVE_MAX_TOKENS_KEPT
+    body = live_chat(
+        "gpt-4o-mini",
+        "Answer at length: describe, step by step and in detail, how an HTTP relay forwards "
+        "a streamed chat completion.",
+        **{field: n},
+    )
+    ex = client.chat(body)
+    require(
+        is_chat_completion(ex), "the request is served", "HTTP 200", ex.describe(), ex.curl,
+        relay.secrets,
+    )  # fmt: skip
+    choice = (ex.json() or {})["choices"][0]
+    counted = count_text(answer_text(ex), "gpt-4o-mini")
+    reported = reported_usage(ex)
+    require(
+        choice.get("finish_reason") == "length" and counted == n,
+        f"F22: {field} is kept: a long answer stops at exactly {field} = {n} tokens",
+        f'finish_reason "length" after {n} completion tokens',
+        f"finish_reason {choice.get('finish_reason')!r} after {counted} tokens (counted "
+        f"locally; the relay reported {reported})",
+        ex.curl,
+        relay.secrets,
+    )
+    require(
+        reported is None or reported[1] <= n,
+        f"F22: the completion billed is at most {field} = {n} tokens",
+        f"usage.completion_tokens <= {n}",
+        f"usage {reported}",
+        ex.curl,
+        relay.secrets,
     )

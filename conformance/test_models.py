@@ -1,7 +1,11 @@
 """models: routing by the exact, case-sensitive model name; no silent substitution; a model
-list that tells the truth (F8, F17)."""
+list that tells the truth (F8, F17).
+
+Live (no journal), what the key holder sees: the name the answer carries and the charge."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -16,6 +20,7 @@ from relaygate.suite.checks import (
 )
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
+from relaygate.suite.ledger import live_chat
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4", "gpt-3.5-turbo")
 CASE_VARIANTS = ("GPT-4o", "Gpt-4O", "GPT-4O", "gpt-4O", "GPT-3.5-TURBO")
@@ -28,7 +33,11 @@ CASE_VARIANTS = ("GPT-4o", "Gpt-4O", "GPT-4O", "gpt-4O", "GPT-3.5-TURBO")
     area="models",
     faq=("F8",),
 )
-def test_exact_name_forwarded(model, client, upstream, tag, relay, baseline):
+def test_exact_name_forwarded(model, client, _journal, tag, relay, baseline):
+    if _journal is None:
+        _live_answer_names_model(model, client, relay)
+        return
+    upstream = _journal
     baseline.require_forwarding_seen()
     ex = client.chat(chat_body(model, directive=directive(tag=tag)))
     require(
@@ -49,6 +58,27 @@ def test_exact_name_forwarded(model, client, upstream, tag, relay, baseline):
         answered == model,
         "the answer names the model that served it",
         repr(model),
+        repr(answered),
+        ex.curl,
+        relay.secrets,
+    )
+
+
+def _live_answer_names_model(model, client, relay):
+    """Live: the answer names the model asked for, or a dated snapshot of it (OpenAI answers
+    ``gpt-4o`` with ``gpt-4o-2024-08-06``); never another model."""
+    ex = client.chat(live_chat(model, max_tokens=8))
+    require(
+        is_chat_completion(ex), f"{model} is served", "HTTP 200", ex.describe(), ex.curl,
+        relay.secrets,
+    )  # fmt: skip
+    answered = (ex.json() or {}).get("model")
+    snapshot = re.compile(re.escape(model) + r"(-\d{4}(-\d{2}-\d{2})?)?")
+    require(
+        isinstance(answered, str) and snapshot.fullmatch(answered) is not None,
+        "F8: the answer names the model asked for, or a dated snapshot of it (no silent "
+        "substitution; what the upstream received shows only with --upstream-url)",
+        f"{model!r} or {model + '-YYYY-MM-DD'!r}",
         repr(answered),
         ex.curl,
         relay.secrets,
@@ -115,25 +145,20 @@ def test_case_variant_refused(variant, client, profile, tag, relay, _journal, ba
     area="models",
     faq=("F8",),
 )
-def test_case_variant_not_billed(client, provision, profile, tag, relay, baseline):
-    from relaygate.suite.checks import charged, settled_balance
-
+def test_case_variant_not_billed(
+    client, provision, profile, _journal, tag, relay, baseline, ledger
+):
     if not profile.billing.applicable:
         pytest.skip(f"profile: {profile.billing.skip_reason}")
-    baseline.require_billing_seen(client, provision, profile)
+    ledger.require_billing_seen(baseline)
     key = key_in_state(lambda: provision.funded_key())
-    before = settled_balance(provision, key, profile)
-    ex = client.chat(
-        chat_body("GPT-4o", directive=directive(tag=tag, usage="100/100")), key=key.key
-    )
-    after = settled_balance(provision, key, profile)
-    require(
-        charged(before, after) == 0,
-        "F8: a case-variant model name is neither routed nor billed",
-        "0 quota",
-        f"{charged(before, after)} quota ({ex.describe()})",
-        ex.curl,
-        relay.secrets,
+    if _journal is None:
+        body = live_chat("GPT-4o")
+    else:
+        body = chat_body("GPT-4o", directive=directive(tag=tag, usage="100/100"))
+    billed = ledger.bill(key, lambda: client.chat(body, key=key.key), expect_charge=False)
+    ledger.require_free(
+        billed, "F8: a case-variant model name is neither routed nor billed", relay.secrets
     )
 
 

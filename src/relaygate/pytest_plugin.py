@@ -55,7 +55,9 @@ from relaygate.suite.target import (
 if TYPE_CHECKING:
     from relaygate.profiles import Profile
     from relaygate.provision import Provisioner
+    from relaygate.suite.budget import LiveMeter
     from relaygate.suite.client import RelayClient, UpstreamJournal
+    from relaygate.suite.ledger import Ledger
 
 # (option, dest, env var, default, help)
 _OPTIONS: tuple[tuple[str, str, str, str | None, str], ...] = (
@@ -107,6 +109,83 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"{header_help} [env RELAYGATE_RELAY_HEADERS]",
     )
     parser.addini("relay_headers", help=header_help, type="linelist", default=[])
+    _add_live_cost_options(group, parser)
+
+
+# -- live cost control (--live-budget, --live-dry-run) ----------------------------------------
+_LIVE_BUDGET_HELP = (
+    "live mode: cap on what the run may spend, in US dollars (0.50, 0.5usd, $0.5) or quota "
+    "units (250000q); a request that could pass it is not sent and the remaining live cases "
+    "skip with 'live budget spent'"
+)
+_LIVE_DRY_RUN_HELP = (
+    "live mode: send nothing to the relay; run the suite against a local stand-in (the "
+    "embedded stack, keys only) and print the plan: requests, max tokens, estimated cost"
+)
+_METER = pytest.StashKey["LiveMeter"]()
+
+
+def _add_live_cost_options(group: Any, parser: pytest.Parser) -> None:
+    group.addoption(
+        "--live-budget",
+        dest="live_budget",
+        default=None,
+        help=f"{_LIVE_BUDGET_HELP} [env RELAYGATE_LIVE_BUDGET]",
+    )
+    parser.addini("live_budget", help=_LIVE_BUDGET_HELP, default=None)
+    group.addoption(
+        "--live-dry-run",
+        dest="live_dry_run",
+        action="store_true",
+        default=None,
+        help=f"{_LIVE_DRY_RUN_HELP} [env RELAYGATE_LIVE_DRY_RUN=1]",
+    )
+    parser.addini("live_dry_run", help=_LIVE_DRY_RUN_HELP, type="bool", default=False)
+
+
+def live_cost_options(config: pytest.Config) -> tuple[str | None, bool]:
+    """(``--live-budget`` text or None, ``--live-dry-run``); CLI > env > ini."""
+    budget = _option(config, "live_budget", "RELAYGATE_LIVE_BUDGET")
+    dry = config.getoption("live_dry_run")
+    if dry is None:
+        env = os.environ.get("RELAYGATE_LIVE_DRY_RUN", "").strip().lower()
+        dry = env in ("1", "true", "yes", "on") if env else bool(config.getini("live_dry_run"))
+    if budget is not None:
+        from relaygate.suite.budget import BudgetError, parse_budget
+
+        try:
+            parse_budget(budget, 500000)
+        except BudgetError as exc:
+            raise pytest.UsageError(f"relaygate: {exc}") from None
+    return budget, bool(dry)
+
+
+def _make_meter(config: pytest.Config, relay: RelayTarget, profile: Profile) -> LiveMeter | None:
+    """The run's meter in live mode (and in a dry run), else None."""
+    from relaygate.suite.budget import LiveMeter, parse_budget
+
+    budget, dry = live_cost_options(config)
+    if relay.mode != "live" and not dry:
+        return None
+    rules = profile.billing
+    if not rules.applicable:
+        # No prices in this profile: price with the FAQ's table, the one-api family's.
+        from relaygate.preflight import check_profile
+
+        rules = check_profile("faq").billing
+    cap = None if budget is None else parse_budget(budget, rules.quota_per_usd)
+    meter = LiveMeter(rules, cap_quota=cap)
+    config.stash[_METER] = meter
+    return meter
+
+
+@pytest.fixture(autouse=True)
+def _live_budget_gate(request: pytest.FixtureRequest) -> None:
+    """Once the budget held a request back, every later case skips before it starts."""
+    meter = request.config.stash.get(_METER, None)
+    is_case = request.config.stash[_META].get(request.node.nodeid) is not None
+    if meter is not None and meter.spent_reason is not None and is_case:
+        pytest.skip(meter.spent_reason)
 
 
 def _option(config: pytest.Config, dest: str, env: str) -> str | None:
@@ -181,6 +260,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         mode = "mock (ground truth)"
         if opts.faults:
             where += f" with faults {', '.join(opts.faults)}"
+    budget, dry = live_cost_options(config)
+    if opts.relay_url and dry:
+        mode = "live dry run (nothing is sent to the relay; a local stand-in answers)"
+    elif budget and opts.relay_url and not opts.upstream_url:
+        mode += f", live budget {budget}"
     lines = [f"relaygate: relay {where}", f"relaygate: profile {opts.profile}, mode {mode}"]
     if opts.extra_headers:
         lines.append(f"relaygate: extra headers {', '.join(sorted(opts.extra_headers))}")
@@ -332,6 +416,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "embedded stack: no report written (pass --report-dir DIR to keep one)"
         )
         return
+    if live_cost_options(config)[1] and opts.relay_url:
+        config.stash[_NOT_WRITTEN] = "live dry run: nothing was sent to the relay, no report"
+        return
+    meter = config.stash.get(_METER, None)
     started_at, started = config.stash[_STARTED]
     target = config.stash.get(_TARGET, None)
     relay_url = target.base_url if target is not None else (opts.relay_url or "embedded")
@@ -349,6 +437,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         started_at=started_at,
         duration_s=time.perf_counter() - started,
         secrets=_run_secrets(config),
+        extra=None if meter is None else {"live_cost": meter.to_json()},
     )
     config.stash[_REPORT_PATH] = path
 
@@ -360,6 +449,15 @@ _NOT_WRITTEN = pytest.StashKey[str]()
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     path = config.stash.get(_REPORT_PATH, None)
     not_written = config.stash.get(_NOT_WRITTEN, None)
+    meter = config.stash.get(_METER, None)
+    if meter is not None:
+        terminalreporter.write_sep("-", "relaygate live cost")
+        if live_cost_options(config)[1]:
+            terminalreporter.write_line(
+                "dry run, nothing sent to the relay; the plan, as the suite ran it against a "
+                "local stand-in:"
+            )
+        terminalreporter.write_line(meter.summary())
     if path is None and not_written is None:
         return
     results = list(config.stash[_RESULTS].values())
@@ -408,6 +506,9 @@ def _preflight(opts: RelayOptions) -> None:
 def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
     """The relay under test; starts the embedded stack when no ``--relay-url`` is given."""
     opts = relay_options(request.config)
+    if opts.relay_url and live_cost_options(request.config)[1]:
+        yield from _dry_run_target(request.config, opts)
+        return
     if opts.relay_url:
         _preflight(opts)
         target = RelayTarget(
@@ -456,6 +557,36 @@ def relay(request: pytest.FixtureRequest) -> Iterator[RelayTarget]:
         stack.stop()
 
 
+def _dry_run_target(config: pytest.Config, opts: RelayOptions) -> Iterator[RelayTarget]:
+    """``--live-dry-run``: the embedded stack stands in for the relay, seen as a live customer
+    sees it (a key, no admin token, no journal), so every request the run would send is
+    metered while nothing reaches the relay."""
+    from relaygate.stack import EmbeddedStack, StackError
+
+    stack = EmbeddedStack()
+    try:
+        info = stack.start()
+    except StackError as exc:
+        pytest.fail(f"relaygate: the dry run's stand-in did not start: {exc}", pytrace=False)
+    target = RelayTarget(
+        base_url=info.relay_url,
+        key=info.relay_key,
+        admin_token=None,
+        upstream_url=None,
+        mode="live",
+        embedded=True,
+        timeout_s=opts.timeout_s,
+        stack=stack,
+        extra_headers=opts.extra_headers,
+        max_bytes=opts.max_bytes,
+    )
+    config.stash[_TARGET] = target
+    try:
+        yield target
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(scope="session")
 def profile(request: pytest.FixtureRequest) -> Profile:
     """The relay's dialect (``--relay-profile``)."""
@@ -468,7 +599,9 @@ def profile(request: pytest.FixtureRequest) -> Profile:
 
 
 @pytest.fixture(scope="session")
-def client(relay: RelayTarget, profile: Profile) -> Iterator[RelayClient]:
+def client(
+    request: pytest.FixtureRequest, relay: RelayTarget, profile: Profile
+) -> Iterator[RelayClient]:
     """HTTP client to the relay, sending the funded key by default."""
     from relaygate.suite.client import RelayClient
 
@@ -481,6 +614,7 @@ def client(relay: RelayTarget, profile: Profile) -> Iterator[RelayClient]:
         max_bytes=relay.max_bytes,
         secrets=relay.secrets,
     )
+    http.meter = _make_meter(request.config, relay, profile)
     try:
         yield http
     finally:
@@ -535,6 +669,16 @@ def _provisioner(relay: RelayTarget, profile: Profile) -> Iterator[Provisioner]:
 def provision(_provisioner: Provisioner) -> Provisioner:
     """Creates keys in given states; a state it cannot make skips the case with the reason."""
     return _provisioner
+
+
+@pytest.fixture(scope="session")
+def ledger(
+    client: RelayClient, _provisioner: Provisioner, profile: Profile, relay: RelayTarget
+) -> Ledger:
+    """Balances and charges: the admin API, or else the key's own billing endpoints."""
+    from relaygate.suite.ledger import Ledger
+
+    return Ledger(client, _provisioner, profile, relay.secrets)
 
 
 @pytest.fixture

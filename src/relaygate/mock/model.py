@@ -38,6 +38,7 @@ Generated text is built from words that are one token each in both ``cl100k_base
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import random
 import re
@@ -244,20 +245,20 @@ def _check_stop(body: Mapping[str, Any]) -> list[str]:
     return [item for item in stop if item]
 
 
-def _base_seed(body: Mapping[str, Any], model: str) -> bytes:
-    """Same model + prompt (+ seed) -> same bytes; temperature > 0 without a seed -> random."""
-    prompt = body.get("messages") if "messages" in body else body.get("prompt")
+def _nonce(body: Mapping[str, Any]) -> int | str | None:
+    """What varies the text besides model and prompt: nothing at temperature 0 (or absent),
+    else the request's ``seed``, else a random value (``str``)."""
     temperature = body.get("temperature")
-    nonce: Any = None
     if (
         isinstance(temperature, (int, float))
         and not isinstance(temperature, bool)
-        and (temperature > 0)
+        and temperature > 0
     ):
         seed = body.get("seed")
-        nonce = seed if isinstance(seed, int) else secrets.token_hex(16)
-    material = orjson.dumps([model, prompt, nonce], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(material).digest()
+        return (
+            seed if isinstance(seed, int) and not isinstance(seed, bool) else secrets.token_hex(16)
+        )
+    return None
 
 
 def _finish(text: str, model: str, max_tokens: int | None, stops: Sequence[str]) -> tuple[str, str]:
@@ -287,8 +288,8 @@ def _finish(text: str, model: str, max_tokens: int | None, stops: Sequence[str])
     return text, "stop"
 
 
-def _texts(body: Mapping[str, Any], model: str, n: int) -> list[str]:
-    """The full (uncut) answer of each choice."""
+def _texts(key: bytes, body: Mapping[str, Any], n: int) -> list[str]:
+    """The full (uncut) answer of each choice; ``key`` seeds generated text."""
     instruction = _last_user_text(body)
     repeat = _REPEAT_RE.search(instruction)
     if repeat is not None:
@@ -297,7 +298,7 @@ def _texts(body: Mapping[str, Any], model: str, n: int) -> list[str]:
         codes = [code for text in _all_prompt_texts(body) for code in CODE_RE.findall(text)]
         return [" ".join(codes) if codes else NO_CODES] * n
     long = _BRIEF_RE.search(instruction) is None
-    base = _base_seed(body, model)
+    base = hashlib.sha256(key).digest()
     return ["".join(natural_pieces(base + bytes([index]), long)) for index in range(n)]
 
 
@@ -307,10 +308,28 @@ def reply(body: Mapping[str, Any], model: str, max_tokens: int | None) -> Reply:
     Raises :class:`RequestError` for a bad ``n`` or ``stop``.
     """
     n = _check_n(body)
-    stops = _check_stop(body)
+    stops = tuple(_check_stop(body))
+    nonce = _nonce(body)
+    prompt_field = "messages" if "messages" in body else "prompt"
+    key = orjson.dumps(
+        [model, {prompt_field: body.get(prompt_field)}, nonce], option=orjson.OPT_SORT_KEYS
+    )
+    if isinstance(nonce, str):
+        return _reply(key, model, max_tokens, n, stops)
+    return _cached_reply(key, model, max_tokens, n, stops)
+
+
+def _reply(key: bytes, model: str, max_tokens: int | None, n: int, stops: tuple[str, ...]) -> Reply:
+    """The reply to the request ``key`` (``[model, {field: prompt}, nonce]`` as JSON)."""
+    body = orjson.loads(key)[1]
     choices = []
-    for full in _texts(body, model, n):
+    for full in _texts(key, body, n):
         text, finish_reason = _finish(full, model, max_tokens, stops)
         pieces = tuple(piece for piece, _ in split_tokens(text, model))
         choices.append(Choice(text, pieces, finish_reason, tokens.count_text(text, model)))
     return Reply(tuple(choices))
+
+
+# Deterministic requests repeat (load runs, retries): their replies are immutable, so the
+# ~3 ms of generating and tokenising is spent once.
+_cached_reply = functools.lru_cache(maxsize=256)(_reply)

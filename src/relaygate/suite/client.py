@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT_S",
     "Exchange",
+    "Meter",
     "RelayClient",
     "StreamEvent",
     "StreamExchange",
@@ -285,6 +286,15 @@ def _bounded_exchange(
     return _Answer(status, got_headers, chunks, cut, error, time.perf_counter() - started)
 
 
+class Meter(Protocol):
+    """Sees every request the client sends (``before`` may refuse it by raising) and every
+    answer: the live audit's cost control (:class:`relaygate.suite.budget.LiveMeter`)."""
+
+    def before(self, method: str, path: str, content: bytes | None) -> None: ...
+
+    def after(self, method: str, path: str, content: bytes | None, exchange: Exchange) -> None: ...
+
+
 class RelayClient:
     """Calls to the relay under test: every exchange has one total deadline (``timeout_s``)
     and one byte cap (``max_bytes``), and reproduces itself as a curl with secrets masked."""
@@ -305,6 +315,7 @@ class RelayClient:
         self.max_bytes = max_bytes
         self.extra_headers = dict(extra_headers or {})
         self.secrets = (key, *secrets)
+        self.meter: Meter | None = None
         self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
 
     def __repr__(self) -> str:
@@ -373,10 +384,12 @@ class RelayClient:
         """
         url = self.base_url + path
         body, hdrs = self._prepare(json, content, key, headers)
+        if self.meter is not None:
+            self.meter.before(method, path, body)
         answer = self._send(method, url, body, hdrs, raw=False)
         if answer.transport_error is not None:
             raise answer.transport_error
-        return Exchange(
+        exchange = Exchange(
             method=method,
             url=url,
             status=0 if answer.cut_reason else answer.status,
@@ -387,6 +400,9 @@ class RelayClient:
             cut_reason=answer.cut_reason,
             sent_status=answer.status or None,
         )
+        if self.meter is not None:
+            self.meter.after(method, path, body, exchange)
+        return exchange
 
     def chat(self, body: Mapping[str, Any], *, key: Any = _UNSET) -> Exchange:
         return self.request("POST", "/v1/chat/completions", json=dict(body), key=key)
@@ -415,13 +431,15 @@ class RelayClient:
                 events.append(StreamEvent(event.data, now))
             return stop_after_events is not None and len(events) >= stop_after_events
 
+        if self.meter is not None:
+            self.meter.before("POST", path, raw)
         sent_ns = time.monotonic_ns()
         answer = self._send("POST", url, raw, hdrs, raw=True, on_chunk=on_chunk)
         stopped = stop_after_events is not None and len(events) >= stop_after_events
         if answer.cut_reason is None and answer.transport_error is None and not stopped:
             for event in decoder.flush():
                 events.append(StreamEvent(event.data, time.monotonic_ns()))
-        return StreamExchange(
+        exchange = StreamExchange(
             method="POST",
             url=url,
             status=0 if answer.cut_reason else answer.status,
@@ -441,6 +459,9 @@ class RelayClient:
                 else f"{type(answer.transport_error).__name__}: {answer.transport_error}"
             ),
         )
+        if self.meter is not None:
+            self.meter.after("POST", path, raw, exchange)
+        return exchange
 
 
 def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:

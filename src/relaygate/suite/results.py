@@ -22,6 +22,7 @@ AREAS: dict[str, str] = {
     "models": "Model names and routing (F8, F17)",
     "max_tokens": "max_tokens and context limits (F22)",
     "streaming": "Streaming (F4)",
+    "usage": "Usage honesty and the model served (F8, F9, F10)",
     "errors": "Error statuses and bodies (F5, F7, F12, F18)",
     "rate_limits": "Rate limits (429)",
     "security": "Security (keys never leak)",
@@ -137,8 +138,12 @@ def write_reports(
     started_at: dt.datetime,
     duration_s: float,
     secrets: tuple[str | None, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``conformance.json`` and ``conformance.html``; return the JSON path."""
+    """Write ``conformance.json`` and ``conformance.html``; return the JSON path.
+
+    ``extra``: further top-level keys of ``conformance.json`` (e.g. ``live_cost``).
+    """
     report_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (list(AREAS).index(r.meta.area), r.meta.id))
     doc = {
@@ -149,6 +154,7 @@ def write_reports(
         "duration_s": round(duration_s, 3),
         "summary": _summary(ordered),
         "cases": [r.to_json() for r in ordered],
+        **(extra or {}),
     }
     text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
     text = mask_secrets(text, *secrets)
