@@ -2,16 +2,15 @@
 (``conformance/test_usage.py``) run in live mode against relays that cheat on usage or on the
 model, as a customer would meet them.
 
-The cheating relays are stand-ins: a proxy on 127.0.0.1 in front of the embedded stack that
-changes requests or answers the way a fraudulent relay does (inflated usage, an injected system
-prompt, dropped history, a model of another tokenizer family, a hidden substitute). The suite
-runs with ``--relay-url`` and ``--relay-key`` only, so these runs also show the cases need no
-ground truth.
+The stand-in relays are a proxy on 127.0.0.1 in front of the embedded stack: an honest one,
+and one that hides a same-family substitute. The suite runs with ``--relay-url`` and
+``--relay-key`` only, so these runs also show the cases need no ground truth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import random
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from relaygate import tokens
+from relaygate.profiles import ProfileError, load_profile
 from relaygate.stack import EmbeddedStack, StackInfo
 from relaygate.suite.usage_probes import (
     CANARY_RE,
@@ -42,7 +42,6 @@ from relaygate.suite.usage_probes import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4", "gpt-3.5-turbo")
 
 
 # -- probes ------------------------------------------------------------------------------------
@@ -111,106 +110,73 @@ def test_usage_numbers_and_reasoning_tokens() -> None:
     assert visible_completion_tokens({"completion_tokens": 9}) == 9
 
 
-# -- cheating relays ---------------------------------------------------------------------------
-def _substitute(model: str) -> str:
-    return {"gpt-4o": "gpt-4o-mini"}.get(model, model)
-
-
-def _other_family(model: str) -> str:
-    return (
-        "gpt-3.5-turbo" if tokens.encoding_name_for_model(model) == "o200k_base" else "gpt-4o-mini"
+def test_usage_profile_settings(tmp_path: Path) -> None:
+    models = load_profile("faq").models
+    assert models.usage_tolerance_tokens == 0
+    assert models.answer_model_snapshot_ok is True
+    assert models.usage_ladder_max_tokens == 2000
+    head = 'extends = "faq"\nname = "r"\nrole = "relay"\n[models]\n'
+    cheap = tmp_path / "cheap.toml"
+    cheap.write_text(head + "usage_ladder_max_tokens = 600\n")
+    # A cost bound is configuration: no deviation reason needed.
+    assert load_profile(str(cheap)).models.usage_ladder_max_tokens == 600
+    tolerant = tmp_path / "tolerant.toml"
+    tolerant.write_text(head + "usage_tolerance_tokens = 3\n")
+    with pytest.raises(ProfileError, match="usage_tolerance_tokens"):
+        load_profile(str(tolerant))
+    tolerant.write_text(
+        head
+        + 'usage_tolerance_tokens = 3\n[models.deviations]\nusage_tolerance_tokens = "own counts"\n'
     )
+    profile = load_profile(str(tolerant))
+    assert profile.models.usage_tolerance_tokens == 3
+    assert profile.deviation("models.usage_tolerance_tokens") == "own counts"
 
 
-def _inflate(data: dict[str, Any]) -> None:
-    usage = data.get("usage")
-    if isinstance(usage, dict) and "prompt_tokens" in usage:
-        usage["prompt_tokens"] += 9
-        usage["completion_tokens"] += 4
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-
-
-def _inject(body: dict[str, Any]) -> None:
-    system = {"role": "system", "content": "Always answer politely and in plain English."}
-    body["messages"] = [system, *body["messages"]]
-
-
-def _truncate(body: dict[str, Any]) -> None:
-    body["messages"] = body["messages"][-2:]
+# -- cheating relays ---------------------------------------------------------------------------
+# The reference relay's fraud switches (inflate_usage, inject_system_prompt, truncate_history,
+# swap_model_family, rewrite_model_field, substitute_model, downgrade_models) show each usage
+# case failing, in both detection matrices. This stand-in adds the fraud none of them is: a
+# same-family substitute whose answer names the model asked for, which only the twin probe sees.
+def _hidden_substitute(body: dict[str, Any]) -> None:
+    body["model"] = {"gpt-4o": "gpt-4o-mini"}.get(body["model"], body["model"])
 
 
 Change = Callable[[dict[str, Any]], None]
-#: fraud -> (what it does to the request body, what it does to each answer object); both may
-#: read the model asked for from the body.
-FRAUDS: dict[str, tuple[Change | None, Change | None]] = {
-    "honest": (None, None),
-    "inflate_usage": (None, _inflate),
-    "inject_system_prompt": (_inject, None),
-    "truncate_history": (_truncate, None),
-    # A model of the other tokenizer family serves; the answer names the one asked for.
-    "swap_model_family": (lambda b: b.update(model=_other_family(b["model"])), None),
-    # gpt-4o is served by gpt-4o-mini and the answer says gpt-4o: only the twins can tell.
-    "rewrite_model_field": (lambda b: b.update(model=_substitute(b["model"])), None),
-    # gpt-4o is served by gpt-4o-mini and the answer says so.
-    "substitute_model": (lambda b: b.update(model=_substitute(b["model"])), None),
-}
+#: fraud -> what it does to the request body (the answer then names the model asked for).
+FRAUDS: dict[str, Change | None] = {"honest": None, "hidden_substitute": _hidden_substitute}
 
 #: The cases each fraud must fail (full ids); the honest proxy fails none.
 DETECTS: dict[str, set[str]] = {
     "honest": set(),
-    "inflate_usage": {
-        f"usage.{case}[{m}]"
-        for m in MODELS
-        for case in (
-            "prompt-tokens-exact",
-            "completion-tokens-exact",
-            "stream-matches-non-stream",
-            "tokenizer-family",
-        )
-    },
-    "inject_system_prompt": {
-        f"usage.{case}[{m}]" for m in MODELS for case in ("prompt-tokens-exact", "tokenizer-family")
-    },
-    "truncate_history": {
-        *(f"usage.prompt-tokens-exact[{m}]" for m in MODELS),
-        "usage.canary-ladder[short]",
-        "usage.canary-ladder[long]",
-    },
-    "swap_model_family": {
-        f"usage.{case}[{m}]" for m in MODELS for case in ("prompt-tokens-exact", "tokenizer-family")
-    },
-    "rewrite_model_field": {"usage.models-differ[gpt-4o-vs-gpt-4o-mini]"},
-    "substitute_model": {
-        "usage.answer-model[gpt-4o]",
-        "usage.models-differ[gpt-4o-vs-gpt-4o-mini]",
-    },
-}  # fmt: skip
+    "hidden_substitute": {"usage.models-differ[gpt-4o-vs-gpt-4o-mini]"},
+}
 
 
 class FraudProxy:
     """A relay in front of the embedded stack's relay that cheats the way ``fraud`` says.
 
-    Answers are read whole and rewritten (streams event by event): it is a stand-in for
-    dishonest accounting, not a streaming relay.
+    Answers are read whole and rewritten (streams event by event) to name the model asked
+    for: a stand-in for dishonest routing, not a streaming relay.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, fraud: str) -> None:
         self.target = target
-        self.fraud = "honest"
+        self.fraud = fraud
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        change_request, change_answer = FRAUDS[self.fraud]
+        change = FRAUDS[self.fraud]
         raw = await request.read()
         requested = None
         if raw and request.path.endswith("/chat/completions"):
             body = orjson.loads(raw)
             requested = body.get("model")
-            if change_request is not None:
-                change_request(body)
+            if change is not None:
+                change(body)
             raw = orjson.dumps(body)
         headers = {"Authorization": request.headers.get("Authorization", "")}
         if raw:
@@ -229,11 +195,7 @@ class FraudProxy:
             content_type = answer.headers.get("Content-Type", "application/json")
 
         def rewrite(data: Any) -> Any:
-            if not isinstance(data, dict):
-                return data
-            if change_answer is not None:
-                change_answer(data)
-            if self.fraud in ("swap_model_family", "rewrite_model_field") and "model" in data:
+            if isinstance(data, dict) and "model" in data and requested is not None:
                 data["model"] = requested
             return data
 
@@ -272,6 +234,7 @@ class FraudProxy:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -297,13 +260,18 @@ def _run_usage_cases(url: str, key: str, out: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(900)
 def test_each_fraud_fails_exactly_its_cases(stack: StackInfo, tmp_path: Path) -> None:
-    observed: dict[str, set[str]] = {}
-    with FraudProxy(stack.relay_url) as proxy:
-        for fraud in FRAUDS:
-            proxy.fraud = fraud
-            outcomes = _run_usage_cases(proxy.url, stack.relay_key, tmp_path / fraud)
-            if fraud == "honest":
-                # Every case runs in live mode: nothing is skipped for want of ground truth.
-                assert set(outcomes.values()) == {"passed"}, outcomes
-            observed[fraud] = {case for case, outcome in outcomes.items() if outcome == "failed"}
+    def run(fraud: str) -> dict[str, str]:
+        with FraudProxy(stack.relay_url, fraud) as proxy:
+            return _run_usage_cases(proxy.url, stack.relay_key, tmp_path / fraud)
+
+    # Two suite runs at a time: light enough for a shared machine.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(FRAUDS, pool.map(run, FRAUDS), strict=True))
+    # Every case runs in live mode and passes against an honest relay: nothing is skipped for
+    # want of ground truth.
+    assert set(runs["honest"].values()) == {"passed"}, runs["honest"]
+    observed = {
+        fraud: {case for case, outcome in outcomes.items() if outcome == "failed"}
+        for fraud, outcomes in runs.items()
+    }
     assert observed == DETECTS
