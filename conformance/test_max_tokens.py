@@ -163,42 +163,54 @@ def test_forwarded_unchanged(field, client, _journal, tag, relay, baseline):
     )
 
 
-# Live: over 1024 (a common clamp) and still cheap on gpt-4o-mini (about 0.0007 USD).
+# Live: over 1024 (a common clamp) and still cheap on gpt-4o-mini (about 0.001 USD). The
+# model is asked to repeat a text longer than that, so a kept cap ends it at exactly N tokens.
 LIVE_MAX_TOKENS_KEPT = 1100
+LIVE_LONG_TEXT = (
+    "The relay forwards every request to the provider and sends the answer back as it "
+    "arrives, one event at a time. "
+) * 60  # 1381 tokens in o200k_base
 
 
 def _live_max_tokens_kept(field, client, relay):
-    """Live: a request for a long answer with ``field`` = N ends with finish_reason "length" at
-    exactly N completion tokens (fewer: the relay lowered the cap; more: it ignored it)."""
+    """Live: a request for an answer longer than ``field`` = N ends with finish_reason
+    "length" at exactly N completion tokens (fewer: the relay lowered the cap; more: it
+    ignored it), and at most N completion tokens are reported."""
     n = LIVE_MAX_TOKENS_KEPT
-    body = live_chat(
-        "gpt-4o-mini",
-        "Answer at length: describe, step by step and in detail, how an HTTP relay forwards "
-        "a streamed chat completion.",
-        **{field: n},
-    )
+    body = live_chat("gpt-4o-mini", "Repeat exactly: " + LIVE_LONG_TEXT, temperature=0)
+    del body["max_tokens"]
+    body[field] = n
     ex = client.chat(body)
     require(
         is_chat_completion(ex), "the request is served", "HTTP 200", ex.describe(), ex.curl,
         relay.secrets,
     )  # fmt: skip
-    choice = (ex.json() or {})["choices"][0]
+    finish = (ex.json() or {})["choices"][0].get("finish_reason")
     counted = count_text(answer_text(ex), "gpt-4o-mini")
     reported = reported_usage(ex)
+    actual = (
+        f"finish_reason {finish!r} after {counted} tokens (counted locally; the relay "
+        f"reported {'no usage' if reported is None else f'{reported[0]} + {reported[1]}'})"
+    )
     require(
-        choice.get("finish_reason") == "length" and counted == n,
-        f"F22: {field} is kept: a long answer stops at exactly {field} = {n} tokens",
-        f'finish_reason "length" after {n} completion tokens',
-        f"finish_reason {choice.get('finish_reason')!r} after {counted} tokens (counted "
-        f"locally; the relay reported {reported})",
+        counted <= n and (reported is None or reported[1] <= n),
+        f"F22: {field} = {n} is honoured: never more completion tokens, nor more billed",
+        f"at most {n} completion tokens",
+        actual,
         ex.curl,
         relay.secrets,
     )
+    if finish != "length" and counted < n:
+        pytest.skip(
+            f"needs ground truth: the answer ended by itself ({actual}) before {field} = {n}, "
+            "so whether the cap was kept cannot be judged from outside"
+        )
     require(
-        reported is None or reported[1] <= n,
-        f"F22: the completion billed is at most {field} = {n} tokens",
-        f"usage.completion_tokens <= {n}",
-        f"usage {reported}",
+        finish == "length" and counted == n,
+        f"F22: {field} is kept: an answer longer than {n} tokens stops at exactly {n} "
+        "(fewer: the relay lowered the cap)",
+        f'finish_reason "length" after {n} completion tokens',
+        actual,
         ex.curl,
         relay.secrets,
     )

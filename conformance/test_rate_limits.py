@@ -1,5 +1,8 @@
 """rate limits: a relay's 429 is OpenAI-shaped with an honest Retry-After, refused before the
-upstream and billed nothing; an upstream 429 stays a 429."""
+upstream and billed nothing; an upstream 429 stays a 429.
+
+Live (a URL and keys, no journal): the requests are plain one-token chats, a 429's cost is
+read through the key's billing endpoints; what reached the upstream cannot be seen."""
 
 from __future__ import annotations
 
@@ -10,22 +13,37 @@ import pytest
 from relaygate.directives import directive
 from relaygate.provision import KeyState
 from relaygate.suite.checks import (
-    charged,
     check_error,
     key_in_state,
     retry_after_s,
-    settled_balance,
 )
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
+from relaygate.suite.ledger import live_chat
 
 
-def _until_429(client, key, tag, limit=30):
-    """Send requests until one is refused with 429; return (answers, the 429)."""
+def _body(tag, live):
+    """A request of the case: tagged for the journal, or (live) a plain one-token chat."""
+    return live_chat(max_tokens=1) if live else chat_body(directive=directive(tag=tag))
+
+
+def _until_429(client, key, tag, limit=30, *, live=False):
+    """Send requests until one is refused with 429; return (answers, the 429).
+
+    Live, the holder's one limited key serves every case in turn: when its first request is
+    already refused (the previous case filled the window), wait as told (at most 5 s) and
+    start again once.
+    """
     answers = []
     for i in range(limit):
-        ex = client.chat(chat_body(directive=directive(tag=f"{tag}.{i}")), key=key)
+        ex = client.chat(_body(f"{tag}.{i}", live), key=key)
         answers.append(ex)
+        if ex.status == 429 and live and len(answers) == 1:
+            wait_s = retry_after_s(ex.headers)
+            if wait_s is not None and wait_s <= 5:
+                time.sleep(wait_s + 0.05)
+                answers = []
+                continue
         if ex.status == 429:
             return answers, ex
     return answers, None
@@ -68,8 +86,8 @@ def _require_429(answers, refused, key, relay):
     area="rate_limits",
     faq=("F5",),
 )
-def test_429_shape(client, profile, limited_key, tag, relay):
-    answers, refused = _until_429(client, limited_key.key, tag)
+def test_429_shape(client, profile, limited_key, tag, relay, _journal):
+    answers, refused = _until_429(client, limited_key.key, tag, live=_journal is None)
     refused = _require_429(answers, refused, limited_key.key, relay)
     if profile.rate_limit.retry_after_header:
         value = refused.headers.get("retry-after", "")
@@ -99,8 +117,12 @@ def test_429_shape(client, profile, limited_key, tag, relay):
     faq=("F5",),
 )
 def test_refused_before_upstream(
-    client, profile, provision, upstream, limited_key, tag, relay, baseline
+    client, profile, provision, _journal, limited_key, tag, relay, baseline, ledger
 ):
+    if _journal is None:
+        _live_429_not_billed(client, profile, limited_key, tag, relay, baseline, ledger)
+        return
+    upstream = _journal
     answers, refused = _until_429(client, limited_key.key, tag)
     refused = _require_429(answers, refused, limited_key.key, relay)
     baseline.require_forwarding_seen()
@@ -115,19 +137,38 @@ def test_refused_before_upstream(
         relay.secrets,
     )
     if profile.billing.applicable:
-        baseline.require_billing_seen(client, provision, profile)
-        before = settled_balance(provision, limited_key, profile)
-        again = client.chat(chat_body(directive=directive(tag=tag + ".again")), key=limited_key.key)
-        after = settled_balance(provision, limited_key, profile)
-        if again.status == 429:
-            require(
-                charged(before, after) == 0,
-                "a 429 is not billed",
-                "0 quota",
-                f"{charged(before, after)} quota",
-                again.curl,
-                relay.secrets,
-            )
+        ledger.require_billing_seen(baseline)
+        body = chat_body(directive=directive(tag=tag + ".again"))
+        billed = ledger.bill(
+            limited_key, lambda: client.chat(body, key=limited_key.key), expect_charge=False
+        )
+        if billed.exchange.status == 429:
+            ledger.require_free(billed, "a 429 is not billed", relay.secrets)
+
+
+def _live_429_not_billed(client, profile, key, tag, relay, baseline, ledger):
+    """Live: a request refused with 429 costs nothing, read through the key's billing
+    endpoints; whether it reached the upstream shows only in the mock upstream's journal."""
+    if not profile.billing.applicable:
+        pytest.skip(
+            "needs ground truth: not forwarded shows only in the mock upstream's journal, and "
+            f"the profile has no billing to read ({profile.billing.skip_reason})"
+        )
+    ledger.require_billing_seen(baseline)
+    answers, refused = _until_429(client, key.key, tag, live=True)
+    _require_429(answers, refused, key.key, relay)
+    billed = ledger.bill(
+        key, lambda: client.chat(live_chat(max_tokens=1), key=key.key), expect_charge=False
+    )
+    require(
+        billed.exchange.status == 429,
+        "a request right after a 429 is refused too (the window has not passed)",
+        "HTTP 429",
+        billed.exchange.describe(),
+        billed.exchange.curl,
+        (*relay.secrets, key.key),
+    )
+    ledger.require_free(billed, "a 429 is not billed", (key.key,))
 
 
 @pytest.mark.case(
@@ -137,10 +178,11 @@ def test_refused_before_upstream(
     faq=("F5",),
     level="SHOULD",
 )
-def test_retry_after_honest(client, profile, limited_key, tag, relay):
+def test_retry_after_honest(client, profile, limited_key, tag, relay, _journal):
     if not profile.rate_limit.retry_after_header:
         pytest.skip("profile: this relay sends no Retry-After")
-    answers, refused = _until_429(client, limited_key.key, tag)
+    live = _journal is None
+    answers, refused = _until_429(client, limited_key.key, tag, live=live)
     refused = _require_429(answers, refused, limited_key.key, relay)
     ms = refused.headers.get("retry-after-ms")
     seconds = refused.headers.get("retry-after", "")
@@ -156,7 +198,7 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     assert wait_s is not None
     if wait_s > 5:
         pytest.skip(f"Retry-After {wait_s:.1f} s is too long for this bounded check")
-    early = client.chat(chat_body(directive=directive(tag=tag + ".early")), key=limited_key.key)
+    early = client.chat(_body(tag + ".early", live), key=limited_key.key)
     require(
         early.status == 429,
         "a retry before Retry-After is still refused",
@@ -166,7 +208,7 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
         relay.secrets,
     )
     time.sleep(wait_s + 0.05)
-    late = client.chat(chat_body(directive=directive(tag=tag + ".late")), key=limited_key.key)
+    late = client.chat(_body(tag + ".late", live), key=limited_key.key)
     require(
         late.status == 200,
         f"a retry after Retry-After ({wait_s:.3f} s) is served",
@@ -184,7 +226,13 @@ def test_retry_after_honest(client, profile, limited_key, tag, relay):
     faq=("F5",),
     spec="RELAY_SPEC §10.25",
 )
-def test_upstream_429(client, profile, upstream, tag, relay, baseline):
+def test_upstream_429(client, profile, _journal, tag, relay, baseline):
+    if _journal is None:
+        pytest.skip(
+            "needs ground truth: only the mock upstream answers 429 on demand (a live provider's "
+            "429 cannot be caused without exhausting a real account)"
+        )
+    upstream = _journal
     baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(error=429, retry_after="7", tag=tag)))
     require(

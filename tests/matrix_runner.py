@@ -259,7 +259,11 @@ def _session(stack: EmbeddedStack, runs: list[str], out: Path, live: bool) -> Re
     args = session_args(info, runs, out, live)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # A bound per run: a live run waits on real-length answers and paced streams.
+    timeout_s = max(600, 180 * len(runs))
+    proc = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
     results: Results = {}
     if out.exists():
         for line in out.read_text().splitlines():
@@ -272,13 +276,20 @@ def _session(stack: EmbeddedStack, runs: list[str], out: Path, live: bool) -> Re
     return results
 
 
+#: Live mode paces the mock's plain answers like a model writing (a gap between content
+#: events), so that a buffered stream shows as one burst; the live streaming case needs a
+#: spread of 300 ms, and its probe streams 64 tokens.
+LIVE_MOCK_ARGS = ("--default-itl-ms", "8")
+
+
 def run_matrix(runs: list[str], workers: int, folder: Path, *, live: bool = False) -> Results:
     """Every run, spread over ``workers`` embedded stacks (one session each).
 
-    ``live``: the suite sees only the relay URL and a key (no journal, no admin token).
+    ``live``: the suite sees only the relay URL and a key (no journal, no admin token), and
+    the mock answers at a model's pace (:data:`LIVE_MOCK_ARGS`).
     """
     shares = [runs[i::workers] for i in range(workers) if runs[i::workers]]
-    stacks = [EmbeddedStack() for _ in shares]
+    stacks = [EmbeddedStack(mock_args=LIVE_MOCK_ARGS if live else ()) for _ in shares]
     results: Results = {}
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(shares)) as pool:

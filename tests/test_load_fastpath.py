@@ -167,11 +167,14 @@ def _serve_once(script: bytes, hold_s: float = 0.0) -> tuple[str, object]:
     server = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(script)
-            time.sleep(hold_s)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(script)
+                time.sleep(hold_s)
+        except OSError:  # the client under test may close first; that is its right
+            return
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,3 +67,19 @@ def test_a_long_line_in_small_pieces_is_searched_once() -> None:
     events = [e for i in range(0, len(line), 1024) for e in decoder.feed(line[i : i + 1024])]
     assert [len(e.data) for e in events] == [4 * 1024 * 1024]
     assert decoder.work_bytes <= 2 * len(line), decoder.work_bytes
+
+
+@pytest.mark.parametrize("split", [0, 1, 2, 3, 5])
+def test_a_leading_byte_order_mark_is_ignored_wherever_the_read_splits(split: int) -> None:
+    raw = b'\xef\xbb\xbfdata: {"a":1}\n\n'
+    decoder = SSEDecoder()
+    events = [*decoder.feed(raw[:split]), *decoder.feed(raw[split:]), *decoder.flush()]
+    assert [e.data for e in events] == ['{"a":1}']
+    assert decoder.malformed_lines == 0
+
+
+def test_a_byte_order_mark_after_the_start_is_data() -> None:
+    decoder = SSEDecoder()
+    events = [*decoder.feed(b"data: x\n\n\xef\xbb\xbfdata: y\n\n"), *decoder.flush()]
+    assert [e.data for e in events] == ["x"]
+    assert decoder.malformed_lines == 1

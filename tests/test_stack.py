@@ -150,3 +150,21 @@ def test_up_prints_the_whole_suite_command(tmp_path: Path) -> None:
         proc.wait(10)
         proc.stdout.close()
     assert not env_file.exists()
+
+
+def test_exited_names_the_server_that_stopped() -> None:
+    """What ``relaygate up`` prints (and exits 1 on) when a server of the stack dies."""
+    from relaygate.stack import EmbeddedStack
+
+    stack = EmbeddedStack()
+    stack.start()
+    try:
+        assert stack.exited() is None
+        mock = stack._servers[0]  # no public handle: only a test kills a server from outside
+        mock.proc.kill()
+        mock.proc.wait(10)
+        exited = stack.exited()
+        assert exited is not None and exited.startswith("mock-upstream exited (-9):")
+    finally:
+        stack.stop()
+    assert stack.exited() is None

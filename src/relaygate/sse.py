@@ -3,8 +3,8 @@
 Fed bytes as they arrive, :class:`SSEDecoder` yields complete events. It follows the
 WHATWG rules that matter for OpenAI-style streams: lines end in ``\\n``, ``\\r\\n`` or ``\\r``;
 ``data:`` with or without the space; several ``data`` lines join with ``\\n``; comments
-(``:``) are skipped; an event ends at a blank line. Events split across reads or coalesced
-into one read decode the same.
+(``:``) are skipped; an event ends at a blank line; a UTF-8 byte order mark at the very start
+of the stream is ignored. Events split across reads or coalesced into one read decode the same.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Iterator
 
 __all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
+
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclasses.dataclass(slots=True)
@@ -36,11 +38,20 @@ class SSEDecoder:
         self._event = ""
         self._id: str | None = None
         self._pending_cr = False
+        self._at_start = True  # the stream's first bytes may be a byte order mark
         self.malformed_lines = 0
         # bytes searched while a line was incomplete: linear in the input (tests hold it)
         self.work_bytes = 0
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+        if self._at_start:
+            chunk = bytes(self._buffer) + chunk
+            self._buffer.clear()
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._buffer += chunk  # too short to tell yet
+                return
+            self._at_start = False
+            chunk = chunk.removeprefix(_BOM)
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = False

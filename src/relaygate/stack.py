@@ -1,8 +1,10 @@
 """The embedded stack: mock upstream + reference relay on loopback, provisioned and ready.
 
-Each server runs in its own process (``python -m relaygate …``) so that the relay's work never
-disturbs the mock's timing, and both stop with the stack. Used by ``relaygate up``, by the
-pytest plugin when no ``--relay-url`` is given, and by the locustfiles when no ``--host`` is.
+Each server runs in its own process (``python -m relaygate …``, a :class:`ChildServer`) so that
+the relay's work never disturbs the mock's timing, and both stop with the stack. Used by
+``relaygate up`` (:mod:`relaygate.cli.up`), by the pytest plugin when no ``--relay-url`` is given,
+and by the locustfiles when no ``--host`` is; ``relaygate bench`` starts its mock upstream as a
+:class:`ChildServer` too.
 
 Example::
 
@@ -12,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -27,16 +28,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from relaygate.argtypes import port_number
 from relaygate.keys import masked_repr
 
 __all__ = [
     "DEFAULT_MODELS",
+    "LOOPBACK",
+    "ChildServer",
     "EmbeddedStack",
     "StackError",
     "StackInfo",
-    "add_arguments",
-    "run",
 ]
 
 DEFAULT_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4", "gpt-3.5-turbo")
@@ -71,8 +71,13 @@ class StackInfo:
         }
 
 
-class _Server:
-    """One child process that prints a JSON ready line on stdout once it listens."""
+class ChildServer:
+    """One ``python -m relaygate <argv>`` child that prints a JSON ready line once it listens.
+
+    Its stderr goes to ``<log_dir>/<name>.log``; :meth:`wait_ready` returns the ready line (or
+    raises :class:`StackError` with the log's tail) and :meth:`stop` ends it (SIGTERM, then
+    SIGKILL after ``timeout_s``).
+    """
 
     def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
         self.name = name
@@ -166,7 +171,7 @@ class EmbeddedStack:
         self.relay_args = tuple(relay_args)
         self.mock_args = tuple(mock_args)
         self.info: StackInfo | None = None
-        self._servers: list[_Server] = []
+        self._servers: list[ChildServer] = []
         self._log_dir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -178,7 +183,7 @@ class EmbeddedStack:
         upstream_key = "sk-upstream-" + secrets.token_hex(16)
         admin_token = "rg-admin-" + secrets.token_hex(16)
         try:
-            mock = _Server(
+            mock = ChildServer(
                 "mock-upstream",
                 [
                     "mock-upstream",
@@ -201,7 +206,7 @@ class EmbeddedStack:
                 relay_argv += ["--fault", fault]
             if self.rate_limit:
                 relay_argv += ["--rate-limit", self.rate_limit]
-            relay = _Server("reference-relay", relay_argv, log_dir)
+            relay = ChildServer("reference-relay", relay_argv, log_dir)
             self._servers.append(relay)
             upstream_url = str(mock.wait_ready(self.startup_timeout_s)["url"])
             relay_url = str(relay.wait_ready(self.startup_timeout_s)["url"])
@@ -210,6 +215,14 @@ class EmbeddedStack:
             self.stop()
             raise
         return self.info
+
+    def exited(self) -> str | None:
+        """``<name> exited (<code>):`` and its log's tail for a server that stopped; else None."""
+        for server in self._servers:
+            code = server.proc.poll()
+            if code is not None:
+                return f"{server.name} exited ({code}):\n{server.log_tail()}"
+        return None
 
     def stop(self) -> None:
         for server in reversed(self._servers):
@@ -322,98 +335,3 @@ def _admin_call(relay_url: str, admin_token: str, method: str, path: str, body: 
         return response.json() if response.content else None
     except (httpx.HTTPError, ValueError) as exc:
         raise StackError(f"admin call {method} {path} failed: {exc}") from exc
-
-
-# -- relaygate up ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
-    parser.add_argument(
-        "--relay-port", type=port_number, default=0, help="relay port (0: a free one)"
-    )
-    parser.add_argument(
-        "--upstream-port", type=port_number, default=0, help="mock upstream port (0: a free one)"
-    )
-    parser.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="reference-relay fault switch (repeatable); each breaks one FAQ rule",
-    )
-    parser.add_argument(
-        "--rate-limit", metavar="N/Ws", help="per-key request limit of the relay, e.g. 10/1s"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from relaygate.keys import mask_key
-
-    stack = EmbeddedStack(
-        faults=args.fault,
-        rate_limit=args.rate_limit,
-        relay_port=args.relay_port,
-        upstream_port=args.upstream_port,
-    )
-    stopping = threading.Event()
-
-    def _stop(_signum: int, _frame: Any) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        info = stack.start()
-    except StackError as exc:
-        print(f"relaygate up: {exc}", file=sys.stderr)
-        return 1
-    env_dir = tempfile.TemporaryDirectory(prefix="relaygate-up-")
-    try:
-        if args.json:
-            import orjson
-
-            sys.stdout.write(orjson.dumps(info.public()).decode() + "\n")
-        else:
-            env_file = _write_env_file(Path(env_dir.name), info)
-            print(
-                f"relaygate up: relay {info.relay_url}  upstream {info.upstream_url}\n"
-                f"  relay key   {info.relay_key}\n"
-                f"  admin token {mask_key(info.admin_token)} (full value with --json)\n"
-                f"  faults      {', '.join(stack.faults) or 'none'}\n"
-                f"  env file    {env_file} (the four RELAYGATE_* settings below; removed at stop)"
-                "\n"
-                "The whole conformance suite against this stack (keys from the env file):\n"
-                f"  set -a; . {env_file}; set +a\n"
-                f"  relaygate check --relay-url {info.relay_url} --upstream-url "
-                f"{info.upstream_url}\n"
-                "Ctrl-C to stop."
-            )
-        sys.stdout.flush()
-        while not stopping.wait(0.5):
-            for server in stack._servers:
-                if server.proc.poll() is not None:
-                    print(
-                        f"relaygate up: {server.name} exited ({server.proc.returncode}):\n"
-                        f"{server.log_tail()}",
-                        file=sys.stderr,
-                    )
-                    return 1
-        return 0
-    finally:
-        stack.stop()
-        env_dir.cleanup()
-
-
-def _write_env_file(directory: Path, info: StackInfo) -> Path:
-    """``RELAYGATE_RELAY_URL/KEY/ADMIN_TOKEN`` and ``RELAYGATE_UPSTREAM_URL`` for ``set -a; .``,
-    readable by the owner only: the suite's command line then carries no secret."""
-    path = directory / "env"
-    lines = {
-        "RELAYGATE_RELAY_URL": info.relay_url,
-        "RELAYGATE_RELAY_KEY": info.relay_key,
-        "RELAYGATE_RELAY_ADMIN_TOKEN": info.admin_token,
-        "RELAYGATE_UPSTREAM_URL": info.upstream_url,
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.writelines(f"{name}={value}\n" for name, value in lines.items())
-    return path

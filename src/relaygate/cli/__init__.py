@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "relaygate.cli.demo",
         "suite + short load run + gate on the embedded stack (or --relay-url); reports/index.html",
     ),
-    "up": ("relaygate.stack", "start the mock upstream + reference relay, provision a key, wait"),
+    "up": ("relaygate.cli.up", "start the mock upstream + reference relay, provision a key, wait"),
     "check": ("relaygate.cli.check", "run the conformance suite against a relay (pytest options)"),
     "mock-upstream": ("relaygate.cli.mock_upstream", "run the mock OpenAI-compatible upstream"),
     "reference-relay": ("relaygate.cli.reference_relay", "run the reference relay (FAQ semantics)"),
@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "relaygate.cli.bench",
         "benchmark the mock upstream (streams held, events/s, jitter)",
     ),
-    "gate": ("relaygate.gate", "judge saved reports: exit 0 pass, 1 fail, 2 unusable input"),
+    "gate": ("relaygate.cli.gate", "judge saved reports: exit 0 pass, 1 fail, 2 unusable input"),
     "relay": ("relaygate.cli.relay", "install/start/stop third-party relays; run the matrix"),
 }
 

@@ -1,9 +1,10 @@
 """``relaygate bench``: how much the mock upstream can take, and how exactly it keeps time.
 
-The mock runs in a separate process (``python -m relaygate.mock``, port 0, its ready line is
-read); this process drives it with a minimal asyncio + uvloop client: raw keep-alive HTTP/1.1
-connections and an ``asyncio.Protocol`` that parses the chunked body as bytes arrive and stamps
-each content event with ``time.monotonic_ns()`` in ``data_received``. Three measurements:
+The mock runs in a separate process, started the way the embedded stack starts it
+(:class:`relaygate.stack.ChildServer`: port 0, its ready line read, its stderr logged); this
+process drives it with a minimal asyncio + uvloop client: raw keep-alive HTTP/1.1 connections
+and an ``asyncio.Protocol`` that parses the chunked body as bytes arrive and stamps each content
+event with ``time.monotonic_ns()`` in ``data_received``. Three measurements:
 
 1. **held**: open ``--hold-streams`` slow streams at once and check that all were open together
    (client-side interval overlap, and the mock's own peak) and that all completed.
@@ -20,11 +21,13 @@ import asyncio
 import contextlib
 import math
 import os
-import subprocess
-import sys
+import tempfile
 import time
 from array import array
+from pathlib import Path
 from typing import Any, cast
+
+from relaygate.stack import LOOPBACK, ChildServer
 
 __all__ = ["add_arguments", "run"]
 
@@ -353,44 +356,21 @@ def _cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_mock() -> tuple[subprocess.Popen[str], str, int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relaygate.mock",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--journal-size",
-            "1000",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+def _start_mock(log_dir: Path) -> tuple[ChildServer, str, int]:
+    """The mock upstream in its own process (the embedded stack's way), ready; its host, port."""
+    mock = ChildServer(
+        "mock-upstream",
+        ["mock-upstream", "--host", LOOPBACK, "--port", "0", "--journal-size", "1000"],
+        log_dir,
     )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 30
-    import select
-
-    import orjson
-
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            if not line:
-                break
-            info = orjson.loads(line)
-            if info.get("ready"):
-                host_port = info["url"].rpartition("/")[2]
-                host, _, port = host_port.rpartition(":")
-                _MOCK_PID[0] = int(info["pid"])
-                return process, host, int(port)
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError("the mock upstream did not print its ready line within 30 s")
+    try:
+        ready = mock.wait_ready(30.0)
+    except BaseException:
+        mock.stop()
+        raise
+    host, _, port = str(ready["url"]).rpartition("/")[2].rpartition(":")
+    _MOCK_PID[0] = int(ready["pid"])
+    return mock, host, int(port)
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -465,16 +445,13 @@ def run(args: argparse.Namespace) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     raise_open_files_limit()
-    process, host, port = _start_mock()
-    try:
-        budget = 60 + args.duration_s + args.warmup_s
-        result = asyncio.run(asyncio.wait_for(_bench(args, host, port), budget))
-    finally:
-        process.terminate()
+    with tempfile.TemporaryDirectory(prefix="relaygate-bench-") as log_dir:
+        mock, host, port = _start_mock(Path(log_dir))
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            budget = 60 + args.duration_s + args.warmup_s
+            result = asyncio.run(asyncio.wait_for(_bench(args, host, port), budget))
+        finally:
+            mock.stop(timeout_s=10.0)
     if args.json:
         print(orjson.dumps(result).decode())
     else:

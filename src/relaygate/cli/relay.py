@@ -175,7 +175,7 @@ def _run_reference(out_dir: Path, load_seconds: int, load_users: int) -> dict[st
 
 def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) -> dict[str, Any]:
     from relaygate.thirdparty import get_driver
-    from relaygate.thirdparty.base import InstallError
+    from relaygate.thirdparty.base import InstallError, write_private
     from relaygate.thirdparty.launcher import RelayLauncher, RelayStartError
     from relaygate.thirdparty.runner import LoadPlan, run_load, run_suite
 
@@ -208,7 +208,7 @@ def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) ->
             record["error"] = str(exc)
     record["started_at"] = started_at
     record["duration_s"] = round(time.monotonic() - t0, 1)
-    (out_dir / "run.json").write_text(json.dumps(record, indent=2))
+    write_private(out_dir / "run.json", json.dumps(record, indent=2))  # may name the relay's keys
     conf = out_dir / "conformance.json"
     counts = json.loads(conf.read_text())["summary"] if conf.is_file() else None
     _write_relay_page(out_dir, name, record)

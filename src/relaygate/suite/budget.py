@@ -165,6 +165,15 @@ class LiveMeter:
             return None
         return body if isinstance(body, dict) else None
 
+    def _worst_case(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """(quota, completion tokens) a request can cost at most: prompt + its cap."""
+        model = str(body.get("model") or "gpt-4o")
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        completion = cap if isinstance(cap, int) and cap >= 0 else UNCAPPED_COMPLETION_TOKENS
+        n = body.get("n")
+        completion *= n if isinstance(n, int) and n > 0 else 1
+        return self._price(model, count_usage(body, None)[0], completion), completion
+
     def before(self, method: str, path: str, content: bytes | None) -> None:
         """Called before a request is sent: skips the case (and the rest of the run) when its
         worst case would pass the cap."""
@@ -173,12 +182,7 @@ class LiveMeter:
             pytest.skip(self.spent_reason)
         if body is None:
             return
-        model = str(body.get("model") or "gpt-4o")
-        cap = body.get("max_completion_tokens", body.get("max_tokens"))
-        completion = cap if isinstance(cap, int) and cap >= 0 else UNCAPPED_COMPLETION_TOKENS
-        n = body.get("n")
-        completion *= n if isinstance(n, int) and n > 0 else 1
-        worst = self._price(model, count_usage(body, None)[0], completion)
+        worst, completion = self._worst_case(body)
         if self.cap_quota is not None and self.spend.quota + worst > self.cap_quota:
             self.spent_reason = (
                 f"{BUDGET_SPENT}: {self.spend.quota} of {self.cap_quota} quota used; the next "
@@ -190,6 +194,8 @@ class LiveMeter:
 
     def after(self, method: str, path: str, content: bytes | None, exchange: Exchange) -> None:
         """Called with every answer: count its tokens and price them."""
+        from relaygate.suite.client import StreamExchange
+
         body = self._body(path, content)
         if body is None:
             return
@@ -200,6 +206,11 @@ class LiveMeter:
         prompt, completion = count_usage(body, exchange)
         self.spend.prompt_tokens += prompt
         self.spend.completion_tokens += completion
+        if isinstance(exchange, StreamExchange) and not exchange.done_count:
+            # A stream the client left (or that was cut): the relay may bill what the upstream
+            # went on generating, so count its worst case.
+            self.spend.quota += self._worst_case(body)[0]
+            return
         self.spend.quota += self._price(str(body.get("model") or "gpt-4o"), prompt, completion)
 
     def usd(self, quota: int) -> float:

@@ -251,33 +251,9 @@ def check_error(
             ex.curl,
             secrets,
         )
-        if exp.code is not None:
-            require(
-                error.get("code") == exp.code,
-                requirement,
-                f"error.code {exp.code!r}",
-                f"error.code {error.get('code')!r}",
-                ex.curl,
-                secrets,
-            )
-        if exp.type is not None:
-            require(
-                error.get("type") == exp.type,
-                requirement,
-                f"error.type {exp.type!r}",
-                f"error.type {error.get('type')!r}",
-                ex.curl,
-                secrets,
-            )
-        if exp.param is not None:
-            require(
-                error.get("param") == exp.param,
-                requirement,
-                f"error.param {exp.param!r}",
-                f"error.param {error.get('param')!r}",
-                ex.curl,
-                secrets,
-            )
+        for field, want in (("code", exp.code), ("type", exp.type), ("param", exp.param)):
+            if want is not None:
+                _require_error_field(ex, error, field, want, requirement, secrets)
         require(
             exp.message_matches(str(message), **(values or {})),
             requirement,
@@ -289,13 +265,14 @@ def check_error(
         )
         if exp.error_passthrough and upstream_error is not None:
             for field in ("type", "param", "code"):
-                require(
-                    error.get(field) == upstream_error.get(field),
+                _require_error_field(
+                    ex,
+                    error,
+                    field,
+                    upstream_error.get(field),
                     f"{requirement} (the upstream's error object passes through intact)",
-                    f"error.{field} {upstream_error.get(field)!r} (as the upstream sent it)",
-                    f"error.{field} {error.get(field)!r}",
-                    ex.curl,
                     secrets,
+                    source=" (as the upstream sent it)",
                 )
     elif exp.body == "empty":
         require(
@@ -309,6 +286,28 @@ def check_error(
     if exp.deviation:
         deviation(exp.deviation)
     return error
+
+
+def _require_error_field(
+    ex: Exchange,
+    error: Mapping[str, Any],
+    field: str,
+    want: Any,
+    requirement: str,
+    secrets: tuple[str | None, ...],
+    *,
+    source: str = "",
+) -> None:
+    """Fail unless ``error[field] == want`` (``source`` says where ``want`` comes from)."""
+    __tracebackhide__ = True
+    require(
+        error.get(field) == want,
+        requirement,
+        f"error.{field} {want!r}{source}",
+        f"error.{field} {error.get(field)!r}",
+        ex.curl,
+        secrets,
+    )
 
 
 def check_not_forwarded(

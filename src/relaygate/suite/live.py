@@ -44,7 +44,7 @@ __all__ = [
 #: A prompt whose answer runs into ``max_tokens`` (finish_reason "length").
 AT_LENGTH = "Answer at length: describe, step by step, how a request travels through a relay."
 #: ``max_tokens`` of the buffering probe: long enough to take a model most of a second.
-STREAM_PROBE_TOKENS = 64
+STREAM_PROBE_TOKENS = 128
 #: Below this, a streamed and a buffered answer cannot be told apart: the case skips.
 MIN_JUDGED_S = 0.3
 #: A streamed answer's content spans at least this share of the time to its last event.

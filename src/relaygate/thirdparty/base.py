@@ -31,7 +31,9 @@ __all__ = [
     "PipRelayDriver",
     "RelayDriver",
     "RelayPlan",
+    "config_values",
     "fixture_dir",
+    "loopback_plan",
     "npm_install",
     "relays_home",
     "render_template",
@@ -105,6 +107,17 @@ class RelayDriver(ABC):
         to start it on ``127.0.0.1:port`` with every channel pointing at ``upstream_url``
         (the mock upstream's root, no ``/v1``) authenticated by ``upstream_key``."""
 
+    def render_config(
+        self, run_dir: Path, values: Mapping[str, str], templates: Mapping[str, str]
+    ) -> list[Path]:
+        """Render this relay's shipped templates into ``run_dir`` (``templates`` maps a file of
+        ``fixtures/relays/<name>/`` to its name in ``run_dir``); the rendered paths, in order."""
+        source = fixture_dir(self.name)
+        return [
+            render_template(source / template, run_dir / target, values)
+            for template, target in templates.items()
+        ]
+
 
 class PipRelayDriver(RelayDriver):
     """A relay published on PyPI: installed with pip into ``install_dir/venv``.
@@ -128,6 +141,45 @@ class PipRelayDriver(RelayDriver):
         venv_install(install_dir, self.requirements, log, timeout_s=self.pip_timeout_s)
         if not self.is_installed(install_dir):
             raise InstallError(f"{self.name} {self.version} is not in {install_dir / 'venv'}")
+
+
+def config_values(
+    upstream_url: str, upstream_key: str, keys: Mapping[str, str], **extra: str
+) -> dict[str, str]:
+    """The placeholders the shipped relay configs share, then ``extra``: ``UPSTREAM_URL`` (the
+    mock upstream's root, no trailing ``/``), ``UPSTREAM_KEY`` and ``KEY_<STATE>`` per key."""
+    return {
+        "UPSTREAM_URL": upstream_url.rstrip("/"),
+        "UPSTREAM_KEY": upstream_key,
+        **extra,
+        **{f"KEY_{state}": key for state, key in keys.items()},
+    }
+
+
+def loopback_plan(
+    argv: Sequence[str],
+    run_dir: Path,
+    *,
+    port: int,
+    health_path: str,
+    keys: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+    load_args: Sequence[str] = (),
+) -> RelayPlan:
+    """The plan of a relay started in ``run_dir`` on ``127.0.0.1:port``: its API under ``/v1``,
+    its readiness at ``health_path``."""
+    root = f"http://{LOOPBACK}:{port}"
+    return RelayPlan(
+        argv=argv,
+        cwd=run_dir,
+        base_url=f"{root}/v1",
+        health_url=f"{root}{health_path}",
+        keys=dict(keys),
+        env=dict(env or {}),
+        extra_headers=dict(extra_headers or {}),
+        load_args=load_args,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from relaygate.thirdparty.base import (
     LOOPBACK,
     PipRelayDriver,
     RelayPlan,
-    fixture_dir,
-    render_template,
+    config_values,
+    loopback_plan,
 )
 
 __all__ = ["KEYS", "MASTER_KEY", "RATE_LIMIT_RPM", "LiteLLMDriver"]
@@ -81,21 +81,17 @@ class LiteLLMDriver(PipRelayDriver):
         upstream_url: str,
         upstream_key: str,
     ) -> RelayPlan:
-        values = {
-            "UPSTREAM_URL": upstream_url.rstrip("/"),
-            "UPSTREAM_KEY": upstream_key,
-            "MASTER_KEY": MASTER_KEY,
-            "RATE_LIMIT_RPM": str(RATE_LIMIT_RPM),
-            **{f"KEY_{state}": key for state, key in KEYS.items()},
-        }
-        source = fixture_dir(self.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in _TEMPLATES:
-            render_template(source / name, run_dir / name, values)
+        values = config_values(
+            upstream_url,
+            upstream_key,
+            KEYS,
+            MASTER_KEY=MASTER_KEY,
+            RATE_LIMIT_RPM=str(RATE_LIMIT_RPM),
+        )
+        self.render_config(run_dir, values, {name: name for name in _TEMPLATES})
         # custom_auth is imported relative to the config file; a stale bytecode cache of an
         # older rendering must not shadow the new one.
         shutil.rmtree(run_dir / "__pycache__", ignore_errors=True)
-        root = f"http://{LOOPBACK}:{port}"
         argv = [
             str(install_dir / "venv" / "bin" / "litellm"),
             "--config",
@@ -116,12 +112,6 @@ class LiteLLMDriver(PipRelayDriver):
             "LITELLM_DONT_SHOW_FEEDBACK_BOX": "True",
             "LITELLM_LOG": "INFO",
         }
-        return RelayPlan(
-            argv=argv,
-            cwd=run_dir,
-            base_url=f"{root}/v1",
-            health_url=f"{root}/health/liveliness",
-            keys=dict(KEYS),
-            env=env,
-            admin_token=None,
+        return loopback_plan(
+            argv, run_dir, port=port, health_path="/health/liveliness", keys=KEYS, env=env
         )

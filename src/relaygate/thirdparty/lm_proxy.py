@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from relaygate.thirdparty.base import (
-    LOOPBACK,
     PipRelayDriver,
     RelayPlan,
-    fixture_dir,
-    render_template,
+    config_values,
+    loopback_plan,
     venv_python,
 )
 
@@ -75,17 +74,15 @@ class LMProxyDriver(PipRelayDriver):
         upstream_url: str,
         upstream_key: str,
     ) -> RelayPlan:
-        templates = fixture_dir(self.name)
-        values = {
-            "PORT": str(port),
-            "UPSTREAM_URL": upstream_url.rstrip("/"),
-            "UPSTREAM_KEY": upstream_key,
-            "RATE_LIMIT_REQUESTS": _RATE_LIMIT_REQUESTS,
-            "RATE_LIMIT_WINDOW_S": _RATE_LIMIT_WINDOW_S,
-            **{f"KEY_{state}": key for state, key in KEYS.items()},
-        }
-        config = render_template(templates / _CONFIG, run_dir / _CONFIG, values)
-        render_template(templates / _HOOK, run_dir / _HOOK, {})
+        values = config_values(
+            upstream_url,
+            upstream_key,
+            KEYS,
+            PORT=str(port),
+            RATE_LIMIT_REQUESTS=_RATE_LIMIT_REQUESTS,
+            RATE_LIMIT_WINDOW_S=_RATE_LIMIT_WINDOW_S,
+        )
+        config, _ = self.render_config(run_dir, values, {_CONFIG: _CONFIG, _HOOK: _HOOK})
         argv = [
             str(venv_python(install_dir)),
             "-m",
@@ -95,14 +92,13 @@ class LMProxyDriver(PipRelayDriver):
             "--env",
             "",
         ]
-        root = f"http://{LOOPBACK}:{port}"
-        return RelayPlan(
-            argv=argv,
-            cwd=run_dir,
+        return loopback_plan(
+            argv,
+            run_dir,
+            port=port,
             # No health route, and /v1/models needs a key: FastAPI's schema answers once it is up.
-            base_url=f"{root}/v1",
-            health_url=f"{root}/openapi.json",
-            keys=dict(KEYS),
+            health_path="/openapi.json",
+            keys=KEYS,
             env={"USE_DOT_ENV": "false", "PYTHONPATH": str(run_dir)},
             # For the 429 prober (RateLimitUser): its own key and that key's limit. The funded
             # key, which the streaming users load, has no limit.

@@ -29,8 +29,8 @@ from relaygate.thirdparty.base import (
     LOOPBACK,
     PipRelayDriver,
     RelayPlan,
-    fixture_dir,
-    render_template,
+    config_values,
+    loopback_plan,
     venv_python,
 )
 
@@ -75,13 +75,8 @@ class OpenAIForwardDriver(PipRelayDriver):
         upstream_url: str,
         upstream_key: str,
     ) -> RelayPlan:
-        values = {
-            "UPSTREAM_URL": upstream_url.rstrip("/"),
-            "UPSTREAM_KEY": upstream_key,
-            "RATE_LIMIT": RATE_LIMIT,
-            **{f"KEY_{state}": key for state, key in KEYS.items()},
-        }
-        render_template(fixture_dir(self.name) / _TEMPLATE, run_dir / ".env", values)
+        values = config_values(upstream_url, upstream_key, KEYS, RATE_LIMIT=RATE_LIMIT)
+        self.render_config(run_dir, values, {_TEMPLATE: ".env"})
         argv = [
             str(venv_python(install_dir)),
             "-m",
@@ -94,13 +89,12 @@ class OpenAIForwardDriver(PipRelayDriver):
             "--workers",
             "1",
         ]
-        root = f"http://{LOOPBACK}:{port}"
-        return RelayPlan(
-            argv=argv,
-            cwd=run_dir,
-            base_url=f"{root}/v1",
-            health_url=f"{root}/healthz",
-            keys=dict(KEYS),
+        return loopback_plan(
+            argv,
+            run_dir,
+            port=port,
+            health_path="/healthz",
+            keys=KEYS,
             # For the 429 prober (RateLimitUser): its own key and the limit configured for it
             # (level 2; 0.8.1 does not enforce it, see docs/relays/openai-forward.md). The funded
             # key, which the streaming users load, has no limit.

@@ -32,9 +32,8 @@ from relaygate.thirdparty.base import (
     InstallError,
     RelayDriver,
     RelayPlan,
-    fixture_dir,
+    loopback_plan,
     npm_install,
-    render_template,
 )
 
 __all__ = ["PortkeyDriver"]
@@ -80,16 +79,13 @@ class PortkeyDriver(RelayDriver):
         node = shutil.which("node")
         if node is None:
             raise InstallError("node is not on PATH (Node.js 20 is needed for Portkey)")
-        hook = render_template(
-            fixture_dir(self.name) / HOOK, run_dir / HOOK, {"BIND_HOST": LOOPBACK}
-        )
+        (hook,) = self.render_config(run_dir, {"BIND_HOST": LOOPBACK}, {HOOK: HOOK})
         server = self.package_dir(install_dir) / "build" / "start-server.js"
-        root = f"http://{LOOPBACK}:{port}"
-        return RelayPlan(
-            argv=[node, "--import", hook.resolve().as_uri(), str(server), f"--port={port}"],
-            cwd=run_dir,
-            base_url=f"{root}/v1",
-            health_url=f"{root}/",
+        return loopback_plan(
+            [node, "--import", hook.resolve().as_uri(), str(server), f"--port={port}"],
+            run_dir,
+            port=port,
+            health_path="/",
             # BYOK: the client's key is what the gateway sends upstream.
             keys={"FUNDED": upstream_key},
             extra_headers={
