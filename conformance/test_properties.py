@@ -56,7 +56,10 @@ def test_refusals_are_json(client, provision, profile, relay, request, baseline)
     baseline.require_served()
     examples = int(request.config.getoption("relay_fuzz_examples") or 25)
     key = key_in_state(lambda: provision.funded_key())
-    before = settled_balance(provision, key, profile) if profile.billing.applicable else None
+    # Live, a static key's balance is unreadable: the other rules are still checked, and the
+    # case then ends as a skip naming the one it could not check (never a pass).
+    readable = profile.billing.applicable and provision.balance(key) is not None
+    before = settled_balance(provision, key, profile) if readable else None
     served_quota = 0
 
     @seed(20261128)
@@ -105,6 +108,12 @@ def test_refusals_are_json(client, provision, profile, relay, request, baseline)
             )
 
     check()
+    if profile.billing.applicable and not readable:
+        pytest.skip(
+            "the relay exposes no balance this suite can read, so 'never billed' is unchecked "
+            f"(the {examples} generated requests got no 5xx, no HTML and an error object on "
+            "every 4xx)"
+        )
     if before is not None:
         after = settled_balance(provision, key, profile)
         require(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import shlex
 import threading
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from relaygate.keys import mask_key
 from relaygate.suite.checks import check_not_forwarded, is_chat_completion
 from relaygate.suite.client import Exchange, chat_body, header_pairs
 from relaygate.suite.failures import fail, require
+from relaygate.suite.live import live_body, skip_outside_view
 
 #: Where popular relays serve request logs, metrics or admin views on their API port. The case
 #: reads each without credentials while, and just after, the funded key is used.
@@ -49,7 +51,11 @@ READER_MAX_BYTES = 256 * 1024
     area="security",
     spec="relay design; RELAY_SPEC §10.28",
 )
-def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay, baseline):
+def test_client_key_not_forwarded(client, _journal, funded_key, tag, relay, baseline):
+    if _journal is None:
+        skip_outside_view("the credentials the upstream received with the request (the "
+                          "client's key must not be among them)")  # fmt: skip
+    upstream = _journal
     baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     require(
@@ -88,7 +94,11 @@ def test_client_key_not_forwarded(client, upstream, funded_key, tag, relay, base
     area="security",
     spec="relay design",
 )
-def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay, baseline):
+def test_channel_key_not_leaked(client, _journal, funded_key, tag, relay, baseline):
+    if _journal is None:
+        _live_channel_key_not_leaked(client, funded_key, relay)
+        return
+    upstream = _journal
     baseline.require_forwarding_seen()
     ex = client.chat(chat_body(directive=directive(tag=tag)))
     entries = upstream.wait_entries(tag)
@@ -128,6 +138,63 @@ def test_channel_key_not_leaked(client, upstream, funded_key, tag, relay, baseli
             f"the channel key {mask_key(channel_key)} appears in {answer.describe()}",
             answer.curl,
             (*relay.secrets, channel_key),
+        )
+
+
+#: Something shaped like a credential: a provider key (sk-…, sk-proj-…, rk-…, key-…) or a
+#: bearer token. Provider error messages mask keys with '*' ("sk-proj-****abcd"): no match.
+KEY_SHAPED = re.compile(rb"\b(?:sk|rk|pk|key)-[A-Za-z0-9_-]{16,}|\bBearer\s+[A-Za-z0-9._~+/-]{16,}")
+
+#: Requests the upstream (not the relay) is likely to refuse: its error message is where a
+#: relay that leaks its channel key shows it.
+LIVE_UPSTREAM_REFUSALS: tuple[dict[str, object], ...] = (
+    {"max_tokens": 10_000_000},
+    {"temperature": 5},
+    {"messages": []},
+    {"model": "relaygate-no-such-model"},
+)
+
+
+def _live_channel_key_not_leaked(client, funded_key, relay):
+    """Live: the channel key is unknown, so look for any credential in the answers (served,
+    streamed and refused) that is not one the client itself sent."""
+    __tracebackhide__ = True
+    body = live_body("Say hello.", max_tokens=16)
+    served = client.chat(body)
+    require(
+        is_chat_completion(served),
+        "the request is served (the relay does use its channel key)",
+        "HTTP 200 with a chat completion",
+        served.describe(),
+        served.curl,
+        relay.secrets,
+    )
+    answers = [served, client.stream(body)]
+    answers += [client.chat({**body, **fields}) for fields in LIVE_UPSTREAM_REFUSALS]
+    refused = [a for a in answers if a.status >= 400]
+    require(
+        bool(refused),
+        "requests the upstream refuses are refused (their error messages are checked too)",
+        "at least one 4xx/5xx among " + ", ".join(map(str, LIVE_UPSTREAM_REFUSALS)),
+        f"statuses {[a.status for a in answers]}",
+        answers[-1].curl,
+        relay.secrets,
+    )
+    own = {s.encode() for s in relay.secrets if s}
+    for answer in answers:
+        dump = answer.body + repr(dict(answer.headers)).encode()
+        found = [m.group(0) for m in KEY_SHAPED.finditer(dump)]
+        foreign = [k for k in found if not any(o in k for o in own)]
+        require(
+            not foreign,
+            "no answer ever shows a credential the client did not send (the relay's upstream "
+            "key above all)",
+            "no key-shaped string but the client's own",
+            f"{mask_key(foreign[0].decode('utf-8', 'replace'))} in {answer.describe()}"
+            if foreign
+            else "",
+            answer.curl,
+            (*relay.secrets, *(k.decode("utf-8", "replace") for k in foreign)),
         )
 
 

@@ -12,6 +12,18 @@ import pytest
 from relaygate.directives import directive
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
+from relaygate.suite.live import (
+    AT_LENGTH,
+    MIN_SPREAD_SHARE,
+    STREAM_PROBE_TOKENS,
+    answer_text,
+    judge_streamed,
+    live_body,
+    repeat,
+    skip_outside_view,
+    stream_text,
+    stream_timing,
+)
 
 
 def _require_content(ex, relay, want=1):
@@ -97,12 +109,39 @@ def test_event_stream(client, profile, tag, relay):
     area="streaming",
     faq=("F4",),
 )
-def test_finish_reason(finish, client, upstream, tag, relay):
+def test_finish_reason(finish, client, _journal, tag, relay):
+    if _journal is None:
+        _live_finish_reason(finish, client, relay)
+        return
     ex = client.stream(chat_body(directive=directive(chunks=3, finish_reason=finish, tag=tag)))
     reasons = _finish_reasons(ex)
     require(
         reasons == {0: finish},
         "F4: every stream carries the finish_reason the upstream sent",
+        {0: finish},
+        reasons,
+        ex.curl,
+        relay.secrets,
+    )
+
+
+def _live_finish_reason(finish, client, relay):
+    """Live: 'stop' for an answer that ends by itself, 'length' for one cut by max_tokens."""
+    __tracebackhide__ = True
+    if finish == "content_filter":
+        skip_outside_view("an upstream content_filter finish on demand (no request triggers a "
+                          "model's moderation reliably)")  # fmt: skip
+    if finish == "stop":
+        body = live_body(repeat("hello world"), temperature=0, max_tokens=50)
+    else:
+        body = live_body(AT_LENGTH, max_tokens=8)
+    ex = client.stream(body)
+    _require_content(ex, relay)
+    reasons = _finish_reasons(ex)
+    require(
+        reasons == {0: finish},
+        f"F4: every stream carries its finish_reason ({finish!r}: "
+        + ("the answer ended by itself)" if finish == "stop" else "max_tokens cut it)"),
         {0: finish},
         reasons,
         ex.curl,
@@ -117,11 +156,16 @@ def test_finish_reason(finish, client, upstream, tag, relay):
     area="streaming",
     faq=("F4", "F9"),
 )
-def test_usage_chunk(asked, client, profile, upstream, tag, relay):
+def test_usage_chunk(asked, client, profile, _journal, tag, relay):
     extra = {"stream_options": {"include_usage": True}} if asked else {}
-    ex = client.stream(chat_body(directive=directive(chunks=4, usage="77/4", tag=tag), **extra))
+    live = _journal is None
+    if live:
+        # Live: a long answer cut at max_tokens, whose completion_tokens is then known.
+        ex = client.stream(live_body(AT_LENGTH, max_tokens=LIVE_USAGE_TOKENS, **extra))
+    else:
+        ex = client.stream(chat_body(directive=directive(chunks=4, usage="77/4", tag=tag), **extra))
     # "No usage chunk" only means something in a stream that was served to its end.
-    _require_content(ex, relay, want=4)
+    _require_content(ex, relay, want=1 if live else 4)
     require(
         bool(_finish_reasons(ex)),
         "the stream is served to its end",
@@ -141,8 +185,10 @@ def test_usage_chunk(asked, client, profile, upstream, tag, relay):
             relay.secrets,
         )
         usage = usage_chunks[0]["usage"]
+        if live:
+            _live_usage_counts(ex, usage, relay)
         require(
-            (usage.get("prompt_tokens"), usage.get("completion_tokens")) == (77, 4),
+            live or (usage.get("prompt_tokens"), usage.get("completion_tokens")) == (77, 4),
             "the streamed usage is the upstream's",
             "77 prompt / 4 completion",
             usage,
@@ -183,13 +229,40 @@ def test_usage_chunk(asked, client, profile, upstream, tag, relay):
         )
 
 
+#: max_tokens of the live usage-chunk request (a long answer is cut there: finish "length").
+LIVE_USAGE_TOKENS = 12
+
+
+def _live_usage_counts(ex, usage, relay):
+    """Live: the usage counts this answer (no upstream to compare with): a prompt, and as
+    many completion tokens as max_tokens allowed when the answer was cut there."""
+    __tracebackhide__ = True
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    cut = _finish_reasons(ex).get(0) == "length"
+    require(
+        isinstance(prompt, int)
+        and prompt > 0
+        and isinstance(completion, int)
+        and completion > 0
+        and usage.get("total_tokens") == prompt + completion
+        and (not cut or completion == LIVE_USAGE_TOKENS),
+        "the streamed usage counts this answer: prompt and completion tokens > 0, total their "
+        f"sum, and {LIVE_USAGE_TOKENS} completion tokens when max_tokens "
+        f"{LIVE_USAGE_TOKENS} cut the answer (finish_reason length)",
+        f"prompt > 0, completion {LIVE_USAGE_TOKENS if cut else '> 0'}, total = sum",
+        usage,
+        ex.curl,
+        relay.secrets,
+    )
+
+
 @pytest.mark.case(
     "streaming.tool-calls",
     title="Tool-call streams arrive as OpenAI streams them, ending in tool_calls",
     area="streaming",
     faq=("F4",),
 )
-def test_tool_calls(client, tag, relay, upstream):
+def test_tool_calls(client, tag, relay, _journal):
     tools = [
         {
             "type": "function",
@@ -199,9 +272,15 @@ def test_tool_calls(client, tag, relay, upstream):
             },
         }
     ]
-    ex = client.stream(
-        chat_body(directive=directive(finish_reason="tool_calls", chunks=4, tag=tag), tools=tools)
-    )
+    if _journal is None:
+        # Live: only a forced tool_choice makes the model call the tool.
+        forced = {"type": "function", "function": {"name": "get_weather"}}
+        body = live_body("What is the weather in Paris?", tools=tools, tool_choice=forced)
+    else:
+        body = chat_body(
+            directive=directive(finish_reason="tool_calls", chunks=4, tag=tag), tools=tools
+        )
+    ex = client.stream(body)
     name, args = None, ""
     for chunk in ex.chunks():
         for choice in chunk.get("choices") or []:
@@ -230,10 +309,14 @@ def test_tool_calls(client, tag, relay, upstream):
         ex.curl,
         relay.secrets,
     )
+    # OpenAI ends a call the client forced by name with "stop", one the model chose with
+    # "tool_calls": live, either is the model's; with the mock, the upstream sent tool_calls.
+    wanted = [{0: "tool_calls"}] if _journal is not None else [{0: "tool_calls"}, {0: "stop"}]
     require(
-        _finish_reasons(ex) == {0: "tool_calls"},
-        "a tool-call stream ends with finish_reason tool_calls",
-        "tool_calls",
+        _finish_reasons(ex) in wanted,
+        "a tool-call stream ends with its finish_reason (tool_calls; 'stop' live when the "
+        "call was forced)",
+        " or ".join(repr(w) for w in wanted),
         _finish_reasons(ex),
         ex.curl,
         relay.secrets,
@@ -246,7 +329,10 @@ def test_tool_calls(client, tag, relay, upstream):
     area="streaming",
     faq=("F4",),
 )
-def test_not_buffered(client, profile, upstream, tag, relay):
+def test_not_buffered(client, profile, _journal, tag, relay):
+    if _journal is None:
+        _live_not_buffered(client, relay)
+        return
     itl_ms, chunks = 80.0, 6
     ex = client.stream(
         chat_body(
@@ -280,6 +366,25 @@ def test_not_buffered(client, profile, upstream, tag, relay):
     )
 
 
+def _live_not_buffered(client, relay):
+    """Live: a long answer's content spreads over its duration (relaygate.suite.live)."""
+    __tracebackhide__ = True
+    ex = client.stream(live_body(AT_LENGTH, max_tokens=STREAM_PROBE_TOKENS))
+    _require_content(ex, relay)
+    timing = stream_timing(ex)
+    assert timing is not None  # _require_content saw content
+    require(
+        judge_streamed(timing),
+        "F4: events are flushed as the model writes them: a long answer's content arrives "
+        f"spread over at least {MIN_SPREAD_SHARE:.0%} of the time to its last event, not in "
+        "one burst at the end",
+        f"first-to-last content spread >= {MIN_SPREAD_SHARE:.0%} of {timing.last_s * 1000:.0f} ms",
+        timing.describe(),
+        ex.curl,
+        relay.secrets,
+    )
+
+
 @pytest.mark.case(
     "streaming.upstream-error-surfaces",
     title="An in-stream upstream error reaches the client, with no invented finish_reason",
@@ -287,7 +392,10 @@ def test_not_buffered(client, profile, upstream, tag, relay):
     faq=("F4",),
     spec="RELAY_SPEC §10.32-33",
 )
-def test_upstream_error_surfaces(client, profile, tag, relay, upstream):
+def test_upstream_error_surfaces(client, profile, tag, relay, _journal):
+    if _journal is None:
+        skip_outside_view("an upstream that fails mid-stream on demand (the mock's "
+                          "stream_error_after)")  # fmt: skip
     ex = client.stream(chat_body(directive=directive(chunks=6, stream_error_after=2, tag=tag)))
     _require_content(ex, relay)
     errors = [c for c in ex.chunks() if isinstance(c.get("error"), dict)]
@@ -317,7 +425,10 @@ def test_upstream_error_surfaces(client, profile, tag, relay, upstream):
     faq=("F4",),
     spec="RELAY_SPEC §10.33",
 )
-def test_upstream_disconnect_surfaces(client, profile, tag, relay, upstream):
+def test_upstream_disconnect_surfaces(client, profile, tag, relay, _journal):
+    if _journal is None:
+        skip_outside_view("an upstream that drops the connection mid-stream on demand (the "
+                          "mock's disconnect_after)")  # fmt: skip
     ex = client.stream(chat_body(directive=directive(chunks=6, disconnect_after=2, tag=tag)))
     # A relay that never streamed has no [DONE] either: that is no evidence of honesty.
     _require_content(ex, relay)
@@ -350,7 +461,10 @@ def test_upstream_disconnect_surfaces(client, profile, tag, relay, upstream):
     level="SHOULD",
     spec="WHATWG SSE; RELAY_SPEC §5",
 )
-def test_upstream_framing(framing, client, profile, upstream, tag, relay):
+def test_upstream_framing(framing, client, profile, _journal, tag, relay):
+    if _journal is None:
+        skip_outside_view(f"an upstream that frames its SSE '{framing}' on demand (the "
+                          "mock's framing directive)")  # fmt: skip
     ex = client.stream(chat_body(directive=directive(chunks=5, framing=framing, tag=tag)))
     got = len(ex.content_events())
     require(
@@ -385,6 +499,63 @@ def test_event_stream_canonical(client, tag, relay):
         "or CR line ends)",
         "'data: …\\n\\n' frames only",
         f"{len(bad)} other frame(s): {bad[:2]!r}" if bad else "CR line ends",
+        ex.curl,
+        relay.secrets,
+    )
+
+
+@pytest.mark.case(
+    "streaming.matches-non-stream",
+    title="A stream says what the same request says without streaming: same text, same usage",
+    area="streaming",
+    faq=("F4", "F9"),
+)
+def test_matches_non_stream(client, relay):
+    # A request with one right answer, at temperature 0: the model's answer does not depend
+    # on how it is delivered, so the stream and the JSON answer agree word for word.
+    body = live_body(repeat("the quick brown fox jumps"), temperature=0, max_tokens=30)
+    ex = client.stream({**body, "stream_options": {"include_usage": True}})
+    _require_content(ex, relay)
+    plain = client.chat(body)
+    data = plain.json()
+    require(
+        plain.status == 200 and isinstance(data, dict) and answer_text(plain) is not None,
+        "the same request without streaming is served",
+        "HTTP 200 with a chat completion",
+        plain.describe(),
+        plain.curl,
+        relay.secrets,
+    )
+    streamed = stream_text(ex)
+    usage_chunks = [c["usage"] for c in ex.chunks() if isinstance(c.get("usage"), dict)]
+    streamed_usage = usage_chunks[-1] if usage_chunks else None
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    plain_usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    same_text = streamed == answer_text(plain)
+    same_usage = streamed_usage is not None and all(
+        streamed_usage.get(k) == plain_usage.get(k) for k in counts
+    )
+    if not same_text:
+        # A model that is not deterministic even here shows nothing about the relay.
+        again = client.chat(body)
+        if answer_text(again) != answer_text(plain):
+            pytest.skip("the model answers this request differently each time, even at "
+                        "temperature 0: stream and non-stream cannot be compared")  # fmt: skip
+    require(
+        same_text,
+        "F4: a streamed answer is the same answer: its deltas join into the text the "
+        "non-stream request gets",
+        repr((answer_text(plain) or "")[:200]),
+        repr(streamed[:200]),
+        ex.curl,
+        relay.secrets,
+    )
+    require(
+        same_usage,
+        "F9: the stream's usage chunk (include_usage) reports the usage of the same answer "
+        "without streaming (the two are billed alike)",
+        {k: plain_usage.get(k) for k in counts},
+        streamed_usage if streamed_usage is not None else "no usage chunk",
         ex.curl,
         relay.secrets,
     )

@@ -16,12 +16,23 @@ it) and ``status`` one of
   ``AssertionError`` raised in a conformance module) while it ran: a detection;
 * ``error``: anything else went wrong (a setup/teardown error, an exception from a bug);
 * ``passed``, ``skipped``, ``deviation``.
+
+Live mode (``tests/test_live_detection_matrix.py``): the suite gets only ``--relay-url`` and
+``--relay-key``, as a relay customer runs it; the runner alone switches faults, with the admin
+token given as ``--matrix-admin-token``.
+
+:func:`run_matrix` is the driver both matrix tests share: one embedded stack and one such
+session per worker, the runs spread over them.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
@@ -31,11 +42,16 @@ import httpx
 import pytest
 
 from relaygate.pytest_plugin import relay_options
+from relaygate.stack import EmbeddedStack, StackInfo
 from relaygate.suite.failures import DEVIATION_PREFIX, CaseFailure
 
 #: The run name for the reference relay without any fault switch.
 BASELINE = "baseline"
-CONFORMANCE_DIR = Path(__file__).resolve().parents[1] / "conformance"
+ROOT = Path(__file__).resolve().parents[1]
+CONFORMANCE_DIR = ROOT / "conformance"
+
+#: run -> full case id -> (status, detail); see the module docstring for the statuses.
+Results = dict[str, dict[str, tuple[str, str]]]
 
 _STATUS = pytest.StashKey[dict[str, tuple[str, str]]]()
 
@@ -50,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"run the suite with this fault switch on ({BASELINE!r}: none); repeatable",
     )
     group.addoption("--matrix-out", metavar="PATH", help="JSON lines, one per case and run")
+    group.addoption(
+        "--matrix-admin-token",
+        metavar="TOKEN",
+        help="the relay's admin token for the runner only (live mode: the suite has none)",
+    )
 
 
 def _raised_in_conformance(tb: TracebackType | None) -> bool:
@@ -146,12 +167,15 @@ class _Relay:
 
     def __init__(self, config: pytest.Config) -> None:
         opts = relay_options(config)
-        if not opts.relay_url or not opts.admin_token:
-            raise pytest.UsageError("matrix_runner needs --relay-url and --relay-admin-token")
+        token = config.getoption("matrix_admin_token") or opts.admin_token
+        if not opts.relay_url or not token:
+            raise pytest.UsageError(
+                "matrix_runner needs --relay-url and --relay-admin-token or --matrix-admin-token"
+            )
         root = opts.relay_url.removesuffix("/v1")
         self.http = httpx.Client(
             base_url=root + "/api/admin",
-            headers={"Authorization": f"Bearer {opts.admin_token}"},
+            headers={"Authorization": f"Bearer {token}"},
             timeout=30.0,
         )
 
@@ -206,3 +230,87 @@ def _run(
         line = {"run": run, "id": case_id, "status": status, "detail": detail}
         out.write(json.dumps(line) + "\n")
     out.flush()
+
+
+# --- the driver: sessions on embedded stacks ---------------------------------------------------
+
+
+def session_args(info: StackInfo, runs: list[str], out: Path, live: bool) -> list[str]:
+    """The command line of one matrix session (``live``: the suite gets only URL and key)."""
+    args = [sys.executable, "-m", "pytest", str(CONFORMANCE_DIR), "-q"]
+    args += ["-p", "no:cacheprovider", "-p", "matrix_runner", "--report-dir", str(out.parent)]
+    args += ["--relay-url", info.relay_url, "--relay-key", info.relay_key]
+    if live:
+        args += ["--matrix-admin-token", info.admin_token]
+    else:
+        args += ["--relay-admin-token", info.admin_token, "--upstream-url", info.upstream_url]
+    # An oversized body that a faulty relay accepts is tokenised whole (seconds): no timeout.
+    args += ["--matrix-out", str(out), "--relay-timeout", "120"]
+    for run in runs:
+        args += ["--matrix-run", run]
+    return args
+
+
+def _session(stack: EmbeddedStack, runs: list[str], out: Path, live: bool) -> Results:
+    """One pytest session on ``stack`` running the suite once per run."""
+    info = stack.info
+    assert info is not None
+    out.parent.mkdir(parents=True)
+    args = session_args(info, runs, out, live)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    # A bound per run: a live run waits on real-length answers and paced streams.
+    timeout_s = max(600, 180 * len(runs))
+    proc = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    results: Results = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            row = json.loads(line)
+            results.setdefault(row["run"], {})[row["id"]] = (row["status"], row["detail"])
+    missing = [run for run in runs if run not in results]
+    if missing:
+        output = proc.stdout[-3000:] + "\n" + proc.stderr[-2000:]
+        pytest.fail(f"the matrix session recorded no results for {missing}:\n{output}")
+    return results
+
+
+#: Live mode paces the mock's plain answers like a model writing (a gap between content
+#: events), so that a buffered stream shows as one burst; the live streaming case needs a
+#: spread of 300 ms, and its probe streams 64 tokens.
+LIVE_MOCK_ARGS = ("--default-itl-ms", "8")
+
+
+def run_matrix(runs: list[str], workers: int, folder: Path, *, live: bool = False) -> Results:
+    """Every run, spread over ``workers`` embedded stacks (one session each).
+
+    ``live``: the suite sees only the relay URL and a key (no journal, no admin token), and
+    the mock answers at a model's pace (:data:`LIVE_MOCK_ARGS`).
+    """
+    shares = [runs[i::workers] for i in range(workers) if runs[i::workers]]
+    stacks = [EmbeddedStack(mock_args=LIVE_MOCK_ARGS if live else ()) for _ in shares]
+    results: Results = {}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            list(pool.map(EmbeddedStack.start, stacks))
+            futures = [
+                pool.submit(_session, stack, share, folder / f"worker{i}" / "matrix.jsonl", live)
+                for i, (stack, share) in enumerate(zip(stacks, shares, strict=True))
+            ]
+            for future in futures:
+                results.update(future.result())
+    finally:
+        for stack in stacks:
+            stack.stop()
+    return results
+
+
+def detected(cases: dict[str, tuple[str, str]]) -> set[str]:
+    """The case instances a run failed by their own assertion."""
+    return {case for case, (status, _) in cases.items() if status == "failed"}
+
+
+def errors(cases: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The case instances a run errored (not a verdict), with their detail."""
+    return {case: detail for case, (status, detail) in cases.items() if status == "error"}

@@ -17,22 +17,19 @@ names a file holding the observed table: review it, then copy it over the data f
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from matrix_runner import BASELINE
+from matrix_runner import BASELINE, ROOT, Results, run_matrix
+from matrix_runner import detected as _detected
+from matrix_runner import errors as _errors
 
 from relaygate.reference.faults import FAULTS
-from relaygate.stack import EmbeddedStack
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = Path(__file__).parent / "data" / "detection_matrix.json"
 #: Sessions in parallel: cases wait on timers (Retry-After, stream gaps) as much as they use
 #: CPU, so four sessions keep two cores busy.
@@ -40,9 +37,6 @@ WORKERS = 4
 
 #: Runs that may differ from the table and get a second try (timing under load).
 MAX_RERUNS = 3
-
-#: run -> full case id -> (status, detail); see matrix_runner for the statuses.
-Results = dict[str, dict[str, tuple[str, str]]]
 
 pytestmark = [
     pytest.mark.skipif(
@@ -61,62 +55,6 @@ def _expected() -> dict[str, set[str]]:
 DETECTS = _expected()
 
 
-def _session(stack: EmbeddedStack, runs: list[str], out: Path) -> Results:
-    """One pytest session on ``stack`` running the suite once per run."""
-    info = stack.info
-    assert info is not None
-    out.parent.mkdir(parents=True)
-    args = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-q"]
-    args += ["-p", "no:cacheprovider", "-p", "matrix_runner", "--report-dir", str(out.parent)]
-    args += ["--relay-url", info.relay_url, "--relay-key", info.relay_key]
-    args += ["--relay-admin-token", info.admin_token, "--upstream-url", info.upstream_url]
-    # An oversized body that a faulty relay accepts is tokenised whole (seconds): no timeout.
-    args += ["--matrix-out", str(out), "--relay-timeout", "120"]
-    for run in runs:
-        args += ["--matrix-run", run]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    results: Results = {}
-    if out.exists():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
-            results.setdefault(row["run"], {})[row["id"]] = (row["status"], row["detail"])
-    missing = [run for run in runs if run not in results]
-    if missing:
-        output = proc.stdout[-3000:] + "\n" + proc.stderr[-2000:]
-        pytest.fail(f"the matrix session recorded no results for {missing}:\n{output}")
-    return results
-
-
-def _run_all(runs: list[str], workers: int, folder: Path) -> Results:
-    """Every run, spread over ``workers`` stacks (one session each)."""
-    shares = [runs[i::workers] for i in range(workers) if runs[i::workers]]
-    stacks = [EmbeddedStack() for _ in shares]
-    results: Results = {}
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(shares)) as pool:
-            list(pool.map(EmbeddedStack.start, stacks))
-            futures = [
-                pool.submit(_session, stack, share, folder / f"worker{i}" / "matrix.jsonl")
-                for i, (stack, share) in enumerate(zip(stacks, shares, strict=True))
-            ]
-            for future in futures:
-                results.update(future.result())
-    finally:
-        for stack in stacks:
-            stack.stop()
-    return results
-
-
-def _detected(cases: dict[str, tuple[str, str]]) -> set[str]:
-    return {case for case, (status, _) in cases.items() if status == "failed"}
-
-
-def _errors(cases: dict[str, tuple[str, str]]) -> dict[str, str]:
-    return {case: detail for case, (status, detail) in cases.items() if status == "error"}
-
-
 class Matrix(NamedTuple):
     results: Results
     #: The detections observed, in the data file's format (to refresh it after review).
@@ -132,12 +70,12 @@ def _as_expected(run: str, cases: dict[str, tuple[str, str]]) -> bool:
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     runs = [BASELINE, *sorted(FAULTS)]
     folder = tmp_path_factory.mktemp("matrix")
-    results = _run_all(runs, WORKERS, folder)
+    results = run_matrix(runs, WORKERS, folder)
     # Timing cases can miss under a loaded machine: a run that differs from the table gets one
     # more try, alone; it must then match exactly. Many differing runs mean a stale table.
     again = [run for run in runs if not _as_expected(run, results[run])]
     if 0 < len(again) <= MAX_RERUNS:
-        results.update(_run_all(again, 1, folder / "rerun"))
+        results.update(run_matrix(again, 1, folder / "rerun"))
     observed = {
         fault: sorted(_detected(results[fault])) for fault in sorted(FAULTS) if fault in results
     }

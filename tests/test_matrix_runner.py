@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
-from matrix_runner import CONFORMANCE_DIR, own_assertion, share_default_tls_context
+from matrix_runner import CONFORMANCE_DIR, own_assertion, session_args, share_default_tls_context
 
+from relaygate.stack import StackInfo
 from relaygate.suite.failures import CaseFailure, require
 
 
@@ -46,3 +49,25 @@ def test_clients_share_one_default_tls_context(monkeypatch: pytest.MonkeyPatch) 
     with httpx.Client() as one, httpx.Client() as two, httpx.Client(verify=False) as other:
         contexts = [c._transport._pool._ssl_context for c in (one, two, other)]  # type: ignore[attr-defined]
     assert contexts[0] is contexts[1] and contexts[2] is not contexts[0]
+
+
+def test_a_live_session_gives_the_suite_only_the_url_and_the_key(tmp_path: Path) -> None:
+    info = StackInfo(
+        relay_url="http://127.0.0.1:1/v1",
+        relay_key="sk-customer",
+        admin_token="rg-admin-secret",
+        upstream_url="http://127.0.0.1:2/v1",
+        upstream_key="sk-upstream",
+        user_id=1,
+        token_id=1,
+    )
+    full = session_args(info, ["baseline"], tmp_path / "m.jsonl", live=False)
+    assert {"--relay-admin-token", "--upstream-url"} <= set(full)
+    live = session_args(info, ["baseline", "drop_n"], tmp_path / "m.jsonl", live=True)
+    assert not {"--relay-admin-token", "--upstream-url"} & set(live)
+    assert "http://127.0.0.1:2/v1" not in live
+    # The admin token reaches the runner's own option only, to switch faults between runs.
+    assert live[live.index("--matrix-admin-token") + 1] == "rg-admin-secret"
+    assert live[live.index("--relay-key") + 1] == "sk-customer"
+    runs = [live[i + 1] for i, arg in enumerate(live) if arg == "--matrix-run"]
+    assert runs == ["baseline", "drop_n"]

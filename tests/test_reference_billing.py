@@ -267,8 +267,42 @@ async def test_billing_endpoints() -> None:
         assert sub["access_until"] == 4_000_000_000
         usage = (await env.request("GET", "/dashboard/billing/usage", token.key)).json()
         assert usage == {"object": "list", "total_usage": 225 / QUOTA_PER_USD * 100}
+        # one-api: an unlimited key's hard limit is a fixed 100 000 000 (not its user's quota).
         _, unlimited = env.user_token(quota=QUOTA_PER_USD * 2, unlimited_quota=True)
         sub = (await env.request("GET", "/dashboard/billing/subscription", unlimited.key)).json()
-        assert sub["hard_limit_usd"] == 2.0 and sub["access_until"] == 0
+        assert sub["hard_limit_usd"] == 100_000_000 and sub["access_until"] == 0
         assert (await env.request("GET", "/v1/dashboard/billing/usage")).status == 401
         assert user.used_quota == 225
+
+
+@async_test
+async def test_two_readings_give_the_exact_quota_a_request_was_charged() -> None:
+    """A key holder's own evidence: round(Δtotal_usage × 5000) is the request's charge, and
+    hard_limit_usd (remain + used) does not move while the key spends."""
+    async with relay_env() as env:
+        _, token = env.user_token(remain_quota=3 * QUOTA_PER_USD + 1)
+        _, other = env.user_token()
+
+        async def readings() -> tuple[float, float]:
+            sub = await env.request("GET", "/v1/dashboard/billing/subscription", token.key)
+            use = await env.request("GET", "/v1/dashboard/billing/usage", token.key)
+            return sub.json()["hard_limit_usd"], use.json()["total_usage"]
+
+        hard0, cents = await readings()
+        assert round(hard0 * QUOTA_PER_USD) == 3 * QUOTA_PER_USD + 1 and cents == 0
+        for usage, model in (((10, 20), "gpt-4o"), ((1, 0), "gpt-4o-mini"), ((7, 333), "gpt-4")):
+            env.upstream.behaviour = ok(usage)
+            assert (await env.chat(token.key, model)).status == 200
+            await env.chat(other.key, model)  # another key's spending is not this key's
+            await settle(env.state)
+            hard, after = await readings()
+            assert round((after - cents) * 5000) == env.state.logs[-2].quota
+            assert hard == hard0 and round(after * 5000) == token.used_quota
+            cents = after
+
+
+@pytest.mark.parametrize("used", [1, 3, 225, 499_999, 10**9 + 7, 2**40 + 1])
+def test_total_usage_cents_round_trip_to_the_exact_quota(used: int) -> None:
+    cents = used / QUOTA_PER_USD * 100  # the reference relay's and one-api's float, op by op
+    assert round(cents * 5000) == used
+    assert round((cents - (used - 1) / QUOTA_PER_USD * 100) * 5000) == 1

@@ -29,6 +29,7 @@ from reference_helpers import (
     stream,
 )
 
+from relaygate.reference.billing import quota_for
 from relaygate.reference.faults import FAULTS, UnknownFaultError, validate_faults
 
 Check = Callable[[Env], Awaitable[None]]
@@ -556,6 +557,155 @@ async def _public_log_stream(env: Env) -> None:
     event = orjson.loads(frame.split(b"data: ", 1)[1])
     assert event["path"] == "/v1/chat/completions"
     assert event["headers"]["Authorization"] == f"Bearer {token.key}"
+
+
+# --- fraud a customer with only a key can see (issue #12) ---------------------------------------
+
+
+def echo_model(usage: tuple[int, int] = (10, 20)) -> Behaviour:
+    """A non-stream answer naming the model the relay forwarded, as real upstreams do."""
+
+    async def behave(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({**completion_body(usage=usage), "model": body["model"]})
+
+    return behave
+
+
+@check("inflate_usage")
+async def _inflate_usage(env: Env) -> None:
+    user, token = env.user_token()
+    reply = (await env.chat(token.key)).json()  # upstream: 10 + 20
+    assert reply["usage"] == {"prompt_tokens": 18, "completion_tokens": 29, "total_tokens": 47}
+    assert user.used_quota == quota_for(18, 29, 1, "2.5", 4)
+    env.upstream.behaviour = stream(usage=(10, 3))
+    streamed = await env.chat(token.key, stream=True, stream_options={"include_usage": True})
+    usage = [c["usage"] for c in chunks_of(streamed.body) if c.get("usage")]
+    assert usage == [{"prompt_tokens": 18, "completion_tokens": 10, "total_tokens": 28}]
+    await settle(env.state)
+    assert env.state.logs[-1].quota == quota_for(18, 10, 1, "2.5", 4)
+
+
+@check("inject_system_prompt")
+async def _inject_system_prompt(env: Env) -> None:
+    _, token = env.user_token()
+    reply = await env.chat(token.key)
+    assert reply.status == 200 and reply.json()["usage"]["prompt_tokens"] == 10
+    forwarded = env.upstream.requests[-1]["body"]["messages"]
+    assert forwarded[0]["role"] == "system" and forwarded[1:] == [{"role": "user", "content": "hi"}]
+
+
+@check("truncate_history")
+async def _truncate_history(env: Env) -> None:
+    _, token = env.user_token()
+    conversation = [
+        {"role": "system", "content": "Code RG-AAAA-0001."},
+        {"role": "user", "content": "Remember RG-BBBB-0002."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Reply with the codes you see."},
+    ]
+    payload = {"model": "gpt-4o", "messages": conversation}
+    assert (await env.request("POST", "/v1/chat/completions", token.key, payload)).status == 200
+    assert env.upstream.requests[-1]["body"]["messages"] == conversation[-1:]
+    await env.request("POST", "/v1/chat/completions", token.key, {**payload, "messages": [
+        conversation[0], conversation[-1]]})  # fmt: skip
+    assert env.upstream.requests[-1]["body"]["messages"] == [conversation[0], conversation[-1]]
+
+
+@check("swap_model_family")
+async def _swap_model_family(env: Env) -> None:
+    user, token = env.user_token()
+    env.upstream.behaviour = echo_model()
+    for model in ("gpt-4o", "gpt-4o-mini"):
+        reply = await env.chat(token.key, model)
+        assert env.upstream.requests[-1]["body"]["model"] == "gpt-3.5-turbo"
+        assert reply.json()["model"] == model
+    assert user.used_quota == quota_for(10, 20, 1, "2.5", 4) + quota_for(10, 20, 1, "0.075", 4)
+    assert (await env.chat(token.key, "gpt-4")).json()["model"] == "gpt-4"
+
+
+@check("double_bill")
+async def _double_bill(env: Env) -> None:
+    user, token = env.user_token()
+    await env.chat(token.key)
+    assert user.used_quota == token.used_quota == 2 * 225
+
+
+@check("hidden_fee")
+async def _hidden_fee(env: Env) -> None:
+    user, token = env.user_token()
+    await env.chat(token.key)
+    assert user.used_quota == 225 + 500
+    env.upstream.behaviour = fail(500, {"error": {"message": "x", "type": "server_error"}})
+    assert (await env.chat(token.key)).status == 500
+    assert token.used_quota == 225 + 1000
+
+
+@check("bill_refused")
+async def _bill_refused(env: Env) -> None:
+    user, token = env.user_token()
+    assert (await env.chat(token.key, "GPT-4O")).status == 503
+    assert user.used_quota == token.used_quota > 0
+    assert env.state.logs[-1].quota == user.used_quota
+    before = user.used_quota
+    env.upstream.behaviour = fail(
+        400, {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
+    )
+    assert (await env.chat(token.key, max_tokens=10**6)).status == 400
+    assert user.used_quota > before
+
+
+#: parameter-dropping fault -> (a request field it must drop, the value the client sent).
+DROPPED = {
+    "drop_stop": ("stop", ["\n\n"]),
+    "drop_n": ("n", 3),
+    "drop_response_format": ("response_format", {"type": "json_object"}),
+    "drop_logprobs": ("top_logprobs", 2),
+    "drop_tools": ("tool_choice", "auto"),
+}
+
+
+def _dropped_check(fault: str, field: str, value: Any) -> Check:
+    async def run(env: Env) -> None:
+        _, token = env.user_token()
+        fields = {field: value}
+        if fault == "drop_logprobs":
+            fields["logprobs"] = True
+        if fault == "drop_tools":
+            function = {"name": "lookup", "parameters": {"type": "object", "properties": {}}}
+            fields["tools"] = [{"type": "function", "function": function}]
+        assert (await env.chat(token.key, temperature=0.5, **fields)).status == 200
+        forwarded = env.upstream.requests[-1]["body"]
+        assert not set(fields) & set(forwarded), forwarded
+        assert forwarded["temperature"] == 0.5  # the rest goes through
+
+    return run
+
+
+for _fault, (_field, _value) in DROPPED.items():
+    check(_fault)(_dropped_check(_fault, _field, _value))
+
+
+@check("drop_temperature")
+async def _drop_temperature(env: Env) -> None:
+    _, token = env.user_token()
+    await env.chat(token.key, temperature=0, stop="x")
+    assert env.upstream.requests[-1]["body"]["temperature"] == 1.0
+    assert env.upstream.requests[-1]["body"]["stop"] == "x"
+
+
+@check("rewrite_model_field")
+async def _rewrite_model_field(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = echo_model()
+    for model in ("gpt-4o", "gpt-3.5-turbo"):
+        reply = (await env.chat(token.key, model)).json()
+        assert env.upstream.requests[-1]["body"]["model"] == model
+        assert not reply["model"].startswith(model), reply["model"]
+    env.upstream.behaviour = sse_frames(
+        {**chunk("hi"), "model": "gpt-4o"}, {**chunk(None, "stop"), "model": "gpt-4o"}, "[DONE]"
+    )
+    streamed = await env.chat(token.key, stream=True)
+    assert {c["model"] for c in chunks_of(streamed.body)} == {"gpt-3.5-turbo-0125"}
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))

@@ -169,6 +169,13 @@ class ModelRules:
     list_shape: Literal["object_list", "success_data"] = setting("object_list")
     unknown_id_status: int = setting(404)
     case_variant: Literal["reject", "bill_as_canonical"] = setting("reject")
+    # The usage area (conformance/test_usage.py): how far reported prompt/completion tokens may
+    # be from the exact local count for the claimed model's tokenizer (0: OpenAI's exact counts).
+    usage_tolerance_tokens: int = setting(0)
+    # An answer may name a dated snapshot of the alias asked for (gpt-4o -> gpt-4o-2024-08-06).
+    answer_model_snapshot_ok: bool = setting(True)
+    # The canary ladder's longest rung, in prompt tokens: a cost bound for live runs.
+    usage_ladder_max_tokens: int = setting(2000, behaviour=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,6 +75,35 @@ FAULTS: dict[str, str] = {
     "public_log_stream": (
         "GET /log/stream is an open SSE feed of every /v1 request, Authorization header included"
     ),
+    # Fraud a customer holding only a key can see (issue #12): each one is caught live.
+    "inflate_usage": (
+        "usage shown to the client is inflated (each count + 10% + 7) and billed as shown"
+    ),
+    "inject_system_prompt": (
+        "a hidden system prompt is prepended before forwarding: the client pays for its tokens"
+    ),
+    "truncate_history": (
+        "conversations of more than 2 messages are forwarded as their last user message only"
+    ),
+    "swap_model_family": (
+        "gpt-4o and gpt-4o-mini are served by gpt-3.5-turbo; the answer's model field and the "
+        "bill still name the model asked for"
+    ),
+    "double_bill": "every request that reached the upstream is charged twice",
+    "hidden_fee": "every request that reaches billing is charged a fixed 500 quota on top",
+    "bill_refused": (
+        "requests refused as invalid (no channel for the model name, or an upstream 4xx such as "
+        "max_tokens over the model's limit) are charged their prompt"
+    ),
+    "drop_stop": "the stop parameter is not forwarded",
+    "drop_n": "the n parameter is not forwarded (one choice comes back)",
+    "drop_temperature": (
+        "the client's temperature is not forwarded: the channel's default 1.0 is sent instead"
+    ),
+    "drop_response_format": "the response_format parameter is not forwarded",
+    "drop_logprobs": "the logprobs and top_logprobs parameters are not forwarded",
+    "drop_tools": "tools and tool_choice are not forwarded",
+    "rewrite_model_field": "the answer's model field names another model than the one asked for",
 }
 
 

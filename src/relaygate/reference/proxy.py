@@ -25,7 +25,7 @@ from relaygate.reference.store import Channel
 from relaygate.serve import error_body, error_response
 from relaygate.sse import SSEDecoder, SSEEvent, encode_event
 
-__all__ = ["ClientGone", "Outcome", "UpstreamCall", "forward"]
+__all__ = ["ClientGone", "Outcome", "UpstreamCall", "forward", "inflated"]
 
 RELAY_ERROR = "relay_error"
 UPSTREAM_ERROR = "upstream_error"
@@ -77,6 +77,8 @@ class UpstreamCall:
     outcome: Outcome
     #: Exact local (prompt, completion) counts of what was streamed so far.
     count_usage: Callable[[], tuple[int, int]]
+    #: The ``model`` written into every answer and chunk instead of the upstream's (a fault).
+    answer_model: str | None = None
 
 
 def _pick(channels: list[Channel], tried: set[int]) -> Channel:
@@ -251,7 +253,8 @@ async def forward(call: UpstreamCall) -> web.StreamResponse:
                 return _error_in_200(raw, channel, call.faults, call.stream)
             call.outcome.started = True
             _record_body_usage(call.outcome, answer)
-            if _rewrite_choices(answer, call.faults):
+            rewritten = _rewrite_choices(answer, call.faults)
+            if _rewrite_answer(answer, call) or rewritten:
                 raw = orjson.dumps(answer)
             if "html_content_type" in call.faults:
                 return web.Response(body=raw, status=200, content_type="text/html")
@@ -338,6 +341,34 @@ def _rewrite_choices(body: dict[str, Any], faults: frozenset[str]) -> bool:
         if "drop_tool_calls" in faults and isinstance(delta, dict) and "tool_calls" in delta:
             del delta["tool_calls"]
             changed = True
+    return changed
+
+
+def inflated(tokens: int) -> int:
+    """A token count as the inflate_usage fault shows and bills it (+10% + 7; 0 stays 0)."""
+    return tokens + tokens // 10 + 7 if tokens else 0
+
+
+def _inflated_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    out = dict(usage)
+    for field in ("prompt_tokens", "completion_tokens"):
+        if isinstance(out.get(field), int):
+            out[field] = inflated(out[field])
+    out["total_tokens"] = out["prompt_tokens"] + out.get("completion_tokens", 0)
+    return out
+
+
+def _rewrite_answer(body: dict[str, Any], call: UpstreamCall) -> bool:
+    """Apply the answer_model and inflate_usage faults to a body or chunk; True if changed."""
+    changed = False
+    if call.answer_model is not None and "model" in body:
+        body["model"] = call.answer_model
+        changed = True
+    usage = body.get("usage")
+    if "inflate_usage" in call.faults and _usage_pair(usage) is not None:
+        assert isinstance(usage, dict)
+        body["usage"] = _inflated_usage(usage)
+        changed = True
     return changed
 
 
@@ -446,7 +477,8 @@ class _StreamRelay:
             if _choice_text(choice, outcome.text_parts) is not None:
                 self.finish_seen = True
         data: bytes | str = event.data
-        if _rewrite_choices(chunk, self.call.faults):
+        rewritten = _rewrite_choices(chunk, self.call.faults)
+        if _rewrite_answer(chunk, self.call) or rewritten:
             data = orjson.dumps(chunk)
         if "usage" not in chunk:
             await self.sender.send(data)
@@ -472,6 +504,8 @@ class _StreamRelay:
             # The upstream sent no usage chunk: synthesise one from exact local counts.
             prompt, completion = call.count_usage()
             call.outcome.usage = (prompt, completion)
+            if "inflate_usage" in call.faults:
+                prompt, completion = inflated(prompt), inflated(completion)
             usage = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,

@@ -43,11 +43,13 @@ AREAS: dict[str, str] = {
     "models": "Model names and routing (F8, F17)",
     "max_tokens": "max_tokens and context limits (F22)",
     "streaming": "Streaming (F4)",
+    "usage": "Usage honesty and the model served (F8, F9, F10)",
     "errors": "Error statuses and bodies (F5, F7, F12, F18)",
     "rate_limits": "Rate limits (429)",
     "security": "Security (keys never leak)",
     "sdk": "Official OpenAI SDK",
     "properties": "Generated requests (property-based)",
+    "params": "Request parameters honoured (stop, n, temperature, formats, tools)",
 }
 LEVELS = ("MUST", "SHOULD")
 
