@@ -41,6 +41,39 @@ def test_chat_prompt_rule() -> None:
     assert tokens.count_chat_prompt(named, "gpt-4") == 3 + 1 + 1 + 1 + 2 + 3
 
 
+# The example conversation of OpenAI's cookbook "How to count tokens with tiktoken" (section 6)
+# and the prompt_tokens it reports from the API: 129 for gpt-3.5-turbo / gpt-4, 124 for 4o.
+COOKBOOK_MESSAGES = [
+    {"role": "system", "content": "You are a helpful, pattern-following assistant that "
+     "translates corporate jargon into plain English."},
+    {"role": "system", "name": "example_user",
+     "content": "New synergies will help drive top-line growth."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Things working well together will increase revenue."},
+    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more "
+     "bandwidth to touch base on opportunities for increased leverage."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Let's talk later when we're less busy about how to do better."},
+    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for "
+     "the client deliverable."},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("gpt-3.5-turbo", 129), ("gpt-4", 129), ("gpt-4o", 124), ("gpt-4o-mini", 124)],
+)
+def test_chat_prompt_matches_the_cookbook_counts(model: str, expected: int) -> None:
+    assert tokens.count_chat_prompt(COOKBOOK_MESSAGES, model) == expected
+
+
+def test_content_text_joins_text_parts() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"text": "b"}]
+    assert tokens.content_text(parts) == "ab"
+    assert tokens.content_text("plain") == "plain"
+    assert tokens.content_text(None) == ""
+
+
 def test_unknown_encoding_is_a_clear_error() -> None:
     with pytest.raises(tokens.TokenizerError, match="unknown encoding"):
         tokens.get_encoding("p50k_base")

@@ -418,8 +418,8 @@ async def chat_completions(
         limits,
         "messages",
         lambda: tokens.count_chat_prompt(messages, model, body.get("tools")),
-        lambda reply, prompt, with_usage: chat_reply_payloads(model, reply, prompt, with_usage),
-        lambda reply, prompt: chat_reply(model, reply, prompt),
+        chat_reply_payloads,
+        chat_reply,
         lambda prompt, completion, with_usage: chat_stream_payloads(
             model,
             d.chunks,
@@ -451,8 +451,8 @@ async def _generate(
     limits: ModelLimits,
     prompt_field: str,
     count_prompt: Callable[[], int],
-    reply_payloads: Callable[[plain_model.Reply, int, bool], StreamPayloads],
-    reply_answer: Callable[[plain_model.Reply, int], dict[str, Any]],
+    reply_payloads: Callable[[str, plain_model.Reply, int, bool], StreamPayloads],
+    reply_answer: Callable[[str, plain_model.Reply, int], dict[str, Any]],
     stream_payloads: Callable[[int, int, bool], StreamPayloads],
     answer: Callable[[str, int, int], dict[str, Any]],
 ) -> web.StreamResponse:
@@ -477,10 +477,10 @@ async def _generate(
             return await _answer_stream(
                 request,
                 paced,
-                lambda with_usage: reply_payloads(reply, prompt_tokens, with_usage),
+                lambda with_usage: reply_payloads(model, reply, prompt_tokens, with_usage),
                 include_usage,
             )
-        return await _answer_json(request, paced, reply_answer(reply, prompt_tokens))
+        return await _answer_json(request, paced, reply_answer(model, reply, prompt_tokens))
     completion_tokens = _completion_tokens(d)
     if stream:
         return await _answer_stream(
@@ -532,10 +532,8 @@ async def completions(
         limits,
         "prompt",
         lambda: _count_prompt(prompt, model),
-        lambda reply, prompt_tokens, with_usage: completion_reply_payloads(
-            model, reply, prompt_tokens, with_usage
-        ),
-        lambda reply, prompt_tokens: text_reply(model, reply, prompt_tokens),
+        completion_reply_payloads,
+        text_reply,
         lambda prompt_tokens, completion, with_usage: completion_stream_payloads(
             model,
             d.chunks,
