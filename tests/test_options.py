@@ -290,7 +290,7 @@ def test_locust_options_are_in_its_help_and_web_ui_and_secrets_are_not(
     ui = locust_surface["ui"]
     for option in options_for(LOCUST):
         assert option.flag in help_text
-        if option.secret:
+        if option.secret or option.repeatable:
             assert option.name not in ui, option.flag
         else:
             assert ui[option.name]["help_text"] == option.help_with_env
@@ -314,3 +314,22 @@ def test_every_option_is_documented() -> None:
         assert f"`{option.flag}" in load_doc, option.flag
     for option in options_for(PYTEST):
         assert f"`{option.flag}" in readme, option.flag
+
+
+def test_values_the_web_ui_sends_as_text_are_typed_again() -> None:
+    """Locust's start form sets an option whose default is None to the field's text; the run
+    would then compare ``"abc" < 0``. Blank is the default, a number is a number, anything else
+    is one line (and the default)."""
+    from types import SimpleNamespace
+
+    from relaygate.load.locust_options import values_from_web_ui  # imports no Locust
+
+    options = SimpleNamespace(
+        **{o.name: o.default for o in options_for(LOCUST)},
+    )
+    options.mock_ttft_ms, options.mock_itl_ms, options.target_rps = "60", "", "abc"
+    options.mock_output_tokens = "7"
+    problems = values_from_web_ui(options)
+    assert problems == ["web UI: --target-rps: 'abc' is not a valid value"]
+    assert (options.mock_ttft_ms, options.mock_itl_ms, options.target_rps) == (60.0, None, None)
+    assert options.mock_output_tokens == 7

@@ -7,7 +7,8 @@ What happens when:
                               class is named; on the master/local runner only: preflight the
                               ``--host`` relay and key (exit 2 with one line when unusable), or
                               start the embedded stack when there is no ``--host``
-``test_start``                type again what the web UI's form sent; GC tuning; self-check
+``test_start``                type again what the web UI's form sent (stop on a bad value);
+                              GC tuning; self-check
 ``test_stop``                 every request still in flight is counted ``incomplete``
 ``report_to_master``          (worker) attach the registry delta
 ``worker_report``             (master) merge it
@@ -106,21 +107,17 @@ def _default_user_classes(environment: Environment) -> None:
 
 
 def _from_web_ui(environment: Environment, state: RunState) -> None:
-    """The web UI's start form may have changed our options: type them again and re-read the
-    SLO rules. A value that is not valid ends the run (exit 2) before any user starts."""
+    """The web UI's start form may have changed our options: type them again. A value that is
+    not valid stops the test it started (the web UI stays, to start it again)."""
     options = environment.parsed_options
-    if options is None or environment.web_ui is None:
+    runner = environment.runner
+    if options is None or environment.web_ui is None or runner is None:
         return
     problems = values_from_web_ui(options)
-    try:
-        state.rules = [slo.parse_rule(text) for text in options.slo]
-    except ValueError as exc:
-        problems.append(f"web UI: --slo: {exc}")
     for line in problems:
-        logger.error("%s", line)
+        logger.error("%s; test stopped", line)
     if problems:
-        environment.process_exit_code = 2
-        quit_soon(environment)
+        gevent.spawn(runner.stop)
 
 
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:

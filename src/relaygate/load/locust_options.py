@@ -1,9 +1,10 @@
 """Our Locust arguments, from the one option table (:mod:`relaygate.options`).
 
-Each is in Locust's ``--help`` under "relaygate" with its env var, and in the web UI's start
-form unless it is secret: a key is never offered there (pre-filled, the page would carry it;
-masked, the form would send the mask back as the key). Values the form sends back as text are
-typed again by :func:`values_from_web_ui` before a run starts.
+Each is in Locust's parser under "relaygate" with its env var (Locust prints ``--help`` before
+it loads a locustfile, locust#2917: docs/load.md lists them), and in the web UI's start form
+unless it is secret or a list: a key is never offered there (pre-filled, the page would carry
+it; masked, the form would send the mask back as the key). Values the form sends back as text
+are typed again by :func:`values_from_web_ui` as the test starts.
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ def add_arguments(parser: Any) -> None:
                 kwargs["choices"] = option.choices
         action = group.add_argument(option.flag, **kwargs)
         # Locust's web-UI flags, set by hand: its parser's add_argument takes them as keywords,
-        # a group's does not (and without them the web UI leaves the argument out).
-        action.include_in_web_ui = not option.secret
+        # a group's does not (and without them the web UI leaves the argument out). Not a
+        # list either: Locust 2.47 reads a list field whose default is [] as a list of ints,
+        # so any text in it (even none) made the start request fail with a 500.
+        action.include_in_web_ui = not (option.secret or option.repeatable)
         action.is_secret = option.secret
 
 
 def values_from_web_ui(options: Any) -> list[str]:
     """Type again what Locust's start form sent as text (an option whose default is ``None``
-    gets the field's text as it is); returns one line per value that is not valid."""
+    gets the field's text as it is); returns one line per value that is not valid (that option
+    is back at its default)."""
     problems = []
     for option in options_for(LOCUST):
         value = getattr(options, option.name, None)
@@ -67,9 +71,8 @@ def values_from_web_ui(options: Any) -> list[str]:
         try:
             setattr(options, option.name, parse_text(option, value))
         except ValueError as exc:
+            setattr(options, option.name, option.default)  # no user ever sees the text
             problems.append(f"web UI: {exc}")
-    if isinstance(options.slo, list):
-        options.slo = [rule for rule in options.slo if rule.strip()]
     return problems
 
 
