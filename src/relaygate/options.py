@@ -10,9 +10,12 @@ How each surface reads an :class:`Option`:
 
 * **pytest**: the flag, the ini key ``ini`` and the env var; command line > env var > ini file.
   ``default`` is the ini key's default.
-* **Locust**: the flag with ``env_var`` (configargparse); shown in the web UI's start form
-  unless ``secret``. An unset text option is ``""`` there, as Locust's form expects.
+* **Locust**: the flag with ``env_var`` (configargparse); offered in the web UI's start form
+  unless ``secret`` or ``repeatable``. An unset text option is ``""`` there, as Locust's form
+  expects.
 * **demo**: the flag; a single-valued option falls back to its env var.
+
+Every ``--help`` shows :attr:`Option.help_with_env`.
 
 Adding an option (e.g. a new pytest option ``--live-budget``)::
 
@@ -24,7 +27,8 @@ Adding an option (e.g. a new pytest option ``--live-budget``)::
 then read it where it is used (pytest: ``relaygate.pytest_plugin.option_value(config,
 "--live-budget")``; Locust: ``environment.parsed_options.live_budget``) and add it to
 ``CONTRACT`` in ``tests/test_options.py``. A secret (a key, or a value that carries one) gets
-``secret=True``: masked in reports and never offered in Locust's web UI.
+``secret=True``: the pytest and Locust plugins mask its value in everything they write, and
+Locust's web UI never offers it.
 """
 
 from __future__ import annotations

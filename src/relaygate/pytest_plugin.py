@@ -268,7 +268,13 @@ def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
     except pytest.UsageError:
         opts = None
     if opts is not None:
-        found += [opts.relay_key, opts.admin_token, *opts.extra_headers.values()]
+        found += opts.extra_headers.values()
+    # Every secret option of the table (--relay-key, --relay-admin-token, …), as given.
+    found += [
+        option_value(config, option.flag)
+        for option in options_for(PYTEST)
+        if option.secret and not option.repeatable
+    ]
     found += [v for k, v in os.environ.items() if k.startswith("RELAYGATE_KEY_")]
     return tuple(found)
 
