@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -144,3 +145,64 @@ def test_web_ui_binds_loopback_by_default_and_shows_no_key(tmp_path: Path) -> No
     assert any("invalid" in a.lower() for a in answers)  # the failures were in the answers
     assert not [a for a in answers if key in a]
     assert key not in output
+
+
+def test_web_ui_offers_our_options_but_no_secret_and_types_what_it_sends(tmp_path: Path) -> None:
+    """Issue #11 item 2: our options were in an argument group the web UI ignored. Now the
+    start form offers every non-secret one (never a key), and what the form sends back as text
+    (an option whose default is None) is typed again before the run: the mock timing asked for
+    in the form is the one measured."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    # Keys only the prober would use: the streams keep the embedded stack's own key.
+    env["RELAYGATE_RL_KEY"] = "sk-relaygateFORMrlkey012345678"
+    env["RELAYGATE_FAIRNESS_KEYS"] = "sk-relaygateFORMfair01234567,sk-relaygateFORMfair76543210"
+    cmd = [
+        str(LOCUST), "-f", str(ROOT / "loadtests"), "--web-port", str(port),
+        "--no-plots", "--report-dir", str(tmp_path / "reports"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    rows: list[dict[str, object]] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
+            deadline = time.monotonic() + 60
+            page = ""
+            while time.monotonic() < deadline and proc.poll() is None and not page:
+                try:
+                    page = http.get("/").text
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            form = {
+                "user_count": "2", "spawn_rate": "2", "run_time": "6s",
+                "mock_ttft_ms": "60", "mock_itl_ms": "", "target_rps": "", "model": "gpt-4o-mini",
+            }  # fmt: skip
+            started = http.post("/swarm", data=form).json()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and proc.poll() is None:
+                data = http.get("/stats/requests").json()
+                feeds = {f["key"]: f["data"] for f in data.get("extended_stats", [])}
+                rows = list(feeds.get(TAB_KEY, []))
+                if any(r["metric"] == "ttft_ms" and int(r["count"]) >= 4 for r in rows):  # type: ignore[call-overload]
+                    break
+                time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+        output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert started["success"] is True, output[-2000:]
+    template = re.search(r"window\.templateArgs = (\{.*\})", page)
+    assert template is not None, page[:2000]
+    offered = json.loads(template.group(1))["extra_options"]
+    assert {"model", "mock_ttft_ms", "target_rps", "rate_limit", "report_dir"} <= set(offered)
+    assert not {"relay_key", "rl_key", "upstream_key", "fairness_keys", "relay_header"} & set(
+        offered
+    )
+    assert "slo" not in offered  # a list: Locust's form cannot take it (see locust_options)
+    assert "FORMrlkey" not in page and "FORMfair" not in page
+    ttft = [r for r in rows if r["metric"] == "ttft_ms"]
+    assert ttft, (started, output[-3000:])
+    assert 50 <= float(ttft[0]["p50"]) <= 200, (ttft, output[-2000:])  # type: ignore[arg-type]

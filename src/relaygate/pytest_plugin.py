@@ -1,32 +1,9 @@
 """pytest plugin (``pytest11`` entry point): the conformance suite's options, marker, fixtures
 and reports. Hooks and fixtures only; the logic lives in :mod:`relaygate.suite`.
 
-Options (each also an ini key and an environment variable; CLI > env > ini):
-
-==========================  ================================  ==========================
-option                      env var                           meaning
-==========================  ================================  ==========================
-``--relay-url``             ``RELAYGATE_RELAY_URL``           relay base URL (± ``/v1``);
-                                                              absent: embedded stack
-``--relay-key``             ``RELAYGATE_RELAY_KEY``           a funded key
-``--relay-admin-token``     ``RELAYGATE_RELAY_ADMIN_TOKEN``   enables provisioning
-``--relay-profile``         ``RELAYGATE_RELAY_PROFILE``       profile name or TOML path
-``--upstream-url``          ``RELAYGATE_UPSTREAM_URL``        our mock upstream (ground truth)
-``--report-dir``            ``RELAYGATE_REPORT_DIR``          where reports go (``reports``
-                                                              with --relay-url; embedded
-                                                              stack: only when given)
-``--relay-timeout``         ``RELAYGATE_RELAY_TIMEOUT``       total deadline per request,
-                                                              seconds (30)
-``--relay-max-bytes``       ``RELAYGATE_RELAY_MAX_BYTES``     byte cap per answer (16 MiB)
-``--relay-fuzz-examples``   ``RELAYGATE_RELAY_FUZZ_EXAMPLES`` property-case examples (25)
-``--relay-fault``           ``RELAYGATE_RELAY_FAULTS``        embedded relay fault switch
-``--relay-header``          ``RELAYGATE_RELAY_HEADERS``       ``Name: value`` on every
-                                                              request (repeatable)
-``--live-budget``           ``RELAYGATE_LIVE_BUDGET``         live spend cap: USD (0.5,
-                                                              $0.5, 0.5usd) or quota (250000q)
-``--live-dry-run``          ``RELAYGATE_LIVE_DRY_RUN``        live: send nothing, print the
-                                                              plan
-==========================  ================================  ==========================
+Options: the ``PYTEST`` rows of :data:`relaygate.options.OPTIONS` (``--relay-url``,
+``--relay-key``, ``--relay-profile`` …), each a flag, an ini key and an environment variable;
+command line > env var > ini file. ``pytest --help`` lists them under "relaygate".
 
 Before the first case that uses the ``relay`` fixture with ``--relay-url``, a preflight
 (:mod:`relaygate.preflight`) checks the profile, the relay, the key, the admin token and the
@@ -46,10 +23,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from relaygate.keys import mask_key, mask_secrets
+from relaygate.options import PYTEST, Option, by_flag, options_for
 from relaygate.suite.failures import DEVIATION_PREFIX, mask_report
 from relaygate.suite.results import CaseMeta, CaseResult, write_reports
 from relaygate.suite.target import (
-    DEFAULT_MAX_BYTES,
     RelayOptions,
     RelayTarget,
     normalize_base_url,
@@ -63,32 +40,6 @@ if TYPE_CHECKING:
     from relaygate.suite.client import RelayClient, UpstreamJournal
     from relaygate.suite.ledger import Ledger
 
-# (option, dest, env var, default, help)
-_OPTIONS: tuple[tuple[str, str, str, str | None, str], ...] = (
-    ("--relay-url", "relay_url", "RELAYGATE_RELAY_URL", None,
-     "base URL of the relay under test (with or without /v1); absent: start the embedded "
-     "mock upstream + reference relay"),
-    ("--relay-key", "relay_key", "RELAYGATE_RELAY_KEY", None, "a funded key of that relay"),
-    ("--relay-admin-token", "relay_admin_token", "RELAYGATE_RELAY_ADMIN_TOKEN", None,
-     "admin token: lets the suite provision the other keys a case needs"),
-    ("--relay-profile", "relay_profile", "RELAYGATE_RELAY_PROFILE", "faq",
-     "shipped profile name (faq, strict-openai, one-api, new-api) or a TOML path"),
-    ("--upstream-url", "upstream_url", "RELAYGATE_UPSTREAM_URL", None,
-     "URL of the relaygate mock upstream the relay's channels point at (enables ground-truth "
-     "cases); absent with --relay-url: live mode"),
-    ("--report-dir", "report_dir", "RELAYGATE_REPORT_DIR", "reports",
-     "directory for conformance.json and conformance.html"),
-    ("--relay-timeout", "relay_timeout", "RELAYGATE_RELAY_TIMEOUT", "30",
-     "total deadline in seconds for every request the suite sends, reading the answer "
-     "included (a stream that drips forever is cut)"),
-    ("--relay-max-bytes", "relay_max_bytes", "RELAYGATE_RELAY_MAX_BYTES", str(DEFAULT_MAX_BYTES),
-     "byte cap on every answer the suite reads (default 16 MiB); a longer one is cut"),
-    ("--relay-fuzz-examples", "relay_fuzz_examples", "RELAYGATE_RELAY_FUZZ_EXAMPLES", "25",
-     "examples per property-based case (seeded, bounded)"),
-    ("--relay-fault", "relay_faults", "RELAYGATE_RELAY_FAULTS", None,
-     "embedded stack only: start the reference relay with this fault switch (comma list)"),
-)  # fmt: skip
-
 _CASE_FAILURE_PREFIX = "relaygate.suite.failures.CaseFailure: "
 _RESULTS = pytest.StashKey[dict[str, CaseResult]]()
 _META = pytest.StashKey[dict[str, CaseMeta]]()
@@ -96,60 +47,36 @@ _STARTED = pytest.StashKey[tuple[dt.datetime, float]]()
 _TARGET = pytest.StashKey[RelayTarget]()
 
 
+def _dest(option: Option) -> str:
+    return option.pytest_dest or option.name
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("relaygate", "relaygate conformance suite")
-    for option, dest, env, default, help_text in _OPTIONS:
-        group.addoption(option, dest=dest, default=None, help=f"{help_text} [env {env}]")
-        parser.addini(dest, help=help_text, default=default)
-    header_help = (
-        "'Name: value' sent on every request to the relay, over the profile's [http] "
-        "extra_headers (repeatable; the env var takes newline- or ';'-separated lines)"
-    )
-    group.addoption(
-        "--relay-header",
-        dest="relay_headers",
-        action="append",
-        default=None,
-        help=f"{header_help} [env RELAYGATE_RELAY_HEADERS]",
-    )
-    parser.addini("relay_headers", help=header_help, type="linelist", default=[])
-    _add_live_cost_options(group, parser)
+    for option in options_for(PYTEST):
+        assert option.ini is not None  # every pytest option has an ini key (tests/test_options)
+        # The flag's own default is None: a value from the env var or the ini file is taken
+        # only when the flag is not given (CLI > env > ini).
+        action = "append" if option.repeatable else "store_true" if option.switch else "store"
+        group.addoption(
+            option.flag, dest=_dest(option), default=None, action=action, help=option.help_with_env
+        )
+        if option.switch:
+            parser.addini(option.ini, help=option.help, type="bool", default=bool(option.default))
+        elif option.repeatable:
+            parser.addini(option.ini, help=option.help, type="linelist", default=[])
+        else:
+            default = None if option.default is None else str(option.default)
+            parser.addini(option.ini, help=option.help, default=default)
 
 
 # -- live cost control (--live-budget, --live-dry-run) ----------------------------------------
-_LIVE_BUDGET_HELP = (
-    "live mode: cap on what the run may spend, in US dollars (0.50, 0.5usd, $0.5) or quota "
-    "units (250000q); a request that could pass it is not sent and the remaining live cases "
-    "skip with 'live budget spent'"
-)
-_LIVE_DRY_RUN_HELP = (
-    "live mode: send nothing to the relay; run the suite against a local stand-in (the "
-    "embedded stack, keys only) and print the plan: requests, max tokens, estimated cost"
-)
 _METER = pytest.StashKey["LiveMeter"]()
-
-
-def _add_live_cost_options(group: Any, parser: pytest.Parser) -> None:
-    group.addoption(
-        "--live-budget",
-        dest="live_budget",
-        default=None,
-        help=f"{_LIVE_BUDGET_HELP} [env RELAYGATE_LIVE_BUDGET]",
-    )
-    parser.addini("live_budget", help=_LIVE_BUDGET_HELP, default=None)
-    group.addoption(
-        "--live-dry-run",
-        dest="live_dry_run",
-        action="store_true",
-        default=None,
-        help=f"{_LIVE_DRY_RUN_HELP} [env RELAYGATE_LIVE_DRY_RUN=1]",
-    )
-    parser.addini("live_dry_run", help=_LIVE_DRY_RUN_HELP, type="bool", default=False)
 
 
 def live_cost_options(config: pytest.Config) -> tuple[str | None, bool]:
     """(``--live-budget`` text or None, ``--live-dry-run``); CLI > env > ini."""
-    budget = _option(config, "live_budget", "RELAYGATE_LIVE_BUDGET")
+    budget = option_value(config, "--live-budget")
     dry = config.getoption("live_dry_run")
     if dry is None:
         env = os.environ.get("RELAYGATE_LIVE_DRY_RUN", "").strip().lower()
@@ -199,36 +126,51 @@ def _live_budget_gate(request: pytest.FixtureRequest) -> None:
         pytest.skip(meter.spent_reason)
 
 
-def _option(config: pytest.Config, dest: str, env: str) -> str | None:
-    value = config.getoption(dest)
+def option_value(config: pytest.Config, flag: str) -> str | None:
+    """The text of a single-valued option of the table: command line, else env var, else ini."""
+    option = by_flag(flag)
+    value = config.getoption(_dest(option))
     if value is None:
-        value = os.environ.get(env) or None
-    if value is None:
-        value = config.getini(dest) or None
+        value = os.environ.get(option.env) or None
+    if value is None and option.ini is not None:
+        value = config.getini(option.ini) or None
     return str(value) if value is not None else None
 
 
+def _numbers(config: pytest.Config) -> tuple[float, int, int]:
+    """``--relay-timeout``, ``--relay-fuzz-examples``, ``--relay-max-bytes``, parsed."""
+    values = []
+    for flag in ("--relay-timeout", "--relay-fuzz-examples", "--relay-max-bytes"):
+        option = by_flag(flag)
+        try:
+            values.append(option.type(option_value(config, flag) or str(option.default)))
+        except ValueError as exc:
+            raise pytest.UsageError(f"relaygate: bad numeric option {flag}: {exc}") from None
+    timeout_s, fuzz, max_bytes = values
+    return float(timeout_s), int(fuzz), int(max_bytes)
+
+
 def relay_options(config: pytest.Config) -> RelayOptions:
-    values = {dest: _option(config, dest, env) for _, dest, env, _, _ in _OPTIONS}
-    try:
-        timeout_s = float(values["relay_timeout"] or 30)
-        fuzz = int(values["relay_fuzz_examples"] or 25)
-        max_bytes = int(values["relay_max_bytes"] or DEFAULT_MAX_BYTES)
-    except ValueError as exc:
-        raise pytest.UsageError(f"relaygate: bad numeric option: {exc}") from None
+    values = {
+        option.flag: option_value(config, option.flag)
+        for option in options_for(PYTEST)
+        if not option.repeatable
+    }
+    timeout_s, fuzz, max_bytes = _numbers(config)
     if not (0 < timeout_s < math.inf and max_bytes > 0):
         raise pytest.UsageError("relaygate: --relay-timeout and --relay-max-bytes must be > 0")
-    url = values["relay_url"]
+    url = values["--relay-url"]
     if url:
         try:
             url = normalize_base_url(url)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-    faults = tuple(f.strip() for f in (values["relay_faults"] or "").split(",") if f.strip())
-    header_lines = config.getoption("relay_headers")
+    faults = tuple(f.strip() for f in (values["--relay-fault"] or "").split(",") if f.strip())
+    headers = by_flag("--relay-header")
+    header_lines = config.getoption(_dest(headers))
     if header_lines is None:
-        env_headers = os.environ.get("RELAYGATE_RELAY_HEADERS")
-        header_lines = [env_headers] if env_headers else config.getini("relay_headers")
+        env_headers = os.environ.get(headers.env)
+        header_lines = [env_headers] if env_headers else config.getini(str(headers.ini))
     try:
         extra_headers = parse_header_lines(header_lines)
     except ValueError as exc:
@@ -237,11 +179,11 @@ def relay_options(config: pytest.Config) -> RelayOptions:
         raise pytest.UsageError("--relay-fault applies to the embedded stack, not --relay-url")
     return RelayOptions(
         relay_url=url,
-        relay_key=values["relay_key"],
-        admin_token=values["relay_admin_token"],
-        profile=values["relay_profile"] or "faq",
-        upstream_url=values["upstream_url"],
-        report_dir=values["report_dir"] or "reports",
+        relay_key=values["--relay-key"],
+        admin_token=values["--relay-admin-token"],
+        profile=values["--relay-profile"] or by_flag("--relay-profile").default,
+        upstream_url=values["--upstream-url"],
+        report_dir=values["--report-dir"] or by_flag("--report-dir").default,
         timeout_s=timeout_s,
         fuzz_examples=fuzz,
         faults=faults,
@@ -392,7 +334,13 @@ def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
     except pytest.UsageError:
         opts = None
     if opts is not None:
-        found += [opts.relay_key, opts.admin_token, *opts.extra_headers.values()]
+        found += opts.extra_headers.values()
+    # Every secret option of the table (--relay-key, --relay-admin-token, …), as given.
+    found += [
+        option_value(config, option.flag)
+        for option in options_for(PYTEST)
+        if option.secret and not option.repeatable
+    ]
     found += [v for k, v in os.environ.items() if k.startswith("RELAYGATE_KEY_")]
     return tuple(found)
 
@@ -405,10 +353,11 @@ def _report_dir(config: pytest.Config, opts: RelayOptions) -> Path | None:
     without a relay) reports are written only when a directory is asked for, so a test run in
     the checkout never overwrites the reports ``relaygate demo`` left there.
     """
+    option = by_flag("--report-dir")
     asked = (
-        config.getoption("report_dir") is not None
-        or bool(os.environ.get("RELAYGATE_REPORT_DIR"))
-        or config.getini("report_dir") != "reports"
+        config.getoption(_dest(option)) is not None
+        or bool(os.environ.get(option.env))
+        or config.getini(str(option.ini)) != option.default
     )
     if opts.relay_url or asked:
         return Path(opts.report_dir)

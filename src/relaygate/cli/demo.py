@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from relaygate.keys import mask_secrets
+from relaygate.options import DEMO, options_for
 
 __all__ = ["DEFAULT_SLOS", "add_arguments", "run"]
 
@@ -55,55 +56,53 @@ _OUTPUTS = (
     "load-summary.json", "load-metrics.csv", "locust.html", "locust_*.csv", "*.png", "index.html",
 )  # fmt: skip
 
-EPILOG = """exit codes: 0 gate passed; 1 gate failed, or the run did not finish (watchdog);
+EPILOG = f"""without --slo the load run is judged by {", ".join(DEFAULT_SLOS)}; with the 429
+prober also by {", ".join(PROBER_SLOS)}.
+
+exit codes: 0 gate passed; 1 gate failed, or the run did not finish (watchdog);
 2 unusable input (bad option or SLO rule, unknown profile, relay unreachable, key or admin
 token refused). The previous report stays in place until a run completes."""
+
+
+_GROUPS = {
+    "target": "relay under test (default: the embedded stack)",
+    "load": "load run",
+    "gate": "gate",
+}
+
+
+def _add_table_options(section: str, group: Any) -> None:
+    """The demo's options of the shared table (:mod:`relaygate.options`) in ``section``."""
+    for option in options_for(DEMO):
+        if option.section != section:
+            continue
+        if option.repeatable:
+            group.add_argument(option.flag, action="append", default=[], help=option.help)
+            continue
+        # Read at parser build time, like every default: --help never prints the value.
+        from_env = os.environ.get(option.env) or None
+        group.add_argument(
+            option.flag,
+            type=option.type,
+            default=from_env if from_env is not None else option.default,
+            help=option.help_with_env,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-
-    def env(name: str) -> str | None:
-        return os.environ.get(name) or None
-
-    target = parser.add_argument_group(
-        "relay under test (default: the embedded stack); each also read from its env var"
-    )
-    for option, var, text in (
-        ("--relay-url", "RELAYGATE_RELAY_URL", "base URL of the relay (with /v1 or not)"),
-        (
-            "--relay-key",
-            "RELAYGATE_RELAY_KEY",
-            "a funded key (prefer the env var: argv is visible)",
-        ),
-        ("--relay-admin-token", "RELAYGATE_RELAY_ADMIN_TOKEN", "admin token (provisioning)"),
-        ("--relay-profile", "RELAYGATE_RELAY_PROFILE", "profile name or TOML path (default faq)"),
-        ("--upstream-url", "RELAYGATE_UPSTREAM_URL", "the relaygate mock upstream it points at"),
-    ):
-        target.add_argument(option, default=env(var), help=f"{text} [env {var}]")
-    load = parser.add_argument_group("load run")
+    # Defaults never show in --help (argparse prints no %(default)s here): an env var may
+    # hold a key.
+    target = parser.add_argument_group(_GROUPS["target"])
+    _add_table_options("target", target)
+    load = parser.add_argument_group(_GROUPS["load"])
     load.add_argument("--load-seconds", type=int, default=35, help="run time (default 35)")
     load.add_argument("--users", type=int, default=6, help="streaming users (default 6)")
     load.add_argument("--no-load", action="store_true", help="conformance only")
-    load.add_argument(
-        "--rate-limit",
-        default=env("RELAYGATE_RATE_LIMIT"),
-        help="declared per-key limit N/Ws: runs the 429 prober [env RELAYGATE_RATE_LIMIT]",
-    )
-    load.add_argument(
-        "--rl-key",
-        default=env("RELAYGATE_RL_KEY"),
-        help="the 429 prober's own key [env RELAYGATE_RL_KEY]",
-    )
-    gate = parser.add_argument_group("gate")
-    gate.add_argument(
-        "--slo",
-        action="append",
-        default=None,
-        help=f"SLO rule, repeatable (default: {', '.join(DEFAULT_SLOS)}; with the prober also "
-        f"{', '.join(PROBER_SLOS)})",
-    )
+    _add_table_options("load", load)
+    gate = parser.add_argument_group(_GROUPS["gate"])
+    _add_table_options("gate", gate)
     gate.add_argument(
         "--allow-deviations",
         action="store_true",
@@ -133,12 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"watchdog for the whole run, seconds (default {RUN_TIMEOUT_S}); when it fires the "
         "steps are stopped, the previous report is kept and the exit code is 1",
     )
-    parser.add_argument(
-        "--report-dir",
-        type=Path,
-        default=Path("reports"),
-        help="where the reports and index.html go (default reports)",
-    )
+    _add_table_options("output", parser)
 
 
 def _positive(text: str) -> int:
@@ -421,7 +415,8 @@ def _validate(args: argparse.Namespace, slos: Sequence[str]) -> str | None:
         check_profile(args.relay_profile or "faq")
     except PreflightError as exc:
         return str(exc)
-    if args.report_dir.exists() and not args.report_dir.is_dir():
+    report_dir = Path(args.report_dir)
+    if report_dir.exists() and not report_dir.is_dir():
         return f"--report-dir {args.report_dir} is a file, not a directory"
     return None
 
@@ -493,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
         return gate.EXIT_USAGE
     started = time.monotonic()
     deadline = started + args.run_timeout
-    out: Path = args.report_dir
+    out = Path(args.report_dir)
     stack = EmbeddedStack() if not args.relay_url else None
     work: Path | None = None
     display = _Display(sys.stderr)

@@ -16,7 +16,8 @@ monkey-patches anything):
 * :mod:`relaygate.load.selfcheck`  - loop lag / CPU self-check
 * :mod:`relaygate.load.summary`, :mod:`relaygate.load.plots` - reports
 
-Only :mod:`relaygate.load.locust_plugin` imports Locust; the locustfiles import it.
+Only :mod:`relaygate.load.locust_plugin` and the ``locust_*`` modules it is made of import
+Locust; the locustfiles import it.
 """
 
 from pathlib import Path
