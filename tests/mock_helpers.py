@@ -14,6 +14,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from relaygate import tokens
 from relaygate.mock.app import create_app
 from relaygate.mock.config import MockConfig
 
@@ -45,6 +46,9 @@ class MockThread:
         loop.close()
 
     def __enter__(self) -> MockThread:
+        # The real server warms its tokenizers at start; so does this one, so that no test's
+        # timing depends on being the first to count tokens in its process (pytest -n 4).
+        tokens.warm()
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("mock thread did not start")
