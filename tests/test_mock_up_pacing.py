@@ -58,4 +58,6 @@ def test_up_refuses_a_bad_pacing(value: str, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["up", "--default-itl-ms", value])
     assert exit_info.value.code == 2
-    assert "--default-itl-ms" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --default-itl-ms:" in err
+    assert "0..600000 ms" in err or "expected milliseconds" in err
