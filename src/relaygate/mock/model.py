@@ -385,7 +385,8 @@ def reply(body: Mapping[str, Any], model: str, max_tokens: int | None) -> Reply:
         [model, {prompt_field: body.get(prompt_field)}, nonce, options],
         option=orjson.OPT_SORT_KEYS,
     )
-    if isinstance(nonce, str):
+    # Logprob entries are large (k + 1 dicts per token): keep them out of the cache.
+    if isinstance(nonce, str) or options.get("top_logprobs") is not None:
         return _reply(key, model, max_tokens, n, stops)
     return _cached_reply(key, model, max_tokens, n, stops)
 
@@ -460,5 +461,5 @@ def _logprobs(
 
 
 # Deterministic requests repeat (load runs, retries): their replies are immutable, so the
-# ~3 ms of generating and tokenising is spent once.
+# generating and tokenising (tens of ms for a 4096-token answer) is spent once.
 _cached_reply = functools.lru_cache(maxsize=256)(_reply)
