@@ -320,3 +320,299 @@ def test_cli_pacing_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert args.default_ttft_ms == 250.0
     assert mock_upstream.run(args) == 2
     assert "default_itl_ms must be within 0..600000 ms, got -1.0" in capsys.readouterr().err
+
+
+# --- Parameters a live probe relies on: logprobs, response_format, tools, temperature ---
+
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+FORCED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def stream_chunks(mock: MockThread, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = post(mock, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert response.status == 200, response.body
+    assert response.events()[-1] == "[DONE]"
+    return list(response.event_json())
+
+
+@pytest.mark.parametrize("top", [None, 0, 3, 20])
+def test_logprobs_one_entry_per_token(mock: MockThread, top: int | None) -> None:
+    extra: dict[str, Any] = {"logprobs": True, "max_tokens": 30}
+    if top is not None:
+        extra["top_logprobs"] = top
+    request_body = ask("Repeat exactly: one two three ünï 你好 and more words", **extra)
+    body = answer(mock, request_body)
+    entries = body["choices"][0]["logprobs"]["content"]
+    text = text_of(body)
+    assert len(entries) == body["usage"]["completion_tokens"] == count_text(text)
+    assert "".join(e["token"] for e in entries) == text
+    assert b"".join(bytes(e["bytes"]) for e in entries) == text.encode()
+    for entry in entries:
+        assert entry["logprob"] <= 0
+        alternatives = entry["top_logprobs"]
+        assert len(alternatives) == (top or 0)
+        assert all(a["logprob"] <= 0 and isinstance(a["token"], str) for a in alternatives)
+        assert [a["logprob"] for a in alternatives] == sorted(
+            (a["logprob"] for a in alternatives), reverse=True
+        )
+    assert answer(mock, request_body)["choices"][0]["logprobs"] == body["choices"][0]["logprobs"]
+    chunks = stream_chunks(mock, request_body)
+    streamed_entries = []
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            content = choice["delta"].get("content")
+            if content:
+                piece_entries = choice["logprobs"]["content"]
+                assert "".join(e["token"] for e in piece_entries) == content
+                streamed_entries += piece_entries
+    assert streamed_entries == entries
+
+
+def test_without_logprobs_they_are_null(mock: MockThread) -> None:
+    body = answer(mock, ask("Answer briefly.", logprobs=False))
+    assert body["choices"][0]["logprobs"] is None
+    chunks = stream_chunks(mock, ask("Answer briefly."))
+    assert all(c["logprobs"] is None for chunk in chunks for c in chunk["choices"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+    ],
+)
+def test_bad_logprobs_are_refused(mock: MockThread, extra: dict[str, Any], param: str) -> None:
+    response = post(mock, ask("hi", **extra))
+    assert response.status == 400, response.body
+    assert response.json()["error"]["param"] == param
+
+
+def test_response_format_json_object(mock: MockThread) -> None:
+    import json
+
+    prompt = "Name three colours. Reply in JSON."
+    plain = text_of(answer(mock, ask(prompt, max_tokens=60)))
+    with pytest.raises(ValueError):
+        json.loads(plain)
+    request_body = ask(prompt, max_tokens=60, response_format={"type": "json_object"})
+    body = answer(mock, request_body)
+    text = text_of(body)
+    assert isinstance(json.loads(text), dict)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == count_text(text)
+    folded = streamed(mock, request_body)
+    assert folded["texts"] == {0: text} and folded["usage"] == body["usage"]
+    cut = answer(mock, {**request_body, "max_tokens": 3})
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert cut["usage"]["completion_tokens"] == count_text(text_of(cut)) == 3
+    text_format = answer(mock, ask(prompt, max_tokens=60, response_format={"type": "text"}))
+    assert text_of(text_format) == plain
+
+
+def test_plain_answers_are_never_bare_json(mock: MockThread) -> None:
+    import json
+
+    for prompt in ("Reply in JSON.", "Answer briefly.", "{}", "Answer at length."):
+        text = text_of(answer(mock, ask(prompt, max_tokens=80)))
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        assert not isinstance(parsed, dict), text
+
+
+def test_response_format_json_schema_required_keys(mock: MockThread) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "score": {"type": "number"},
+            "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "kind": {"type": "string", "enum": ["a", "b"]},
+            "extra": {"type": "object"},
+        },
+        "required": ["name", "age", "score", "ok", "tags", "kind", "extra"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    body = answer(mock, ask("Describe someone.", response_format=fmt))
+    parsed = json.loads(text_of(body))
+    assert set(parsed) == set(schema["required"])
+    assert isinstance(parsed["name"], str) and parsed["name"]
+    assert isinstance(parsed["age"], int) and not isinstance(parsed["age"], bool)
+    assert isinstance(parsed["score"], (int, float)) and isinstance(parsed["ok"], bool)
+    assert isinstance(parsed["tags"], list) and parsed["kind"] in ("a", "b")
+    assert isinstance(parsed["extra"], dict)
+    assert body["usage"]["completion_tokens"] == count_text(text_of(body))
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        {"type": "yaml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"schema": {}}},
+        "json",
+    ],
+)
+def test_bad_response_format_is_refused(mock: MockThread, fmt: object) -> None:
+    response = post(mock, ask("hi", response_format=fmt))
+    assert response.status == 400, response.body
+    assert response.json()["error"]["param"].startswith("response_format")
+
+
+def _call_of(body: dict[str, Any]) -> dict[str, Any]:
+    message = body["choices"][0]["message"]
+    assert message["content"] is None
+    calls = message["tool_calls"]
+    assert len(calls) == 1 and calls[0]["type"] == "function"
+    assert calls[0]["id"].startswith("call_")
+    call: dict[str, Any] = calls[0]
+    return call
+
+
+def test_tool_choice_by_name_calls_that_tool(mock: MockThread) -> None:
+    import json
+
+    request_body = ask("Weather in Paris?", tools=WEATHER_TOOLS, tool_choice=FORCED)
+    body = answer(mock, request_body)
+    call = _call_of(body)
+    assert call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    assert isinstance(arguments, dict) and isinstance(arguments["city"], str)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    expected = count_text("get_weather" + call["function"]["arguments"])
+    assert body["usage"]["completion_tokens"] == expected
+    assert body["usage"]["prompt_tokens"] == count_chat_prompt(
+        request_body["messages"], "gpt-4o", WEATHER_TOOLS
+    )
+
+
+def test_tool_choice_required_calls_the_first_tool(mock: MockThread) -> None:
+    body = answer(mock, ask("Weather?", tools=WEATHER_TOOLS, tool_choice="required"))
+    call = _call_of(body)
+    assert call["function"]["name"] == "get_weather"
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", None])
+def test_tool_choice_auto_answers_plainly(mock: MockThread, choice: str | None) -> None:
+    extra: dict[str, Any] = {"tools": WEATHER_TOOLS}
+    if choice is not None:
+        extra["tool_choice"] = choice
+    body = answer(mock, ask("Repeat exactly: sunny", **extra))
+    assert text_of(body) == "sunny"
+    assert "tool_calls" not in body["choices"][0]["message"]
+
+
+def test_tool_call_stream(mock: MockThread) -> None:
+    import json
+
+    request_body = ask("Weather in Paris?", tools=WEATHER_TOOLS, tool_choice=FORCED)
+    non_stream = answer(mock, request_body)
+    chunks = stream_chunks(mock, request_body)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": None}
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    header = calls[0]
+    assert header["index"] == 0 and header["id"].startswith("call_")
+    assert header["type"] == "function"
+    assert header["function"] == {"name": "get_weather", "arguments": ""}
+    fragments = [c["function"]["arguments"] for c in calls[1:]]
+    assert len(fragments) > 1 and all(set(c) == {"index", "function"} for c in calls[1:])
+    arguments = "".join(fragments)
+    assert arguments == _call_of(non_stream)["function"]["arguments"]
+    assert isinstance(json.loads(arguments), dict)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "stop" and finishes.count("stop") == 1
+    assert chunks[-1]["usage"] == non_stream["usage"]
+
+
+def test_tool_call_cut_by_max_tokens(mock: MockThread) -> None:
+    request_body = ask("Weather?", tools=WEATHER_TOOLS, tool_choice=FORCED, max_tokens=3)
+    body = answer(mock, request_body)
+    call = _call_of(body)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 3
+    assert count_text("get_weather" + call["function"]["arguments"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": WEATHER_TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}},
+         "tool_choice"),
+        ({"tools": WEATHER_TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+    ],
+)  # fmt: skip
+def test_bad_tool_choice_is_refused(mock: MockThread, extra: dict[str, Any], param: str) -> None:
+    response = post(mock, ask("hi", **extra))
+    assert response.status == 400, response.body
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("temperature", [-0.1, 2.01, 5])
+def test_temperature_out_of_range_is_refused(mock: MockThread, temperature: float) -> None:
+    response = post(mock, ask("hi", temperature=temperature))
+    assert response.status == 400, response.body
+    error = response.json()["error"]
+    assert error["param"] == "temperature" and "temperature" in error["message"]
+    assert answer(mock, ask("Answer briefly.", temperature=2))["choices"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_long_answer_reaches_max_tokens_4096(mock: MockThread, stream: bool) -> None:
+    request_body = ask("Answer at length.", max_tokens=4096)
+    if stream:
+        folded = streamed(mock, request_body)
+        text, finish, usage = folded["texts"][0], folded["finishes"][0], folded["usage"]
+    else:
+        body = answer(mock, request_body)
+        text, finish, usage = text_of(body), body["choices"][0]["finish_reason"], body["usage"]
+    assert finish == "length"
+    assert usage["completion_tokens"] == count_text(text) == 4096
+
+
+def test_a_short_answer_stays_cheap() -> None:
+    body = ask("Answer at length.", max_tokens=16, temperature=1)  # not cached
+    started = time.perf_counter()
+    for _ in range(20):
+        mock_model.reply(body, "gpt-4o", 16)
+    assert (time.perf_counter() - started) / 20 < 0.005
+
+
+def test_json_object_needs_the_word_json_in_the_messages(mock: MockThread) -> None:
+    response = post(mock, ask("Name three colours.", response_format={"type": "json_object"}))
+    assert response.status == 400, response.body
+    assert "json" in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] == "messages"
+
+
+def test_logprobs_with_n_choices_and_generated_text(mock: MockThread) -> None:
+    body = answer(mock, ask("Answer at length.", n=2, max_tokens=8, logprobs=True))
+    for index in range(2):
+        entries = body["choices"][index]["logprobs"]["content"]
+        assert "".join(e["token"] for e in entries) == text_of(body, index)
+        assert len(entries) == 8

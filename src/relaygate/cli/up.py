@@ -39,6 +39,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate-limit", metavar="N/Ws", help="per-key request limit of the relay, e.g. 10/1s"
     )
+    parser.add_argument(
+        "--default-ttft-ms",
+        type=_milliseconds,
+        default=0.0,
+        metavar="MS",
+        help="the mock upstream answers a plain (directive-free) request's first token MS "
+        "after it arrives (default 0)",
+    )
+    parser.add_argument(
+        "--default-itl-ms",
+        type=_milliseconds,
+        default=0.0,
+        metavar="MS",
+        help="gap between the mock's plain-answer tokens (default 0)",
+    )
+
+
+def _milliseconds(text: str) -> float:
+    """A pacing of the mock upstream: 0..600000 ms (the mock's own bounds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0.0 <= value <= 600_000.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..600000 ms, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         relay_port=args.relay_port,
         upstream_port=args.upstream_port,
+        mock_args=(
+            "--default-ttft-ms",
+            repr(args.default_ttft_ms),
+            "--default-itl-ms",
+            repr(args.default_itl_ms),
+        ),
     )
     stopping = threading.Event()
 

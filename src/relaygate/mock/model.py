@@ -28,8 +28,12 @@ legacy completions); the first that matches wins:
 ``Answer briefly``
     answers one generated sentence (under 40 tokens).
 ``Answer at length`` (or no instruction)
-    answers a long generated text of plain English-looking sentences, at least 300 tokens,
-    so any ``max_tokens`` up to 256 is reached.
+    answers a long generated text of plain English-looking sentences, at least 4200 tokens,
+    so any ``max_tokens`` up to 4096 is reached; only the part a ``max_tokens`` keeps (plus
+    a sentence) is generated.
+
+Chat requests also honour ``logprobs`` / ``top_logprobs``, ``response_format`` and
+``tools`` + ``tool_choice`` (:mod:`relaygate.mock.params`, docs/mock.md).
 
 Generated text is built from words that are one token each in both ``cl100k_base`` and
 ``o200k_base`` (and ``.``/``,``), so a cut at N tokens is N tokens exactly.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import random
 import re
 import secrets
@@ -49,6 +54,7 @@ from typing import Any
 import orjson
 
 from relaygate import tokens
+from relaygate.mock import params
 from relaygate.mock.validation import RequestError, check_type
 
 __all__ = [
@@ -64,7 +70,7 @@ __all__ = [
 CODE_RE = re.compile(r"RG-[A-Z0-9]{4}-[A-Z0-9]{4}")
 NO_CODES = "No codes found."
 MAX_N = 128
-_LONG_MIN_TOKENS = 300
+_LONG_MIN_TOKENS = 4200
 
 _REPEAT_RE = re.compile(r"repeat\s+exactly:[ \n]?", re.IGNORECASE)
 _CODES_RE = re.compile(r"reply\s+with\s+the\s+codes\s+you\s+see", re.IGNORECASE)
@@ -105,12 +111,23 @@ _CONJUNCTIONS = ("and", "while", "because", "when", "so")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Choice:
-    """One answer: its text, the text as token-sized stream pieces, finish reason, tokens."""
+    """One answer: its text, the text as token-sized stream pieces, finish reason, tokens.
+
+    ``logprobs`` (when asked for) holds the logprob entries of each piece's tokens. With
+    ``tool_name`` the choice is a call of that function and ``text`` its arguments.
+    """
 
     text: str
     pieces: tuple[str, ...]
     finish_reason: str
     completion_tokens: int
+    logprobs: tuple[tuple[dict[str, Any], ...], ...] | None = None
+    tool_name: str | None = None
+
+    @property
+    def events(self) -> int:
+        """Content events of this choice in a stream (a tool call's header is one)."""
+        return len(self.pieces) + (self.tool_name is not None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,7 +143,7 @@ class Reply:
     @property
     def events(self) -> int:
         """Content events a stream of this reply sends (one token-sized piece per choice)."""
-        return max((len(choice.pieces) for choice in self.choices), default=0)
+        return max((choice.events for choice in self.choices), default=0)
 
 
 def _sentence(rng: random.Random, first: bool) -> list[str]:
@@ -153,34 +170,41 @@ def _sentence(rng: random.Random, first: bool) -> list[str]:
     return words
 
 
-def natural_pieces(seed: bytes, long: bool) -> list[str]:
-    """Generated English-looking text as one-token pieces: one sentence, or >= 300 tokens."""
+def natural_pieces(seed: bytes, long: bool, limit: int | None = None) -> list[str]:
+    """Generated English-looking text as one-token pieces: one sentence, or >= 4200 tokens.
+
+    With ``limit``, generation stops once the text is longer than ``limit`` tokens: the
+    same text's prefix, all a ``max_tokens`` = ``limit`` keeps of it."""
     rng = random.Random(seed)
     pieces = _sentence(rng, first=True)
-    while long and len(pieces) < _LONG_MIN_TOKENS:
+    while long and len(pieces) < _LONG_MIN_TOKENS and (limit is None or len(pieces) <= limit):
         pieces += _sentence(rng, first=False)
     return pieces
+
+
+def _token_groups(text: str, model: str) -> list[tuple[str, list[bytes]]]:
+    """``text`` as ``(piece, token bytes)``: one token per piece, except that a character
+    split across tokens is kept whole in one piece."""
+    encoding = tokens.encoding_for_model(model)
+    groups: list[tuple[str, list[bytes]]] = []
+    pending: list[bytes] = []
+    for raw in encoding.decode_tokens_bytes(encoding.encode_ordinary(text)):
+        pending.append(raw)
+        try:
+            piece = b"".join(pending).decode()
+        except UnicodeDecodeError:
+            continue
+        groups.append((piece, pending))
+        pending = []
+    if pending:
+        groups.append((b"".join(pending).decode(errors="replace"), pending))
+    return groups
 
 
 def split_tokens(text: str, model: str) -> list[tuple[str, int]]:
     """``text`` as ``(piece, tokens)`` in the model's tokenizer: one token per piece, except
     that a character split across tokens is kept whole in one piece."""
-    encoding = tokens.encoding_for_model(model)
-    pieces: list[tuple[str, int]] = []
-    pending = b""
-    count = 0
-    for raw in encoding.decode_tokens_bytes(encoding.encode_ordinary(text)):
-        pending += raw
-        count += 1
-        try:
-            piece = pending.decode()
-        except UnicodeDecodeError:
-            continue
-        pieces.append((piece, count))
-        pending, count = b"", 0
-    if pending:
-        pieces.append((pending.decode(errors="replace"), count))
-    return pieces
+    return [(piece, len(raws)) for piece, raws in _token_groups(text, model)]
 
 
 def _last_user_text(body: Mapping[str, Any]) -> str:
@@ -261,10 +285,18 @@ def _nonce(body: Mapping[str, Any]) -> int | str | None:
     return None
 
 
-def _finish(text: str, model: str, max_tokens: int | None, stops: Sequence[str]) -> tuple[str, str]:
+def _finish(
+    text: str,
+    model: str,
+    max_tokens: int | None,
+    stops: Sequence[str],
+    pieces: Sequence[tuple[str, int]] | None = None,
+) -> tuple[str, str]:
     """The returned text and finish reason: the first stop complete within the budget wins,
-    else the budget (``length``), else the whole text (``stop``)."""
-    pieces = split_tokens(text, model)
+    else the budget (``length``), else the whole text (``stop``). ``pieces``: the text's
+    tokens when known (generated text), else they are counted."""
+    if pieces is None:
+        pieces = split_tokens(text, model)
     budget_chars = len(text)
     cut_by_length = False
     if max_tokens is not None and sum(count for _, count in pieces) > max_tokens:
@@ -288,48 +320,146 @@ def _finish(text: str, model: str, max_tokens: int | None, stops: Sequence[str])
     return text, "stop"
 
 
-def _texts(key: bytes, body: Mapping[str, Any], n: int) -> list[str]:
-    """The full (uncut) answer of each choice; ``key`` seeds generated text."""
+def _texts(
+    key: bytes, body: Mapping[str, Any], n: int, options: Mapping[str, Any], limit: int | None
+) -> list[tuple[str, list[str] | None]]:
+    """The full answer of each choice (a generated one only as far as ``limit`` tokens and a
+    sentence) and, for generated text, its one-token pieces; ``key`` seeds generated text.
+    With a tool call: its arguments; with a JSON ``format``: the JSON text."""
+    seeds = [
+        hashlib.sha256(key).digest() + bytes([index % 256, index // 256]) for index in range(n)
+    ]
+    words = _NOUNS + _ADJECTIVES
+    tool = options.get("tool")
+    if tool is not None:
+        return [
+            (_dumps(params.instance(tool["parameters"], random.Random(seed), words)), None)
+            for seed in seeds
+        ]
+    json_format = options.get("format")
+    if json_format is not None and "schema" in json_format:
+        return [
+            (_dumps(params.instance(json_format["schema"], random.Random(seed), words)), None)
+            for seed in seeds
+        ]
     instruction = _last_user_text(body)
     repeat = _REPEAT_RE.search(instruction)
     if repeat is not None:
-        return [instruction[repeat.end() :]] * n
+        return _plain([instruction[repeat.end() :]] * n, json_format)
     if _CODES_RE.search(instruction):
         codes = [code for text in _all_prompt_texts(body) for code in CODE_RE.findall(text)]
-        return [" ".join(codes) if codes else NO_CODES] * n
-    long = _BRIEF_RE.search(instruction) is None
-    base = hashlib.sha256(key).digest()
-    return ["".join(natural_pieces(base + bytes([index]), long)) for index in range(n)]
+        return _plain([" ".join(codes) if codes else NO_CODES] * n, json_format)
+    # A JSON answer is a short one: a long text would rarely close within max_tokens.
+    long = _BRIEF_RE.search(instruction) is None and json_format is None
+    generated = [natural_pieces(seed, long, limit) for seed in seeds]
+    if json_format is not None:
+        return _plain(["".join(pieces) for pieces in generated], json_format)
+    return [("".join(pieces), pieces) for pieces in generated]
+
+
+def _plain(texts: list[str], json_format: Any) -> list[tuple[str, list[str] | None]]:
+    """Texts whose tokens are not known yet, as JSON ``{"answer": …}`` in JSON mode."""
+    if json_format is not None:
+        texts = [_dumps({"answer": text}) for text in texts]
+    return [(text, None) for text in texts]
+
+
+def _dumps(value: Any) -> str:
+    """JSON as a model writes it: spaced separators, non-ASCII kept."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def reply(body: Mapping[str, Any], model: str, max_tokens: int | None) -> Reply:
     """The answer to a plain (directive-free) chat or legacy completions request.
 
-    Raises :class:`RequestError` for a bad ``n`` or ``stop``.
+    Raises :class:`RequestError` for a bad ``n``, ``stop``, ``temperature`` or (chat)
+    ``logprobs``, ``response_format``, ``tool_choice``.
     """
     n = _check_n(body)
     stops = tuple(_check_stop(body))
+    params.check_temperature(body)
     nonce = _nonce(body)
     prompt_field = "messages" if "messages" in body else "prompt"
+    options = params.chat_options(body) if prompt_field == "messages" else {}
     key = orjson.dumps(
-        [model, {prompt_field: body.get(prompt_field)}, nonce], option=orjson.OPT_SORT_KEYS
+        [model, {prompt_field: body.get(prompt_field)}, nonce, options],
+        option=orjson.OPT_SORT_KEYS,
     )
-    if isinstance(nonce, str):
+    # Logprob entries are large (k + 1 dicts per token): keep them out of the cache.
+    if isinstance(nonce, str) or options.get("top_logprobs") is not None:
         return _reply(key, model, max_tokens, n, stops)
     return _cached_reply(key, model, max_tokens, n, stops)
 
 
 def _reply(key: bytes, model: str, max_tokens: int | None, n: int, stops: tuple[str, ...]) -> Reply:
-    """The reply to the request ``key`` (``[model, {field: prompt}, nonce]`` as JSON)."""
-    body = orjson.loads(key)[1]
+    """The reply to the request ``key`` (``[model, {field: prompt}, nonce, options]`` as
+    JSON)."""
+    _, body, _, options = orjson.loads(key)
+    tool = options.get("tool")
+    top = options.get("top_logprobs")
     choices = []
-    for full in _texts(key, body, n):
-        text, finish_reason = _finish(full, model, max_tokens, stops)
-        pieces = tuple(piece for piece, _ in split_tokens(text, model))
-        choices.append(Choice(text, pieces, finish_reason, tokens.count_text(text, model)))
+    for index, (full, known) in enumerate(_texts(key, body, n, options, max_tokens)):
+        if tool is not None:
+            choices.append(_tool_choice(tool, full, model, max_tokens))
+            continue
+        ones = None if known is None else [(piece, 1) for piece in known]
+        text, finish_reason = _finish(full, model, max_tokens, stops, ones)
+        groups = _known_groups(known, text) or _token_groups(text, model)
+        pieces = tuple(piece for piece, _ in groups)
+        logprobs = None
+        if top is not None:
+            logprobs = _logprobs(groups, top, random.Random(key + bytes([index % 256])))
+        count = sum(len(raws) for _, raws in groups)
+        choices.append(Choice(text, pieces, finish_reason, count, logprobs))
     return Reply(tuple(choices))
 
 
+def _known_groups(known: list[str] | None, text: str) -> list[tuple[str, list[bytes]]] | None:
+    """The token groups of ``text`` when it is whole one-token ``known`` pieces (a generated
+    answer cut at a token), without tokenising it again; else None."""
+    if known is None:
+        return None
+    groups: list[tuple[str, list[bytes]]] = []
+    length = 0
+    for piece in known:
+        if length == len(text):
+            return groups
+        length += len(piece)
+        groups.append((piece, [piece.encode()]))
+    return groups if length == len(text) else None
+
+
+def _tool_choice(
+    tool: Mapping[str, Any], arguments: str, model: str, max_tokens: int | None
+) -> Choice:
+    """A call of ``tool``: its tokens are the name's and the arguments' as one text (the rule
+    :func:`relaygate.tokens.count_chat_prompt` counts a call in the prompt by); a
+    ``max_tokens`` that leaves no room for all of them cuts the arguments (``length``)."""
+    name = str(tool["name"])
+    whole, finish_reason = _finish(name + arguments, model, max_tokens, ())
+    kept = whole[len(name) :]
+    if finish_reason != "length":
+        finish_reason = str(tool["finish"])
+    pieces = tuple(piece for piece, _ in split_tokens(kept, model))
+    count = tokens.count_text(name + kept, model)
+    return Choice(kept, pieces, finish_reason, count, None, name)
+
+
+_ALTERNATIVES = tuple(" " + word for word in _NOUNS + _VERBS + _ADJECTIVES)
+
+
+def _logprobs(
+    groups: Sequence[tuple[str, list[bytes]]], top: int, rng: random.Random
+) -> tuple[tuple[dict[str, Any], ...], ...]:
+    """Logprob entries per piece; a character split across tokens is shown on its last
+    token (the others show ``""``) so the tokens still join into the text."""
+    per_piece = []
+    for piece, raws in groups:
+        texts = [""] * (len(raws) - 1) + [piece]
+        per_piece.append(tuple(params.token_logprobs(raws, texts, top, rng, _ALTERNATIVES)))
+    return tuple(per_piece)
+
+
 # Deterministic requests repeat (load runs, retries): their replies are immutable, so the
-# ~3 ms of generating and tokenising is spent once.
+# generating and tokenising (tens of ms for a 4096-token answer) is spent once.
 _cached_reply = functools.lru_cache(maxsize=256)(_reply)

@@ -95,7 +95,7 @@ class ToolCall:
 
 
 def _tool_call(name: str, chunks: int, tokens_per_chunk: int) -> ToolCall:
-    return ToolCall(new_id("call_")[:29], name, tool_arguments(chunks, tokens_per_chunk))
+    return ToolCall(_call_id(), name, tool_arguments(chunks, tokens_per_chunk))
 
 
 def chat_completion(
@@ -292,26 +292,17 @@ def chat_stream_payloads(
 def _reply_payloads(
     base: dict[str, Any],
     reply: Reply,
-    chunk: Any,
+    events: Sequence[Sequence[bytes]],
+    finishes: Sequence[bytes],
     prompt_tokens: int,
     with_usage: bool,
-    role: Any = None,
+    roles: Sequence[bytes] = (),
 ) -> StreamPayloads:
-    """Stream payloads of a plain answer: ``chunk(index, text, finish)`` builds one chunk."""
-    indexes = range(len(reply.choices))
+    """Stream payloads of a plain answer from each choice's content event payloads."""
     groups = tuple(
-        tuple(
-            orjson.dumps(chunk(index, choice.pieces[step], None))
-            for index, choice in enumerate(reply.choices)
-            if step < len(choice.pieces)
-        )
+        tuple(choice_events[step] for choice_events in events if step < len(choice_events))
         for step in range(reply.events)
     )
-    finishes = tuple(
-        orjson.dumps(chunk(index, None, choice.finish_reason))
-        for index, choice in enumerate(reply.choices)
-    )
-    roles = tuple(orjson.dumps(role(index)) for index in indexes) if role is not None else ()
     usage_payload = (
         _usage_payload(base, prompt_tokens, reply.completion_tokens) if with_usage else None
     )
@@ -327,36 +318,74 @@ def _reply_payloads(
         usage_payload,
         len(groups),
         groups,
-        roles,
-        finishes,
+        tuple(roles),
+        tuple(finishes),
     )
+
+
+def _logprobs_object(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": list(entries), "refusal": None}
+
+
+def _call_header(index: int, call_id: str, name: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
 
 
 def chat_reply_payloads(
     model: str, reply: Reply, prompt_tokens: int, with_usage: bool
 ) -> StreamPayloads:
-    """Payloads of a ``chat.completion.chunk`` stream of a plain answer (any ``n``)."""
+    """Payloads of a ``chat.completion.chunk`` stream of a plain answer (any ``n``): content
+    pieces (with their logprobs when asked for), or a tool call's header and argument
+    fragments."""
     base = _stream_base("chatcmpl-", "chat.completion.chunk", model)
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def chunk(index: int, delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
         out = {
             **base,
             "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             ],
         }
         if with_usage:
             out["usage"] = None
-        return out
+        return orjson.dumps(out)
 
-    return _reply_payloads(
-        base,
-        reply,
-        lambda index, text, finish: chunk(index, {} if text is None else {"content": text}, finish),
-        prompt_tokens,
-        with_usage,
-        lambda index: chunk(index, {"role": "assistant", "content": ""}, None),
-    )
+    events: list[list[bytes]] = []
+    roles = []
+    for index, choice in enumerate(reply.choices):
+        if choice.tool_name is not None:
+            roles.append(chunk(index, {"role": "assistant", "content": None}, None))
+            header = {"tool_calls": [_call_header(0, _call_id(), choice.tool_name)]}
+            events.append(
+                [chunk(index, header, None)]
+                + [
+                    chunk(index, {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}, None)
+                    for p in choice.pieces
+                ]
+            )
+            continue
+        roles.append(chunk(index, {"role": "assistant", "content": ""}, None))
+        logprobs = choice.logprobs
+        if logprobs is None:
+            # Thousands of pieces: serialise the chunk once, the pieces alone.
+            prefix, _, suffix = chunk(index, {"content": _PLACEHOLDER}, None).partition(
+                orjson.dumps(_PLACEHOLDER)
+            )
+            events.append([prefix + orjson.dumps(piece) + suffix for piece in choice.pieces])
+            continue
+        events.append(
+            [
+                chunk(index, {"content": piece}, None, _logprobs_object(logprobs[step]))
+                for step, piece in enumerate(choice.pieces)
+            ]
+        )
+    finishes = [chunk(i, {}, c.finish_reason) for i, c in enumerate(reply.choices)]
+    return _reply_payloads(base, reply, events, finishes, prompt_tokens, with_usage, roles)
 
 
 def completion_reply_payloads(
@@ -365,7 +394,7 @@ def completion_reply_payloads(
     """Payloads of a legacy ``text_completion`` stream of a plain answer (no role chunk)."""
     base = _stream_base("cmpl-", "text_completion", model)
 
-    def chunk(index: int, text: str | None, finish: str | None) -> dict[str, Any]:
+    def chunk(index: int, text: str | None, finish: str | None) -> bytes:
         out = {
             **base,
             "choices": [
@@ -374,23 +403,44 @@ def completion_reply_payloads(
         }
         if with_usage:
             out["usage"] = None
-        return out
+        return orjson.dumps(out)
 
-    return _reply_payloads(base, reply, chunk, prompt_tokens, with_usage)
+    events = [[chunk(i, piece, None) for piece in c.pieces] for i, c in enumerate(reply.choices)]
+    finishes = [chunk(i, None, c.finish_reason) for i, c in enumerate(reply.choices)]
+    return _reply_payloads(base, reply, events, finishes, prompt_tokens, with_usage)
+
+
+def _call_id() -> str:
+    return new_id("call_")[:29]
 
 
 def chat_reply(model: str, reply: Reply, prompt_tokens: int) -> dict[str, Any]:
     """A non-stream ``chat.completion`` body of a plain answer (any ``n``)."""
     body = chat_completion(model, "", "stop", prompt_tokens, reply.completion_tokens)
-    body["choices"] = [
-        {
-            "index": index,
-            "message": {"role": "assistant", "content": choice.text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": choice.finish_reason,
-        }
-        for index, choice in enumerate(reply.choices)
-    ]
+    choices = []
+    for index, choice in enumerate(reply.choices):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.tool_name is not None:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": _call_id(),
+                    "type": "function",
+                    "function": {"name": choice.tool_name, "arguments": choice.text},
+                }
+            ]
+        logprobs = None
+        if choice.logprobs is not None:
+            logprobs = _logprobs_object([e for piece in choice.logprobs for e in piece])
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": choice.finish_reason,
+            }
+        )
+    body["choices"] = choices
     return body
 
 
