@@ -87,3 +87,34 @@ def test_live_suite_fails_nothing_when_the_upstream_obeys_no_directive(tmp_path:
     assert not false_failures, (code, false_failures)
     assert executed >= MIN_EXECUTED, counts
     assert not _behaviour_directives(journal)
+
+
+#: The live paths of the cases that used to lean on directives, each failing on its fault with
+#: a mock that obeys none (not vacuous): fault switch -> the case it must fail.
+LIVE_PATH_DETECTIONS = {
+    "drop_done": "streaming.event-stream",
+    "sse_keepalive_comments": "streaming.event-stream-canonical",
+    "rewrite_model_field": "sdk.chat",
+    "drop_finish_reason": "sdk.stream",
+}
+LIVE_PATH_NODES = [
+    "conformance/test_streaming.py::test_event_stream",
+    "conformance/test_streaming.py::test_event_stream_canonical",
+    "conformance/test_sdk.py::test_chat",
+    "conformance/test_sdk.py::test_stream",
+]
+
+
+@pytest.mark.timeout(600)
+def test_live_paths_without_directives_fail_on_their_fault(tmp_path: Path) -> None:
+    outcomes: dict[str, dict[str, str]] = {}
+    with LiveStack(ignore_directives=True) as stack:
+        stack.snapshot()
+        for fault in ["", *LIVE_PATH_DETECTIONS]:
+            stack.restore([fault] if fault else [])
+            _, doc, output = stack.run(LIVE_PATH_NODES, report_dir=tmp_path / (fault or "none"))
+            assert doc is not None, output[-3000:]
+            outcomes[fault] = {c["id"]: c["outcome"] for c in doc["cases"]}
+    assert set(outcomes[""].values()) == {"passed"}, outcomes[""]
+    for fault, case in LIVE_PATH_DETECTIONS.items():
+        assert outcomes[fault][case] == "failed", (fault, outcomes[fault])
