@@ -5,9 +5,15 @@ token to itself (to switch fault switches between runs and restore the relay's s
 runs ``pytest conformance`` as a relay customer would: ``--relay-url`` and ``--relay-key``
 (through the environment, so the key never lands on a command line), nothing else.
 
+The mock paces plain answers like a model (:data:`MOCK_PACING`: first token after 50 ms, then
+one per 5 ms), so a buffered stream is told from a streamed one and a client that leaves a
+stream early leaves it while it still runs. ``ignore_directives=True`` makes it a real model
+in one more way: ``[[relaygate ...]]`` text in a prompt is plain text, never obeyed (a live
+case must not depend on the mock obeying a directive).
+
 As a script it lists which live cases each fault switch makes fail (the live detection pairs)::
 
-    python tests/live_stack.py [--fault NAME ...] [-- pytest args]
+    python tests/live_stack.py [--ignore-directives] [--fault NAME ...] [-- pytest args]
 """
 
 from __future__ import annotations
@@ -28,17 +34,22 @@ import httpx
 from relaygate.stack import EmbeddedStack, StackInfo
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Pacing of the mock's plain answers: a model's first token after 50 ms, then one per 5 ms.
+MOCK_PACING = ("--default-ttft-ms", "50", "--default-itl-ms", "5")
 
 
 class LiveStack:
     """The embedded stack, seen by the suite as a live relay (URL and key only).
 
-    The mock paces plain answers like a model (``itl_ms`` between tokens), so a client that
-    leaves a stream early leaves it while it still runs.
+    ``pacing``: the mock's flags for pacing plain answers; ``ignore_directives``: the mock
+    reads directives as plain text, like a real model.
     """
 
-    def __init__(self, *, itl_ms: float = 2.0) -> None:
-        self._stack = EmbeddedStack(mock_args=("--default-itl-ms", str(itl_ms)))
+    def __init__(
+        self, *, pacing: Sequence[str] = MOCK_PACING, ignore_directives: bool = False
+    ) -> None:
+        flags = [*pacing, *(["--ignore-directives"] if ignore_directives else [])]
+        self._stack = EmbeddedStack(mock_args=flags)
         self.info: StackInfo | None = None
         self.keys: dict[str, str] = {}  # RELAYGATE_KEY_<STATE> -> key: the holder's other keys
 
@@ -115,12 +126,16 @@ def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fault", action="append", default=[], help="fault switch (repeatable)")
     parser.add_argument(
+        "--ignore-directives", action="store_true", help="the mock obeys no directive"
+    )
+    parser.add_argument(
         "--rate-limited-key", action="store_true", help="give the suite a 2/1s key as well"
     )
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments")
     opts = parser.parse_args()
     runs = [[]] + [[f] for f in opts.fault]
-    with LiveStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    live = LiveStack(ignore_directives=opts.ignore_directives)
+    with live as stack, tempfile.TemporaryDirectory() as tmp:
         if opts.rate_limited_key:
             stack.add_rate_limited_key()
         stack.snapshot()
@@ -131,7 +146,7 @@ def _main() -> int:
             counts: dict[str, int] = {}
             for case in cases:
                 counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
-            failed = sorted(c["id"] for c in cases if c["outcome"] == "failed")
+            failed = {c["id"]: c["reason"][:160] for c in cases if c["outcome"] == "failed"}
             print(json.dumps({"faults": faults, "exit": code, "counts": counts, "failed": failed}))
             if doc is None:
                 print(output[-3000:])

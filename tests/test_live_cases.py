@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_paced_stack import MOCK_PACING
+from live_stack import MOCK_PACING
 from matrix_runner import BASELINE
 from model_stand_in import KEY, ModelStandIn
 from stand_in_relays import StandInRelay

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gap between a plain answer's content events, one token each (default 0)",
     )
     parser.add_argument(
+        "--ignore-directives",
+        action="store_true",
+        help="behave like a real model: [[relaygate ...]] directives are plain prompt text, "
+        "never obeyed",
+    )
+    parser.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="leave Python's garbage collector at its defaults",
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             preload_tokenizers=True,
             default_ttft_ms=args.default_ttft_ms,
             default_itl_ms=args.default_itl_ms,
+            ignore_directives=args.ignore_directives,
         )
     except (OSError, ValueError) as exc:
         print(f"relaygate mock-upstream: {exc}", file=sys.stderr)

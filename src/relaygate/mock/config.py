@@ -55,7 +55,9 @@ class MockConfig:
     the first request (0.3-0.5 s each). ``default_ttft_ms`` / ``default_itl_ms``: pacing of a
     plain (directive-free) answer: arrival -> first content event, and the gap between
     content events (a non-stream answer comes when the stream would end); a directive's own
-    ``ttft_ms`` / ``itl_ms`` (default 0) apply to directed requests.
+    ``ttft_ms`` / ``itl_ms`` (default 0) apply to directed requests. ``ignore_directives``:
+    behave like a real model: ``[[relaygate ...]]`` text is plain prompt text, never obeyed
+    (to judge live-mode cases, which must not depend on the mock obeying).
     """
 
     keys: tuple[str, ...] = (DEFAULT_KEY,)
@@ -68,6 +70,7 @@ class MockConfig:
     preload_tokenizers: bool = False
     default_ttft_ms: float = 0.0
     default_itl_ms: float = 0.0
+    ignore_directives: bool = False
 
     def __post_init__(self) -> None:
         if not self.keys:
