@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -74,7 +75,7 @@ def test_port_in_use_is_a_clear_error() -> None:
 def test_check_passes_options_to_pytest() -> None:
     result = _run("check", "--co", "-q", "-k", "auth and refused")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "10/93 tests collected" in result.stdout
+    assert re.search(r"\b10/\d+ tests collected", result.stdout), result.stdout[-2000:]
 
 
 def test_check_carries_a_per_case_timeout_and_maps_exit_codes(

@@ -157,10 +157,6 @@ def test_live_paths_pass_and_fail_on_their_fault(tmp_path: Path) -> None:
         assert failed == set(cases), fault
 
 
-#: Live streaming cases the mock upstream cannot answer yet (no tool_choice support).
-MOCK_GAPS = {"streaming.tool-calls"}
-
-
 def _live_streaming_run(url: str, key: str, tmp: Path) -> list[dict[str, Any]]:
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -192,7 +188,7 @@ def test_live_streaming_cases_accept_legal_sse(tmp_path: Path) -> None:
         stack.stop()
     for variant, cases in runs.items():
         must = {c["id"]: c["outcome"] for c in cases if c["level"] == "MUST"}
-        bad = {k: v for k, v in must.items() if v == "failed" and k not in MOCK_GAPS}
+        bad = {k: v for k, v in must.items() if v == "failed"}
         assert not bad, (variant, bad)
         assert must.get("streaming.not-buffered") == "passed", (variant, must)
 

@@ -22,12 +22,6 @@ from mock_helpers import MockThread, request
 from relaygate.cli import mock_upstream
 from relaygate.mock.config import MockConfig
 
-#: Live cases the mock upstream cannot answer yet (no logprobs, response_format json_object
-#: or tool_choice support): they fail here for the mock's sake, not the relay's. Drop an id
-#: once the mock answers it like a model.
-MOCK_GAPS = frozenset(
-    {"params.logprobs", "params.response-format-json", "params.tool-choice", "streaming.tool-calls"}
-)
 #: Live cases that executed (passed or failed) on 2026-12-04: fewer means a live path turned
 #: into a skip, which needs a reason in review.
 MIN_EXECUTED = 85
@@ -83,8 +77,7 @@ def test_live_suite_fails_nothing_when_the_upstream_obeys_no_directive(tmp_path:
     executed = counts.get("passed", 0) + counts.get("failed", 0)
     print(f"live mode, directives ignored: {len(cases)} cases, {executed} executed, {counts}")
     failed = {c["id"]: c["reason"] for c in cases if c["outcome"] == "failed"}
-    false_failures = {k: v for k, v in failed.items() if k.split("[")[0] not in MOCK_GAPS}
-    assert not false_failures, (code, false_failures)
+    assert not failed, (code, failed)
     assert executed >= MIN_EXECUTED, counts
     assert not _behaviour_directives(journal)
 
