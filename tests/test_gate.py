@@ -589,7 +589,7 @@ def test_an_unknown_allow_skip_exits_2_with_one_line(gate: Any, bad: str) -> Non
     code, out, err = gate("--allow-skip", bad, conformance=conformance())
     assert code == 2 and not out
     assert err.startswith(f"relaygate gate: error: --allow-skip {bad!r} is no area (auth, ")
-    assert "skip class (live, key, profile, other)" in err
+    assert "skip class (live, key, profile, inconclusive, other)" in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -627,7 +627,26 @@ SKIP_REASONS = [
     ("needs the mock upstream's journal for the upstream's answer", "live"),
     ("the static adapter cannot configure a group ratio and a channel", "live"),
     ("the relay exposes no balance this suite can read (profile balance_source)", "live"),
+    ("needs an admin token and ground truth: the group ratio is checked on a key the", "live"),
+    ("needs ground truth: only the mock upstream answers", "live"),
+    ("needs ground truth: the answer ended by itself (", "live"),
+    ("needs ground truth: not forwarded shows only in the mock upstream's journal, and", "live"),
+    ("needs ground truth: only the mock upstream answers 429 on demand (a live provider's", "live"),
+    ("the relay exposes no balance this suite can read, so 'never billed' is unchecked", "live"),
+    # profile
+    ("profile: models.usage_ladder_max_tokens = 0", "profile"),
+    ("profile tolerance ±3 cannot tell families apart", "profile"),
+    ("profile: this relay has no relay-side rate limiter, and live mode cannot", "profile"),
+    # inconclusive: the live model's own answers could not decide the rule
+    ("the model did not repeat", "inconclusive"),
+    ("the model answered the same twice at temperature 1: equal answers at 0", "inconclusive"),
+    ("the model answers a bare JSON object even without response_format: its", "inconclusive"),
+    ("the model answers this request differently each time, even at", "inconclusive"),
+    ("the answer came too fast to tell streaming from buffering:", "inconclusive"),
+    ("the rate-limited key got no 429 in 30 requests", "inconclusive"),
     # key: a key the run could not get
+    ("the key is not served gpt-4", "key"),
+    ("the key's balance does not cover max_tokens", "key"),
     ("needs a funded key (--relay-key)", "key"),
     ("needs a funded key: pass --relay-key or RELAYGATE_RELAY_KEY", "key"),
     ("needs a funded key (--relay-key) to show the relay serves keys at all", "key"),
@@ -729,7 +748,7 @@ def test_help_lists_every_exit_code_and_allow_skip(capsys: pytest.CaptureFixture
     assert "0 the gate passed" in out
     assert "1 the gate failed" in out
     assert "2 unusable input" in out
-    assert "--allow-skip X" in out and "live, key, profile, other" in out
+    assert "--allow-skip X" in out and "live, key, profile, inconclusive, other" in out
 
 
 def test_bench_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,7 @@ import pytest
 from relaygate.keys import mask_key, mask_secrets
 from relaygate.options import PYTEST, Option, by_flag, options_for
 from relaygate.suite.failures import DEVIATION_PREFIX, mask_report
-from relaygate.suite.results import CaseMeta, CaseResult, write_reports
+from relaygate.suite.results import CaseMeta, CaseResult, run_mode, write_reports
 from relaygate.suite.target import (
     RelayOptions,
     RelayTarget,
@@ -401,6 +401,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         started_at=started_at,
         duration_s=time.perf_counter() - started,
         secrets=_run_secrets(config),
+        mode_detail=run_mode(
+            relay_key=bool(target.key if target is not None else opts.relay_key),
+            admin_api=bool(target.admin_token if target is not None else opts.admin_token),
+            upstream_journal=bool(target.upstream_url if target is not None else opts.upstream_url),
+            embedded=bool(target is not None and target.embedded),
+        ),
         extra=None if meter is None else {"live_cost": meter.to_json()},
     )
     config.stash[_REPORT_PATH] = path
@@ -435,7 +441,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if result.outcome == "deviation":
             terminalreporter.write_line(f"DEVIATION {result.meta.id}: {result.reason}")
     if path is not None:
-        terminalreporter.write_line(f"report: {path} (+ conformance.html)")
+        terminalreporter.write_line(f"report: {path} (+ conformance.html, audit.md)")
     else:
         terminalreporter.write_line(f"relaygate: {not_written}")
 

@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="accept skipped MUST cases (repeatable; they are still listed): an area "
-        "(quota), a skip class (live, key, profile, other) or a case id glob matched on the "
-        "full or bare id (auth.*, quota.formula[gpt-4])",
+        "(quota), a skip class (live, key, profile, inconclusive, other) or a case id glob "
+        "matched on the full or bare id (auth.*, quota.formula[gpt-4])",
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument(

@@ -155,18 +155,35 @@ SKIP_CLASSES: dict[str, str] = {
     "live": "needs ground truth the run did not have (mock upstream journal, admin API)",
     "key": "needs a key the run could not get (--relay-key, a provisioned key state)",
     "profile": "the relay's profile documents that the feature is absent",
+    "inconclusive": (
+        "live: the model's own answers could not decide the rule (not deterministic, too fast "
+        "to time, did not follow the probe's instruction, no 429 provoked)"
+    ),
     "other": "any other reason",
 }
 # (class, reason prefixes), first match wins; the texts are the suite's ``pytest.skip`` reasons
 # (conformance/, suite/checks.py, pytest_plugin.py, provision/ via key_in_state).
 _SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("profile", ("profile:", "profile reads balances from")),
+    ("profile", ("profile:", "profile reads balances from", "profile tolerance")),
     (
         "key",
         (
             "needs a funded key",
             "cannot provision the key this case needs",
             "the restricted key allows no model",
+            "the key is not served",
+            "the key's balance does not cover",
+        ),
+    ),
+    (
+        "inconclusive",
+        (
+            "the model did not repeat",
+            "the model answered the same twice",
+            "the model answers a bare json object",
+            "the model answers this request differently",
+            "the answer came too fast",
+            "the rate-limited key got no 429",
         ),
     ),
     (
