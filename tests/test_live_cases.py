@@ -120,8 +120,8 @@ def test_buffering_rule() -> None:
 
 def _live_matrix(tmp: Path) -> dict[str, dict[str, str]]:
     """run -> case id -> status: one session (tests/matrix_runner.py) on a paced stack runs the
-    live paths once per fault. The admin token only switches faults and restores state; with
-    no --upstream-url every case takes its live path."""
+    live paths once per fault. The suite gets only the URL and the key; the runner alone holds
+    the admin token (to switch faults and restore state)."""
     out = tmp / "matrix.jsonl"
     stack = EmbeddedStack(mock_args=MOCK_PACING)
     info = stack.start()
@@ -129,7 +129,7 @@ def _live_matrix(tmp: Path) -> dict[str, dict[str, str]]:
         args = [sys.executable, "-m", "pytest", *LIVE_NODES, "-q", "-p", "no:cacheprovider"]
         args += ["-p", "matrix_runner", "--report-dir", str(tmp), "--matrix-out", str(out)]
         args += ["--relay-url", info.relay_url, "--relay-key", info.relay_key]
-        args += ["--relay-admin-token", info.admin_token]
+        args += ["--matrix-admin-token", info.admin_token]
         for run in [BASELINE, *sorted(LIVE_DETECTION)]:
             args += ["--matrix-run", run]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYGATE_")}
