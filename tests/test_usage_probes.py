@@ -54,7 +54,7 @@ def test_family_probe_tells_the_families_apart() -> None:
 def test_conversation_probe_has_every_role_and_a_known_count() -> None:
     messages = conversation_probe()
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert family_counts(messages) == {"o200k_base": 117, "cl100k_base": 118}
+    assert family_counts(messages) == {"o200k_base": 127, "cl100k_base": 134}
     # Dropping any one message changes the count: truncation cannot hide.
     full = tokens.count_chat_prompt(messages, "gpt-4o")
     for i in range(len(messages)):

@@ -131,7 +131,9 @@ def conversation_probe() -> list[dict[str, str]]:
         {"role": "assistant", "content": "The baker on the corner sells warm bread early."},
         {
             "role": "user",
-            "content": " ".join(_FILLER[2:4]) + " Which way is the old stone bridge?",
+            # The Chinese question makes the two tokenizer families' counts differ clearly.
+            "content": " ".join(_FILLER[2:4])
+            + " Which way is the old stone bridge? 请问，去老石桥怎么走？",
         },
     ]
 
