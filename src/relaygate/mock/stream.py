@@ -14,6 +14,9 @@ the last content event. Framing faults (``framing=``):
   share a write (all of them when ``itl_ms=0``), and the finish chunk, usage chunk and
   ``[DONE]`` share the last content event's write. Without ``coalesce`` every item is its own
   write.
+
+A plain (directive-free) answer with several choices writes, for each content event, one SSE
+event per choice in one write; likewise its role chunks and finish chunks.
 """
 
 from __future__ import annotations
@@ -81,10 +84,6 @@ def _items(plan: StreamPlan) -> Iterator[tuple[int, int, int]]:
         yield end_ns, _DONE, 0
 
 
-def _stamp_field(payload: bytes, now_ns: int) -> bytes:
-    return payload[:-1] + b',"relaygate_emit_ns":' + str(now_ns).encode() + b"}"
-
-
 class _Writer:
     """Renders items into SSE frames and writes them, timing every content event."""
 
@@ -110,19 +109,24 @@ class _Writer:
         self.last_content_ns = 0
         p = plan.payloads
         self._fixed = {
-            _ROLE: p.roles or (p.role or b"",),
-            _HEADER: (p.header or b"",),
-            _ERROR: (plan.error_payload,),
-            _FINISH: p.finishes or (p.finish,),
-            _USAGE: (p.usage or b"",),
-            _DONE: (b"[DONE]",),
+            _ROLE: p.role or b"",
+            _HEADER: p.header or b"",
+            _ERROR: plan.error_payload,
+            _FINISH: p.finish,
+            _USAGE: p.usage or b"",
+            _DONE: b"[DONE]",
         }
-        self._groups = [self._frame(group) for group in p.groups]
         self._frames = [self.prefix + p.content(i) + self.end for i in range(min(p.count, 2))]
         self._last_frame = self.prefix + p.content(p.count - 1) + self.end if p.count else b""
+        # A plain answer's events: one SSE event per choice, written together.
+        self._groups = [self._join(group) for group in p.groups]
+        self._multi = {
+            kind: self._join(payloads)
+            for kind, payloads in ((_ROLE, p.roles), (_FINISH, p.finishes))
+            if payloads
+        }
 
-    def _frame(self, payloads: tuple[bytes, ...]) -> bytes:
-        """One SSE event per payload, as one write."""
+    def _join(self, payloads: tuple[bytes, ...]) -> bytes:
         return b"".join([self.prefix + payload + self.end for payload in payloads])
 
     def render(self, kind: int, index: int, now_ns: int) -> bytes:
@@ -136,13 +140,12 @@ class _Writer:
                     return self._frames[index]
                 return self._last_frame if index == p.count - 1 else self._frames[1]
             payload = p.stamped(f" {now_ns}") if stamp == "content" else p.content(index)
+        elif kind in self._multi:
+            return self._multi[kind]
         else:
-            payloads = self._fixed[kind]
-            if stamp == "field" and kind != _DONE:
-                return self._frame(tuple(_stamp_field(payload, now_ns) for payload in payloads))
-            return self._frame(payloads)
-        if stamp == "field":
-            payload = _stamp_field(payload, now_ns)
+            payload = self._fixed[kind]
+        if stamp == "field" and kind != _DONE:
+            payload = payload[:-1] + b',"relaygate_emit_ns":' + str(now_ns).encode() + b"}"
         return self.prefix + payload + self.end
 
     async def write(self, group: list[tuple[int, int, int]]) -> None:
