@@ -277,9 +277,10 @@ def _session(stack: EmbeddedStack, runs: list[str], out: Path, live: bool) -> Re
 
 
 #: Live mode paces the mock's plain answers like a model writing (a gap between content
-#: events), so that a buffered stream shows as one burst; the live streaming case needs a
-#: spread of 300 ms, and its probe streams 64 tokens.
-LIVE_MOCK_ARGS = ("--default-itl-ms", "8")
+#: events), so that a buffered stream shows as one burst: the live streaming case judges a
+#: probe of 64-128 tokens that lasts 300 ms or more. Every long plain answer pays the gap too
+#: (1100 tokens for the max_tokens case), so it is no longer than that needs.
+LIVE_MOCK_ARGS = ("--default-itl-ms", "5")
 
 
 def run_matrix(runs: list[str], workers: int, folder: Path, *, live: bool = False) -> Results:
