@@ -135,3 +135,25 @@ def test_meter_assumes_a_bound_for_requests_without_max_tokens(faq):
     meter = LiveMeter(faq.billing, cap_quota=None)
     meter.before("POST", "/v1/chat/completions", orjson.dumps(body))
     assert meter.spend.max_tokens == UNCAPPED_COMPLETION_TOKENS
+
+
+def test_a_huge_body_is_priced_by_its_length_without_tokenising_it(faq, monkeypatch):
+    """An 8 MB body (errors.body-too-large) was tokenised before it was sent: a minute a run."""
+    from relaygate.suite import budget
+
+    small = live_chat("gpt-4o", "word " * 1000, max_tokens=1)
+    small_content = orjson.dumps(small)
+    exact = LiveMeter(faq.billing, cap_quota=None)._worst_case(small)[0]
+    assert exact <= LiveMeter(faq.billing, cap_quota=None)._worst_case(small, 10**9)[0]
+    huge = live_chat("gpt-4o", "x" * (budget.EXACT_COUNT_MAX_BYTES + 1), max_tokens=1)
+    content = orjson.dumps(huge)
+
+    def no_count(*args: object, **kwargs: object) -> int:
+        raise AssertionError("a huge body was tokenised")
+
+    monkeypatch.setattr(budget.tokens, "count_chat_prompt", no_count)
+    meter = LiveMeter(faq.billing, cap_quota=None)
+    meter.before("POST", "/v1/chat/completions", content)
+    meter.after("POST", "/v1/chat/completions", content, _answer({"error": {}}, status=413))
+    assert meter.spend.worst_case_quota >= len(content) and meter.spend.quota == 0
+    assert len(small_content) < budget.EXACT_COUNT_MAX_BYTES

@@ -56,18 +56,6 @@ CUSTOMER_VISIBLE = frozenset(
     }
 )
 
-#: Live cases the embedded stack cannot judge yet: the mock upstream answers no logprobs,
-#: response_format or tool calls to a plain request, so these fail against the correct relay
-#: too (h/livec judges them against a stand-in model, tests/test_live_cases.py). They are left
-#: out of every comparison here, and each must still fail at baseline: once the mock answers
-#: them, drop the entry and add the case to the row of the switch named.
-MOCK_GAPS: dict[str, str] = {
-    "params.logprobs": "drop_logprobs",
-    "params.response-format-json": "drop_response_format",
-    "params.tool-choice": "drop_tools",
-    "streaming.tool-calls": "drop_tools",
-}
-
 pytestmark = [
     pytest.mark.skipif(
         os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
@@ -90,14 +78,9 @@ class LiveMatrix(NamedTuple):
     observed_path: Path
 
 
-def _judged(cases: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-    """A run's outcomes without the cases the mock cannot answer (:data:`MOCK_GAPS`)."""
-    return {case: outcome for case, outcome in cases.items() if case not in MOCK_GAPS}
-
-
 def _as_expected(run: str, cases: dict[str, tuple[str, str]]) -> bool:
     wanted = set() if run == BASELINE else DETECTS.get(run, set())
-    return detected(_judged(cases)) == wanted and not errors(cases)
+    return detected(cases) == wanted and not errors(cases)
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +99,12 @@ def live_matrix(tmp_path_factory: pytest.TempPathFactory) -> LiveMatrix:
 
 def test_table_rows_are_fault_switches_and_cover_the_customer_visible_ones() -> None:
     assert set(DETECTS) <= set(FAULTS), f"rows without a fault: {set(DETECTS) - set(FAULTS)}"
-    assert set(MOCK_GAPS.values()) <= CUSTOMER_VISIBLE
-    assert not set().union(*DETECTS.values()) & set(MOCK_GAPS), "a gap case in a row"
     missing = sorted(CUSTOMER_VISIBLE - set(DETECTS))
     assert not missing, f"customer-visible switches without a live row: {missing}"
 
 
 def test_reference_relay_passes_live(live_matrix: LiveMatrix) -> None:
-    everything = live_matrix.results[BASELINE]
-    answered = sorted(c for c in MOCK_GAPS if everything.get(c, ("",))[0] != "failed")
-    assert not answered, f"the mock answers these now: move them to their rows: {answered}"
-    cases = _judged(everything)
+    cases = live_matrix.results[BASELINE]
     bad = {c: detail for c, (status, detail) in cases.items() if status in ("failed", "error")}
     assert not bad, f"the reference relay fails or errors in live mode: {bad}"
     skipped = {c: detail for c, (status, detail) in cases.items() if status == "skipped"}
@@ -141,7 +119,7 @@ def test_fault_is_detected_live_by_exactly_its_cases(fault: str, live_matrix: Li
     cases = live_matrix.results[fault]
     errored = errors(cases)
     assert not errored, f"fault {fault}: cases errored instead of judging: {errored}"
-    failed = detected(_judged(cases))
+    failed = detected(cases)
     expected = DETECTS[fault]
     assert failed == expected, (
         f"fault {fault} ({FAULTS[fault]}): unexpected failures {sorted(failed - expected)}, "

@@ -39,6 +39,9 @@ __all__ = [
 
 # What a request without max_tokens is assumed to cost at most, in completion tokens.
 UNCAPPED_COMPLETION_TOKENS = 512
+#: Bodies longer than this are priced by their length (an upper bound on their tokens), not
+#: tokenised: counting an 8 MB body took a minute a run (errors.body-too-large).
+EXACT_COUNT_MAX_BYTES = 256 * 1024
 # The skip reason of every live case the cap stopped (its prefix is what reports match).
 BUDGET_SPENT = "live budget spent"
 _METERED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -165,14 +168,19 @@ class LiveMeter:
             return None
         return body if isinstance(body, dict) else None
 
-    def _worst_case(self, body: Mapping[str, Any]) -> tuple[int, int]:
-        """(quota, completion tokens) a request can cost at most: prompt + its cap."""
+    def _worst_case(self, body: Mapping[str, Any], size: int = 0) -> tuple[int, int]:
+        """(quota, completion tokens) a request can cost at most: prompt + its cap.
+
+        A body over :data:`EXACT_COUNT_MAX_BYTES` (``size``: its JSON length) is not tokenised:
+        its length in bytes bounds its prompt tokens (a token is at least one byte of text, and
+        the chat framing costs fewer tokens than the JSON bytes around each message)."""
         model = str(body.get("model") or "gpt-4o")
         cap = body.get("max_completion_tokens", body.get("max_tokens"))
         completion = cap if isinstance(cap, int) and cap >= 0 else UNCAPPED_COMPLETION_TOKENS
         n = body.get("n")
         completion *= n if isinstance(n, int) and n > 0 else 1
-        return self._price(model, count_usage(body, None)[0], completion), completion
+        prompt = size if size > EXACT_COUNT_MAX_BYTES else count_usage(body, None)[0]
+        return self._price(model, prompt, completion), completion
 
     def before(self, method: str, path: str, content: bytes | None) -> None:
         """Called before a request is sent: skips the case (and the rest of the run) when its
@@ -182,7 +190,7 @@ class LiveMeter:
             pytest.skip(self.spent_reason)
         if body is None:
             return
-        worst, completion = self._worst_case(body)
+        worst, completion = self._worst_case(body, len(content or b""))
         if self.cap_quota is not None and self.spend.quota + worst > self.cap_quota:
             self.spent_reason = (
                 f"{BUDGET_SPENT}: {self.spend.quota} of {self.cap_quota} quota used; the next "
@@ -203,13 +211,18 @@ class LiveMeter:
         if not 200 <= exchange.status < 300:
             self.spend.refused += 1
             return
-        prompt, completion = count_usage(body, exchange)
+        size = len(content or b"")
+        if size > EXACT_COUNT_MAX_BYTES:
+            # Served although huge (a relay without a body limit): its bound, not a count.
+            prompt, completion = size, count_usage({**body, "messages": []}, exchange)[1]
+        else:
+            prompt, completion = count_usage(body, exchange)
         self.spend.prompt_tokens += prompt
         self.spend.completion_tokens += completion
         if isinstance(exchange, StreamExchange) and not exchange.done_count:
             # A stream the client left (or that was cut): the relay may bill what the upstream
             # went on generating, so count its worst case.
-            self.spend.quota += self._worst_case(body)[0]
+            self.spend.quota += self._worst_case(body, size)[0]
             return
         self.spend.quota += self._price(str(body.get("model") or "gpt-4o"), prompt, completion)
 
