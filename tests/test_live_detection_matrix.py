@@ -91,7 +91,7 @@ def live_matrix(tmp_path_factory: pytest.TempPathFactory) -> LiveMatrix:
     again = [run for run in runs if not _as_expected(run, results[run])]
     if 0 < len(again) <= MAX_RERUNS:
         results.update(run_matrix(again, 1, folder / "rerun", live=True))
-    observed = {fault: sorted(detected(_judged(results[fault]))) for fault in sorted(DETECTS)}
+    observed = {fault: sorted(detected(results[fault])) for fault in sorted(DETECTS)}
     observed_path = Path(tempfile.mkdtemp(prefix="relaygate-live-matrix-")) / TABLE.name
     observed_path.write_text(json.dumps(observed, indent=2) + "\n")
     return LiveMatrix(results, observed_path)
