@@ -6,7 +6,9 @@ cores busy. Tests are spread one by one, except where sharing matters:
 
 - the conformance suite's cases stay together on one worker: one embedded stack, one session;
 - tests that use a module-scoped fixture (an expensive demo run, a stack, a whole matrix) stay
-  with the other tests of their module, so the fixture is built once.
+  with the other tests of their module, so the fixture is built once;
+- the two detection matrices (each four suite sessions at once) share one worker, one after the
+  other: side by side they starved each other and everything else of the two cores.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 _CONFORMANCE = Path(__file__).parent / "conformance"
 _SHARED_SCOPES = {"module", "package", "class"}
+_MATRICES = {"test_detection_matrix.py", "test_live_detection_matrix.py"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -37,5 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d[-1].scope in _SHARED_SCOPES for d in defs if d):
+        if path.name in _MATRICES:
+            item.add_marker(pytest.mark.xdist_group("detection-matrices"))
+        elif any(d[-1].scope in _SHARED_SCOPES for d in defs if d):
             item.add_marker(pytest.mark.xdist_group(path.name))

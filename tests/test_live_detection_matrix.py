@@ -60,7 +60,7 @@ pytestmark = [
     pytest.mark.skipif(
         os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
     ),
-    pytest.mark.timeout(600),
+    pytest.mark.timeout(2400),  # a backstop, as in test_detection_matrix.py
 ]
 
 
