@@ -55,6 +55,11 @@ def test_upstream_400(kind, client, profile, _journal, tag, relay, baseline):
         ex.curl,
         relay.secrets,
     )
+    _require_400_intact(ex, kind, profile, relay, "upstream's")
+
+
+def _require_400_intact(ex, kind, profile, relay, source):
+    """F22: the 400 for ``kind`` reaches the client with ``source``'s error fields intact."""
     want = UPSTREAM_ERRORS[kind]
     error = check_error(
         ex,
@@ -68,7 +73,7 @@ def test_upstream_400(kind, client, profile, _journal, tag, relay, baseline):
     for field, value in want.items():
         require(
             (error or {}).get(field) == value,
-            f"F22: the upstream's error object passes through intact ({field})",
+            f"F22: the {source} error object passes through intact ({field})",
             f"error.{field} {value!r}",
             f"error.{field} {(error or {}).get(field)!r}",
             ex.curl,
@@ -90,25 +95,7 @@ def _live_upstream_400(kind, client, profile, relay, baseline):
     baseline.require_served()
     text, extra = LIVE_OVERS[kind]
     ex = client.chat(chat_body("gpt-4", text, **extra))
-    want = UPSTREAM_ERRORS[kind]
-    error = check_error(
-        ex,
-        profile,
-        "upstream_4xx",
-        f"F22: {kind} max_tokens is refused with 400",
-        upstream_error=want,
-        upstream_status=400,
-        secrets=relay.secrets,
-    )
-    for field, value in want.items():
-        require(
-            (error or {}).get(field) == value,
-            f"F22: the provider's error object passes through intact ({field})",
-            f"error.{field} {value!r}",
-            f"error.{field} {(error or {}).get(field)!r}",
-            ex.curl,
-            relay.secrets,
-        )
+    _require_400_intact(ex, kind, profile, relay, "provider's")
 
 
 @pytest.mark.case(
