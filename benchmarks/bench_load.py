@@ -6,7 +6,13 @@ side by side in the same run:
 * ``relaygate``  - ``StreamingChatUser`` (our TimingClient; kernel receive stamps)
 * ``relaygate-user`` - the same with ``--rx-stamps user`` (stamped when ``recv`` returns)
 * ``stock``      - best stock Locust method: FastHttpUser + ``_response.readline(b"\\n")``
-* ``control``    - a minimal asyncio + uvloop client (not Locust): the machine + mock floor
+* ``control``    - a minimal asyncio + uvloop client (not Locust; keep-alive connections):
+  the machine + mock floor
+
+``relaygate-user``, ``stock`` and ``control`` all stamp arrival in user space (when the read
+returned), so their capacities compare like for like: the headline ratio is
+relaygate-user / stock. ``relaygate`` (kernel receive stamps: a busy client's read delay is
+not in its error) is reported on its own line, not in the ratio.
 
 Every client is measured the same way: the process starts, ``--warmup`` seconds pass (imports,
 spawning, the first lock-step wave), then a window of ``--seconds``. Only streams *sent* inside
@@ -16,18 +22,30 @@ window (``/_relaygate/stats``, reset at its start), CPU is the client's over the
 Locust clients get identical Locust flags (``-u N -r N``, one process).
 
 For each client and level: TTFT error (first token received - its emit stamp), ITL error
-(|received gap - emitted gap|), p50/p99 in ms, events/s, CPU. Capacity = the highest events/s
+(|received gap - emitted gap|), p50/p99 in ms, events/s, CPU; TTFT excess (measured TTFT -
+the directed 200 ms), and for relaygate rows its parts from the mock's arrival stamp
+(``x-relaygate-arrival-ns``): connection + send, send -> mock arrival, mock lateness of the
+first token, emit -> receive. Capacity = the highest events/s
 measured with TTFT error p99 <= 5 ms, counting levels upwards until the first failure (or the
 first level where the mock itself wrote more than 5 ms late at p99). Finally the reference
-relay's overhead (added TTFT p50/p99) from ``RelayOverheadUser``.
+relay's overhead (added TTFT p50/p99) from ``RelayOverheadUser``. Each row carries the
+1-minute load average when it started (the machine is shared: compare ratios).
+
+``--before REF`` also runs the relaygate clients from ``src/`` of git ref ``REF`` against
+REF's own mock upstream (a second embedded stack from the same export; rows
+``relaygate@before``, ``relaygate-user@before``), right after this tree's at every level, so
+both trees (load client and mock) run side by side. REF's mock may lack the arrival header:
+its rows then have the TTFT excess but not its parts.
 
     python benchmarks/bench_load.py            # levels 50,100,150,200,300,500 x 6 s (~6 min)
     python benchmarks/bench_load.py --quick    # levels 50,300 x 3 s
+    python benchmarks/bench_load.py --levels 200 --clients relaygate-user --before main
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,16 +53,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+# the script's own directory is on sys.path: one copy of the ref export
+from bench_relay_overhead import exported_src
+
 from relaygate.bounded import bounded_client
 from relaygate.directives import directive
 from relaygate.load.histogram import Histogram
-from relaygate.stack import EmbeddedStack
+from relaygate.stack import EmbeddedStack, StackInfo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,6 +73,9 @@ BIN = Path(sys.executable).parent
 SHAPE = {"ttft_ms": 200, "itl_ms": 20, "chunks": 50}
 CAPACITY_P99_MS = 5.0
 CLIENTS = "relaygate,relaygate-user,stock,control"
+USER_STAMPED = ("relaygate-user", "stock", "control")  # the like-for-like capacity clients
+BEFORE = "@before"
+PARTS = ("start_to_sent", "sent_to_arrival", "mock_late", "emit_to_recv")
 
 
 def run_child(
@@ -112,6 +136,25 @@ class MockStats:
         self.result = self._call("GET", "/_relaygate/stats")
 
 
+@contextlib.contextmanager
+def stack_from(src: Path, mock_args: list[str]) -> Iterator[StackInfo]:
+    """An embedded stack whose servers import relaygate from ``src`` (an exported ref)."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src)
+    try:
+        embedded = EmbeddedStack(mock_args=mock_args)
+        info = embedded.start()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    try:
+        yield info
+    finally:
+        embedded.stop()
+
+
 def pct(hist: Histogram, q: float) -> float | None:
     value = hist.percentile(q)
     return None if value is None else round(value, 2)
@@ -125,6 +168,7 @@ def one_run(
     upstream: str,
     key: str,
     tmp: Path,
+    before_src: Path | None = None,
 ) -> dict[str, Any]:
     out_path = tmp / f"{client}-{users}.json"
     prompt = "benchmark " + directive(**SHAPE, stamp="field")
@@ -136,7 +180,13 @@ def one_run(
         BENCH_PROMPT=prompt,
         BENCH_FROM_NS=str(launch_ns + int(warmup * 1e9)),
         BENCH_UNTIL_NS=str(launch_ns + int((warmup + seconds) * 1e9)),
+        BENCH_TTFT_MS=str(SHAPE["ttft_ms"]),
     )
+    if client.endswith(BEFORE):
+        if before_src is None:
+            raise ValueError(f"{client}: no --before ref given")
+        env["PYTHONPATH"] = str(before_src)
+        client = client.removesuffix(BEFORE)
     run_s = math.ceil(
         warmup + seconds + 1
     )  # Locust's clock starts after its imports: ends after the window
@@ -202,6 +252,11 @@ def one_run(
         summary = json.loads(summary_path.read_text())
         ttft, itl = summary["first_token_emit_to_recv_ms"], summary["itl_stamp_error_ms"]
         recv_lag = summary.get("recv_lag_ms") or {}
+        parts: dict[str, Any] = {}
+        if out_path.exists():
+            for name, data in json.loads(out_path.read_text()).items():
+                hist = Histogram.from_dict(data)
+                parts[f"{name}_p50"], parts[f"{name}_p99"] = pct(hist, 50), pct(hist, 99)
         return {
             "ttft_err_p50": ttft["p50"],
             "ttft_err_p99": ttft["p99"],
@@ -210,6 +265,7 @@ def one_run(
             "streams": ttft["count"],
             "recv_lag_p99_ms": recv_lag.get("p99"),
             "latency_valid": summary["latency_valid"],
+            **parts,
             **common,
         }
     if not out_path.exists():
@@ -217,12 +273,16 @@ def one_run(
     data = json.loads(out_path.read_text())
     ttft = Histogram.from_dict(data["ttft_err"])
     itl = Histogram.from_dict(data["itl_err"])
+    excess = Histogram.from_dict(data["ttft_excess"]) if "ttft_excess" in data else Histogram()
     return {
         "ttft_err_p50": pct(ttft, 50),
         "ttft_err_p99": pct(ttft, 99),
         "itl_err_p50": pct(itl, 50),
         "itl_err_p99": pct(itl, 99),
         "streams": data["streams"],
+        "ttft_excess_p50": pct(excess, 50),
+        "ttft_excess_p99": pct(excess, 99),
+        **{k: data[k] for k in ("connections", "failed") if k in data},
         **common,
     }
 
@@ -295,6 +355,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=None, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
     parser.add_argument("--clients", default=CLIENTS)
+    parser.add_argument(
+        "--before", default=None, metavar="REF", help="also run the relaygate clients from REF"
+    )
+    parser.add_argument("--no-overhead", action="store_true", help="skip the relay overhead run")
+    parser.add_argument(
+        "--mock-workers", type=int, default=1, help="mock upstream worker processes (default 1)"
+    )
     parser.add_argument("--json", default=str(ROOT / "reports" / "bench-load.json"))
     args = parser.parse_args()
     levels = [
@@ -302,68 +369,108 @@ def main() -> int:
         for x in (args.levels or ("50,300" if args.quick else "50,100,150,200,300,500")).split(",")
     ]
     seconds = int(args.seconds or (3 if args.quick else 6))
-    clients = args.clients.split(",")
+    clients: list[str] = []
+    for client in args.clients.split(","):
+        clients.append(client)
+        if args.before and client.startswith("relaygate"):
+            clients.append(client + BEFORE)
     results: dict[str, Any] = {
         "shape": SHAPE,
         "seconds": seconds,
         "warmup_s": args.warmup,
+        "before": args.before,
+        "mock_workers": args.mock_workers,
+        "load_avg_1m_start": round(os.getloadavg()[0], 2),
         "runs": [],
         "capacity": {},
     }
+    print(f"1-minute load average at start: {results['load_avg_1m_start']}", flush=True)
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmpdir, EmbeddedStack() as info:
-        tmp = Path(tmpdir)
+    with contextlib.ExitStack() as stack:
+        before_src = stack.enter_context(exported_src(args.before)) if args.before else None
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-load-")))
+        mock_args = ["--workers", str(args.mock_workers)] if args.mock_workers > 1 else []
+        info = stack.enter_context(EmbeddedStack(mock_args=mock_args))
+        stacks: dict[bool, StackInfo] = {False: info}
+        if before_src is not None:
+            stacks[True] = stack.enter_context(stack_from(before_src, mock_args))
         for users in levels:
             for client in clients:
                 row = {
                     "client": client,
+                    "stamps": "kernel" if client.split("@")[0] == "relaygate" else "user",
                     "streams_concurrent": users,
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
                     **one_run(
                         client,
                         users,
                         seconds,
                         args.warmup,
-                        info.upstream_url,
-                        info.upstream_key,
+                        stacks[client.endswith(BEFORE)].upstream_url,
+                        stacks[client.endswith(BEFORE)].upstream_key,
                         tmp,
+                        before_src,
                     ),
                 }
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
-        results["relay_overhead"] = relay_overhead(info, seconds, tmp)
+        if not args.no_overhead:
+            results["relay_overhead"] = relay_overhead(info, seconds, tmp)
     for client in clients:
         results["capacity"][client] = capacity(
             [r for r in results["runs"] if r["client"] == client]
         )
     results["elapsed_s"] = round(time.monotonic() - began, 1)
-    head = f"{'client':<15}{'streams':>8}{'ev/s':>8}"
-    print(f"\n{head}{'TTFT err p50/p99 ms':>22}{'ITL err p50/p99 ms':>21}{'CPU%':>6}")
-    for r in results["runs"]:
-        if "error" in r:
-            print(f"{r['client']:<15}{r['streams_concurrent']:>8}  ERROR {r['error'][-200:]}")
-            continue
-        shown = {k: "-" if v is None else v for k, v in r.items()}  # None: nothing measured
-        print(
-            f"{shown['client']:<15}{shown['streams_concurrent']:>8}{shown['events_per_s']:>8}"
-            f"{shown['ttft_err_p50']:>11} / {shown['ttft_err_p99']:<8}"
-            f"{shown['itl_err_p50']:>10} / {shown['itl_err_p99']:<8}{shown['cpu_percent']:>6}"
-        )
-    print(
-        f"capacity (events/s, TTFT error p99 <= {CAPACITY_P99_MS} ms at every level up to it, "
-        f"mock on schedule): {results['capacity']}"
-    )
-    stock = results["capacity"].get("stock")
-    if stock:
-        ratios = {c: round(v / stock, 2) for c, v in results["capacity"].items() if v}
-        print(f"capacity / stock: {ratios}")
-    overhead = results["relay_overhead"]
-    print(
-        f"reference relay added TTFT p50/p99 ms: {overhead.get('ttft_p50_added_ms')} / "
-        f"{overhead.get('ttft_p99_added_ms')}; total {results['elapsed_s']} s"
-    )
+    results["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    print_table(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The human summary: one line per run, then capacities and ratios."""
+    head = f"{'client':<24}{'streams':>8}{'load':>6}{'ev/s':>7}"
+    print(
+        f"\n{head}{'TTFT err p50/p99':>18}{'ITL err p50/p99':>17}{'excess p50/p99':>17}"
+        f"{'CPU%':>5}  send/arrive/mock/emit p99"
+    )
+    for r in results["runs"]:
+        label = f"{r['client']} ({r['stamps']})"
+        if "error" in r:
+            print(f"{label:<24}{r['streams_concurrent']:>8}  ERROR {r['error'][-200:]}")
+            continue
+        v = {k: "-" if val is None else val for k, val in r.items()}  # None: nothing measured
+        parts = "/".join(str(v.get(f"{p}_p99", "-")) for p in PARTS) if "mock_late_p99" in r else ""
+        print(
+            f"{label:<24}{v['streams_concurrent']:>8}{v['load_avg_1m']:>6}{v['events_per_s']:>7}"
+            f"{v['ttft_err_p50']:>8} / {v['ttft_err_p99']:<7}"
+            f"{v['itl_err_p50']:>7} / {v['itl_err_p99']:<7}"
+            f"{v.get('ttft_excess_p50', '-'):>7} / {v.get('ttft_excess_p99', '-'):<7}"
+            f"{v['cpu_percent']:>5}  {parts}"
+        )
+    cap = results["capacity"]
+    print(
+        f"capacity = events/s with TTFT error p99 <= {CAPACITY_P99_MS} ms at every level up to "
+        f"it, mock on schedule; load average {results['load_avg_1m_start']} at start, "
+        f"{results['load_avg_1m_end']} at end"
+    )
+    like = {c: v for c, v in cap.items() if c.split("@")[0] in USER_STAMPED}
+    print(f"  user-space arrival stamps (like for like): {like}")
+    stock = cap.get("stock")
+    if stock:
+        ratios = {c: round(v / stock, 2) for c, v in like.items() if v and c != "stock"}
+        print(f"  capacity / stock (user-space stamps): {ratios}")
+    kernel = {c: v for c, v in cap.items() if c not in like}
+    if kernel:
+        print(f"  kernel receive stamps (not comparable with the above): {kernel}")
+    overhead = results.get("relay_overhead")
+    if overhead is not None:
+        print(
+            f"reference relay added TTFT p50/p99 ms: {overhead.get('ttft_p50_added_ms')} / "
+            f"{overhead.get('ttft_p99_added_ms')}"
+        )
+    print(f"total {results['elapsed_s']} s")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from relaygate.directives import directive
+from relaygate.keys import mask_key
 from relaygate.provision import KeyState
 from relaygate.suite.checks import (
     applicable,
@@ -15,7 +16,7 @@ from relaygate.suite.checks import (
     key_in_state,
 )
 from relaygate.suite.client import chat_body
-from relaygate.suite.failures import require
+from relaygate.suite.failures import deviation, require
 from relaygate.suite.live import skip_outside_view
 
 UNKNOWN_KEY = "sk-relaygateUnknownKey000000000000000000000000000000"
@@ -72,7 +73,9 @@ def test_refused(kind, client, provision, profile, tag, relay, baseline):
     area="auth",
     faq=("F15",),
 )
-def test_refused_before_upstream(kind, client, provision, _journal, tag, profile, baseline):
+def test_refused_before_upstream(
+    kind, client, provision, _journal, tag, profile, baseline, funded_key, relay
+):
     if _journal is None:
         # The answer is the same 401 either way (auth.refused checks it); only the upstream
         # knows whether the request reached it first (fault forward_before_auth).
@@ -90,6 +93,9 @@ def test_refused_before_upstream(kind, client, provision, _journal, tag, profile
         ex.describe(),
         ex.curl,
     )
+    if profile.auth.client_key_is_provider_key:
+        _byok_refusal(upstream, tag, ex, funded_key, relay, profile)
+        return
     check_not_forwarded(
         upstream,
         tag,
@@ -97,6 +103,29 @@ def test_refused_before_upstream(kind, client, provision, _journal, tag, profile
         ex.curl,
         baseline=baseline,
     )
+
+
+def _byok_refusal(upstream, tag, ex, funded_key, relay, profile):
+    """Bring your own key (the profile cites the relay's docs): the relay has no keys to check,
+    so the provider judges the key the client sent. What the rule protects still holds when a
+    forwarded request carries no usable credential the client did not send: the funded key
+    must not appear upstream. Forwarded that way: a deviation; not forwarded: a pass."""
+    __tracebackhide__ = True
+    entries = upstream.wait_entries(tag, count=1, timeout_s=0.05)
+    if not entries:
+        return
+    for entry in entries:
+        received = repr(entry.get("headers")) + repr(entry.get("body")) + repr(entry.get("query"))
+        require(
+            funded_key not in received,
+            "a request with an unusable key never goes upstream with a usable one",
+            "no usable key in what the upstream received",
+            f"the upstream received the funded key {mask_key(funded_key)}",
+            ex.curl,
+            relay.secrets,
+        )
+    reason = profile.deviation("auth.client_key_is_provider_key") or "bring your own key"
+    deviation(f"forwarded with only the client's own credential; the provider refused it: {reason}")
 
 
 @pytest.mark.case(

@@ -53,12 +53,17 @@ def test_exact_name_forwarded(model, client, _journal, tag, relay, baseline):
         ex.curl,
         relay.secrets,
     )
-    answered = (ex.json() or {}).get("model")
+    answer = ex.json()
+    answered = answer.get("model") if isinstance(answer, dict) else None
+    actual = repr(answered)
+    if isinstance(answer, dict) and "model" not in answer:
+        # A missing field is not a wrong model: name the cause and what the answer holds.
+        actual = f"no `model` field in the answer (its fields: {sorted(answer)!r})"
     require(
         answered == model,
-        "the answer names the model that served it",
-        repr(model),
-        repr(answered),
+        "the answer names the model that served it (the upstream received the exact name)",
+        f"model {model!r}",
+        actual,
         ex.curl,
         relay.secrets,
     )
@@ -162,6 +167,15 @@ def test_case_variant_not_billed(
     )
 
 
+#: At most this many listed ids are tried with a chat request (live: each costs a request).
+LISTED_IDS_TRIED = 12
+#: A model id is a name, not a pattern: a glob character or a blank names no model.
+_NOT_A_NAME = re.compile(r"[*?\s]|^$")
+#: Listed ids of models the chat endpoint does not serve by design (OpenAI's own list has
+#: them): never tried with a chat request.
+_NOT_CHAT = re.compile(r"embed|tts|whisper|dall-e|moderation|transcribe|image", re.IGNORECASE)
+
+
 @pytest.mark.case(
     "models.list-usable",
     title="/v1/models lists models, and every listed id works",
@@ -169,7 +183,7 @@ def test_case_variant_not_billed(
     faq=("F8", "F17"),
     spec="RELAY_SPEC §10.10",
 )
-def test_models_list(client, profile, tag, relay):
+def test_models_list(client, profile, tag, relay, _journal):
     ex = client.request("GET", "/v1/models")
     require(
         ex.status == 200,
@@ -198,8 +212,23 @@ def test_models_list(client, profile, tag, relay):
             ex.curl,
             relay.secrets,
         )
-    for model_id in ids[:12]:
-        answer = client.chat(chat_body(model_id, directive=directive(tag=tag)))
+    patterns = [m for m in ids if not isinstance(m, str) or _NOT_A_NAME.search(m)]
+    require(
+        not patterns,
+        "F17: every id /v1/models lists is a model name a client can send (a pattern such as "
+        "'gpt-4*' names no model: the chat endpoint refuses it)",
+        "ids without '*', '?' or blanks",
+        f"listed {patterns!r}",
+        ex.curl,
+        relay.secrets,
+    )
+    # Every listed id is tried once, up to a bound; live, with max_tokens 1 (priced).
+    for model_id in [m for m in ids if not _NOT_CHAT.search(m)][:LISTED_IDS_TRIED]:
+        if _journal is None:
+            body = live_chat(model_id, max_tokens=1)
+        else:
+            body = chat_body(model_id, directive=directive(tag=tag))
+        answer = client.chat(body)
         require(
             is_chat_completion(answer),
             "every model /v1/models lists can be used (no case or alias drift)",
@@ -212,6 +241,14 @@ def test_models_list(client, profile, tag, relay):
         pytest.xfail("deviation: " + (profile.deviation("models.list_shape") or "list shape"))
 
 
+def _skip_without_allow_lists(profile):
+    """A relay whose profile says it has no per-key model allow-list (with its reason) skips
+    with that reason, not with "cannot provision the key"."""
+    restricted = profile.expect("model_not_allowed")
+    if not restricted.applicable:
+        pytest.skip(f"profile: {restricted.skip_reason}")
+
+
 @pytest.mark.case(
     "models.list-exact",
     title="/v1/models lists exactly the models the key can use",
@@ -219,7 +256,11 @@ def test_models_list(client, profile, tag, relay):
     faq=("F17",),
 )
 def test_models_list_exact(client, provision, profile, relay):
+    _skip_without_allow_lists(profile)
     allowed = ["gpt-4o-mini"]
+    # A relay without model-restricted keys: skip with the profile's reason, before asking the
+    # provisioner for a key that cannot exist.
+    applicable(profile.expect("model_not_allowed"))
     key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED, models=allowed))
     ex = client.request("GET", "/v1/models", key=key.key)
     ids = sorted(m.get("id") for m in (ex.json() or {}).get("data", []) if isinstance(m, dict))
@@ -241,7 +282,11 @@ def test_models_list_exact(client, provision, profile, relay):
     spec="RELAY_SPEC §10.8",
 )
 def test_allow_list(client, provision, profile, tag, relay, _journal, baseline):
+    _skip_without_allow_lists(profile)
     allowed = ["gpt-4o-mini"]
+    # A relay without model-restricted keys: skip with the profile's reason, before asking the
+    # provisioner for a key that cannot exist.
+    applicable(profile.expect("model_not_allowed"))
     key = key_in_state(lambda: provision.key_with(KeyState.MODEL_RESTRICTED, models=allowed))
     forbidden = next((m for m in MODELS if m not in allowed), None)
     if not allowed or forbidden is None:

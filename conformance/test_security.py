@@ -1,6 +1,9 @@
 """security: the client's key never reaches the upstream, the channel key never reaches the
 client, keys in URLs are not accepted, no public endpoint shows a key. No profile can waive
-these."""
+these. A bring-your-own-key relay (``[auth] client_key_is_provider_key``, cited from its docs)
+issues no keys: the key its client sends is the provider's, so forwarding it is a deviation
+once the case has seen that design at work, and a key in the URL is judged by whether it
+travels upstream."""
 
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from collections.abc import Callable, Mapping
 import httpx
 import pytest
 
+from relaygate.bounded import tls_context
 from relaygate.directives import directive
 from relaygate.keys import mask_key
 from relaygate.suite.checks import check_not_forwarded, is_chat_completion
 from relaygate.suite.client import Exchange, chat_body, header_pairs
-from relaygate.suite.failures import fail, require
+from relaygate.suite.failures import deviation, fail, require
 from relaygate.suite.live import live_body, skip_outside_view
 
 #: Where popular relays serve request logs, metrics or admin views on their API port. The case
@@ -51,7 +55,7 @@ READER_MAX_BYTES = 256 * 1024
     area="security",
     spec="relay design; RELAY_SPEC §10.28",
 )
-def test_client_key_not_forwarded(client, _journal, funded_key, tag, relay, baseline):
+def test_client_key_not_forwarded(client, _journal, funded_key, tag, relay, baseline, profile):
     if _journal is None:
         skip_outside_view("the credentials the upstream received with the request (the "
                           "client's key must not be among them)")  # fmt: skip
@@ -76,16 +80,47 @@ def test_client_key_not_forwarded(client, _journal, funded_key, tag, relay, base
         ex.curl,
         relay.secrets,
     )
-    for entry in entries:
-        dump = repr(entry.get("headers")) + repr(entry.get("body")) + repr(entry.get("query"))
-        require(
-            funded_key not in dump,
-            "the relay authenticates upstream with its channel key, never the client's key",
-            "the client's key absent from what the upstream received",
-            f"the upstream received the client's key {mask_key(funded_key)}",
-            ex.curl,
-            relay.secrets,
-        )
+    forwarded = [entry for entry in entries if funded_key in _received(entry)]
+    if forwarded and profile.auth.client_key_is_provider_key:
+        _byok_deviation(forwarded, funded_key, ex, relay, profile)
+    require(
+        not forwarded,
+        "the relay authenticates upstream with its channel key, never the client's key",
+        "the client's key absent from what the upstream received",
+        f"the upstream received the client's key {mask_key(funded_key)}",
+        ex.curl,
+        relay.secrets,
+    )
+
+
+def _received(entry: Mapping[str, object]) -> str:
+    """Everything of one journal entry a key could travel in: headers, body, query string."""
+    return repr(entry.get("headers")) + repr(entry.get("body")) + repr(entry.get("query"))
+
+
+def _byok_deviation(forwarded, funded_key, ex, relay, profile):
+    """A bring-your-own-key relay (its profile says so, with the relay's documentation): the
+    client's key *is* the provider key, so the rule that protects a relay key has no relay key
+    to protect. Reported as a deviation, never a pass, once it is established that the relay
+    really works that way: the upstream was authenticated with exactly the client's key."""
+    __tracebackhide__ = True
+    sent = {
+        value.partition(" ")[2] or value
+        for entry in forwarded
+        for name, value in header_pairs(entry)
+        if name.lower() == "authorization"
+    }
+    require(
+        sent == {funded_key},
+        "a bring-your-own-key relay authenticates upstream with the client's key and no other",
+        "Authorization: Bearer <the client's key> on every upstream request",
+        f"upstream Authorization {sorted(mask_key(s) for s in sent) or 'absent'}; the client's "
+        f"key {mask_key(funded_key)} elsewhere in what the upstream received",
+        ex.curl,
+        relay.secrets,
+    )
+    reason = profile.deviation("auth.client_key_is_provider_key") or "bring your own key"
+    deviation(f"the client's key is the provider's key: {reason}")
 
 
 @pytest.mark.case(
@@ -226,7 +261,11 @@ def test_query_key_rejected(client, funded_key, tag, relay, profile, _journal, b
         ex.curl,
         relay.secrets,
     )
-    if _journal is not None:
+    if _journal is None:
+        return
+    if not profile.auth.client_key_is_provider_key:
+        # The relay's own keys decide: a request that reached the upstream went there on the
+        # relay's channel key, whatever the answer says.
         check_not_forwarded(
             _journal,
             tag,
@@ -234,6 +273,22 @@ def test_query_key_rejected(client, funded_key, tag, relay, profile, _journal, b
             ex.curl,
             baseline=baseline,
         )
+        return
+    # Bring your own key: the only credential the upstream sees is the one the client's
+    # request carries. The key in the URL must not travel, in the query string or moved into a
+    # header or the body; a request forwarded without it is refused by the provider (above).
+    baseline.require_forwarding_seen()
+    entries = _journal.wait_entries(tag, count=1, timeout_s=0.05)
+    leaked = [entry for entry in entries if funded_key in _received(entry)]
+    require(
+        not leaked,
+        "a key in the URL never travels upstream (with bring your own key the provider would "
+        "accept it)",
+        "the key absent from what the upstream received",
+        f"{len(leaked)} upstream request(s) carried the key {mask_key(funded_key)}",
+        ex.curl,
+        relay.secrets,
+    )
 
 
 @dataclasses.dataclass
@@ -307,7 +362,11 @@ async def _read_around(
     readings: list[_Reading] = []
     tasks: list[asyncio.Task[None]] = []
     async with httpx.AsyncClient(
-        base_url=base_url, headers=dict(headers), timeout=timeout, follow_redirects=False
+        base_url=base_url,
+        headers=dict(headers),
+        timeout=timeout,
+        follow_redirects=False,
+        verify=tls_context(),
     ) as http:
 
         def start(path: str, when: str) -> asyncio.Event:

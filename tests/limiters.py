@@ -29,7 +29,9 @@ import multiprocessing
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -175,6 +177,22 @@ def _serve(
         await asyncio.Event().wait()  # until the parent terminates this process
 
     asyncio.run(main())
+
+
+class Threads:
+    """Runtime on plain threads (the prober under Locust uses gevent)."""
+
+    def spawn(self, fn: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=fn, daemon=True)
+        thread.start()
+        return thread
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def join(self, handles: Iterable[Any]) -> None:
+        for thread in handles:
+            thread.join(30)
 
 
 class LimiterRelay:

@@ -15,15 +15,32 @@ if TYPE_CHECKING:
 
 
 pytestmark = pytest.mark.timeout(240)
+#: The tests whose demo runs its load phase judge timing (the gate's latency self-check): under
+#: xdist they run last and alone (conftest.py).
+serial = pytest.mark.serial
 
 
 def _demo(report_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relaygate", "demo", "--report-dir", str(report_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
+    """``relaygate demo``; run once more when its only failure was its own latency self-check.
+
+    That self-check fails the gate when the machine delayed the harness (event-loop lag over
+    10 ms), as it must; on a shared CI runner it happened with everything else passing (lag
+    p99 11.4 ms). A second failure stands.
+    """
+    argv = [sys.executable, "-m", "relaygate", "demo", "--report-dir", str(report_dir), *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=220, check=False)
+    if proc.returncode == 1 and _only_the_self_check_failed(proc.stdout):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=220, check=False)
+    return proc
+
+
+def _only_the_self_check_failed(stdout: str) -> bool:
+    failures = [line for line in stdout.splitlines() if line.startswith("  - ")]
+    return (
+        "self-check: latency percentiles INVALID" in stdout
+        and "CHECK FAILED" not in stdout
+        and " 0 failed" in stdout
+        and all("latency percentiles are invalid" in line for line in failures)
     )
 
 
@@ -35,6 +52,7 @@ def demo_run(
     return out, _demo(out, "--load-seconds", "10")
 
 
+@serial
 def test_demo_passes_and_writes_the_page(
     demo_run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -62,6 +80,7 @@ def test_demo_passes_and_writes_the_page(
     assert (out / "locust_relaygate_metrics.csv").is_file()
 
 
+@serial
 def test_demo_page_renders_in_chromium(
     demo_run: tuple[Path, subprocess.CompletedProcess[str]],
     tmp_path: Path,
@@ -188,12 +207,15 @@ def test_demo_interrupted_or_empty_run_keeps_the_previous_report(
     _unchanged(out, files)
 
 
+@serial
 def test_demo_watchdog_stops_the_run_and_keeps_the_report(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     files = _previous(out)
-    proc = _demo(out, "--run-timeout", "8", "--load-seconds", "30")
+    # 5 s: past the stack's start (1-2 s here), well before the suite's end (8-10 s from the
+    # start on a quiet machine; with 8 s the watchdog sometimes fired in the load run instead).
+    proc = _demo(out, "--run-timeout", "5", "--load-seconds", "30")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "--run-timeout 8 s passed during the conformance suite" in proc.stderr
+    assert "--run-timeout 5 s passed during the conformance suite" in proc.stderr
     assert "the previous report in" in proc.stderr
     _unchanged(out, files)
     # The step it stopped (and what that started) is gone too.
@@ -208,6 +230,7 @@ def test_demo_watchdog_stops_the_run_and_keeps_the_report(tmp_path: Path) -> Non
     assert not [p for p in psutil.process_iter() if ours(p)]
 
 
+@serial
 def test_demo_gates_a_relay_given_by_url(tmp_path: Path) -> None:
     """--relay-url path: the suite and the load run go to a relay the demo did not start (here
     the reference relay of an embedded stack), the prober on a rate-limited key of its own;
@@ -239,6 +262,7 @@ def test_demo_gates_a_relay_given_by_url(tmp_path: Path) -> None:
     assert conformance["mode"] == "mock" and conformance["summary"]["failed"] == 0
 
 
+@serial
 def test_demo_sigterm_stops_the_run_and_keeps_the_report(tmp_path: Path) -> None:
     """A cancelled CI job (SIGTERM) stops like Ctrl-C: steps stopped, previous report kept."""
     import signal

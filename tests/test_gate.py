@@ -552,6 +552,26 @@ def test_each_skip_class_can_be_allowed_on_its_own() -> None:
     assert [g.ids for g in left.conformance.not_verified] == [("auth.other",)]
 
 
+def test_an_inconclusive_skip_is_judged_not_a_crash() -> None:
+    # The gate sorted skip groups by a class list that lacked "inconclusive": any report with
+    # such a skip (a live run, or a relay's rate-limit window) crashed the gate and the page.
+    doc = conformance(
+        case("auth.ok"),
+        skipped(
+            "auth.x",
+            "the model answered the same twice: no difference to judge",
+            skip_class="inconclusive",
+        ),
+        skipped("auth.other", "Retry-After 9.0 s is too long for this bounded check"),
+        skipped("auth.key", KEY),
+    )
+    verdict = evaluate(doc, None)
+    assert verdict.conformance is not None
+    classes = [g.skip_class for g in verdict.conformance.not_verified]
+    assert classes == ["key", "inconclusive", "other"]
+    assert evaluate(doc, None, allow_skips=list(SKIP_CLASSES)).passed
+
+
 def test_an_area_where_nothing_ran_passes_only_when_allowed_or_all_profile() -> None:
     limiter = [skipped(f"rate_limits.c{i}", PROFILE) for i in range(3)]
     doc = conformance(case("auth.ok"), *limiter)
@@ -621,6 +641,20 @@ def test_write_reports_records_the_skip_class(tmp_path: Path) -> None:
 # Every reason the suite skips with (grep 'pytest.skip(' in conformance/, src/relaygate/suite/,
 # pytest_plugin.py, provision/ through key_in_state), as it reads once formatted.
 SKIP_REASONS = [
+    # inconclusive: this run's answers could not decide the rule
+    (
+        "the rate-limited key is still refused after an earlier case's 429 (Retry-After 60 s is "
+        "too long to wait out here), so this case cannot show it served before it is refused",
+        "inconclusive",
+    ),
+    ("no complete error answer to judge the connection after: HTTP 200", "inconclusive"),
+    ("the follow-up answer was cut: HTTP 200, 5 bytes (byte cap)", "inconclusive"),
+    # other: the set-up keeps the probe from the relay
+    (
+        "the relay is reached through an HTTP proxy (HTTPS_PROXY/HTTP_PROXY): the keep-alive "
+        "probe speaks to the relay directly",
+        "other",
+    ),
     # live: ground truth a relay customer's live run does not have
     ("needs ground truth: pass --upstream-url (the relaygate mock upstream)", "live"),
     ("needs the mock upstream's journal to see which name was forwarded", "live"),
@@ -642,6 +676,7 @@ SKIP_REASONS = [
     ("the model answered the same twice at temperature 1: equal answers at 0", "inconclusive"),
     ("the model answers a bare JSON object even without response_format: its", "inconclusive"),
     ("the model answers this request differently each time, even at", "inconclusive"),
+    ("the model answers this request differently: no tool call to judge", "inconclusive"),
     ("the answer came too fast to tell streaming from buffering:", "inconclusive"),
     ("the rate-limited key got no 429 in 30 requests", "inconclusive"),
     # key: a key the run could not get

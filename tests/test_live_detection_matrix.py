@@ -53,6 +53,9 @@ CUSTOMER_VISIBLE = frozenset(
         "drop_tools",
         "buffer_streams",
         "rewrite_model_field",
+        # Answer objects with vendor fields or "None" strings (issue #13).
+        "extra_response_fields",
+        "none_strings",
     }
 )
 

@@ -8,11 +8,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from relaygate.load import outcomes
 from relaygate.load.client import RequestResult, TimingClient
+from relaygate.load.http11 import ConnectionPool
 
 Script = Callable[[socket.socket, list[int]], None]
 
@@ -194,6 +196,7 @@ def once(url: str, path: str, timeout_s: float = 5.0) -> RequestResult:
         return post(client, path)
 
 
+@pytest.mark.serial  # judges timing: under xdist, last and alone (conftest.py)
 def test_small_events_are_timed_on_arrival_and_directed_timings_hold(server: FakeServer) -> None:
     client = TimingClient(server.url, timeout_s=5)
     res = post(client, "/timed")
@@ -254,6 +257,7 @@ def test_bad_base_url() -> None:
         TimingClient("ftp://example")
 
 
+@pytest.mark.serial  # judges timing (a 0.2 s keep-alive timeout): under xdist, last and alone
 def test_idle_connections_closed_by_the_server_are_replaced_by_a_fresh_one() -> None:
     """A server's keep-alive timeout closes every idle connection of the pool at once (uvicorn:
     5 s). The retry must use a new connection, not the next dead one from the pool - else a
@@ -369,6 +373,7 @@ CLOSING = {"/drip", "/big-stream", "/big-json", "/mid-headers", "/endless-size-l
 CLOSING |= {"/dup-cl-differ", "/bad-cl", "/negative-chunk", "/prefixed-chunk", "/garbage-chunk"}
 
 
+@pytest.mark.serial  # judges timing: under xdist, last and alone (conftest.py)
 def test_slow_drip_stream_ends_at_the_total_deadline(server: FakeServer) -> None:
     """Each token resets the idle timeout, so only a total deadline ends this stream."""
     with TimingClient(server.url, timeout_s=5.0, request_timeout_s=0.6) as client:
@@ -382,6 +387,7 @@ def test_slow_drip_stream_ends_at_the_total_deadline(server: FakeServer) -> None
         assert client._pool.idle == [] and client.in_flight() == 0
 
 
+@pytest.mark.serial  # judges timing: under xdist, last and alone (conftest.py)
 def test_total_deadline_caps_a_silent_wait_shorter_than_the_idle_timeout(
     server: FakeServer,
 ) -> None:
@@ -505,3 +511,36 @@ def test_in_flight_counts_requests_started_and_not_returned(server: FakeServer) 
         for thread in threads:
             thread.join(5)
         assert client.in_flight() == 0 and len(done) == 2
+
+
+def test_connection_pool_resolves_its_host_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new connection used to look the host up (``create_connection``): under gevent a
+    trip through its thread pool per connect, queued when a wave of users connects at once."""
+    lookups: list[object] = []
+    real = socket.getaddrinfo
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        lookups.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        pool = ConnectionPool(
+            "localhost", server.getsockname()[1], tls=None, kernel_stamps=False, max_idle=4
+        )
+        conns = [pool.connect(5.0) for _ in range(3)]
+        for conn in conns:
+            assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            pool.discard(conn)
+    assert lookups == ["localhost"]
+    refused = ConnectionPool("127.0.0.1", _free_port(), tls=None, kernel_stamps=False, max_idle=4)
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            refused.connect(5.0)
+    assert lookups == ["localhost", "127.0.0.1", "127.0.0.1"]  # looked up again after failing
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -18,7 +18,7 @@ from relaygate.load import outcomes
 from relaygate.load.body_sinks import SSESink, TokenTemplate, fast_token
 from relaygate.load.client import RequestResult, TimingClient, kernel_stamps_supported
 from relaygate.load.histogram import Histogram
-from relaygate.load.http11 import Dechunker
+from relaygate.load.http11 import Dechunker, ProtocolError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -336,3 +336,30 @@ def test_one_huge_event_in_small_reads_costs_linear_work(end: bytes) -> None:
     assert res.events == 1 and len(res.token_event_ns) == 1
     work = sink.work_bytes + sink._decoder.work_bytes
     assert work <= 3 * len(body), work
+
+
+def test_dechunker_coalesced_reads_decode_like_the_general_path() -> None:
+    """Several whole chunks in one read (a busy client reading late) take the fast path;
+    every grouping of whole and cut chunks gives the bytes the general decoder gives."""
+    parts = [b"a" * n for n in (1, 15, 16, 17, 255, 4096)] + [b"data: x\n\n"]
+    body = chunked(parts)
+    general = Dechunker()
+    expected = general._feed(body)
+    assert general.done and expected == b"".join(parts)
+    for cut in range(len(body) + 1):
+        for step in (cut, cut + 7):
+            dechunker = Dechunker()
+            out = dechunker.feed(body[:cut]) + dechunker.feed(body[cut:step])
+            out += dechunker.feed(body[step:])
+            assert out == expected and dechunker.done, (cut, step)
+    ext = b"5;name=v\r\nhello\r\n" + b"5\r\nworld\r\n" + b"0\r\nTrailer: x\r\n\r\n"
+    dechunker = Dechunker()
+    assert dechunker.feed(b"3\r\nabc\r\n" + ext) == b"abchelloworld" and dechunker.done
+
+
+@pytest.mark.parametrize("data", [b"\r\n5\r\nhello\r\n", b"5\r\nhello\r\n\r\n5\r\nhello\r\n"])
+def test_dechunker_empty_size_line_is_a_protocol_error(data: bytes) -> None:
+    """An empty chunk-size line used to raise ValueError from the fast path (the client then
+    called it client_exception instead of a framing error)."""
+    with pytest.raises(ProtocolError, match="bad chunk size"):
+        Dechunker().feed(data)

@@ -24,10 +24,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST = Path(sys.executable).with_name("locust")
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("relaygate.stack") is None,
-    reason="relaygate.stack (the embedded mock upstream + reference relay) is not importable yet",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("relaygate.stack") is None,
+        reason="relaygate.stack (the embedded mock upstream + reference relay) is not "
+        "importable yet",
+    ),
+    # Judges timing (percentiles, the prober's accuracy): under xdist it runs last and alone
+    # (conftest.py).
+    pytest.mark.serial,
+]
 
 
 def run_locust(

@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from limiters import KINDS, LimiterRelay
+from limiters import KINDS, LimiterRelay, Threads
 from test_load_locust import run_locust
 
 from relaygate.load import outcomes
@@ -25,6 +24,9 @@ from relaygate.load.prober import (
     refusal_expected,
     round_window,
 )
+
+#: Judges timing (the prober's accuracy): under xdist it runs last and alone (conftest.py).
+pytestmark = pytest.mark.serial
 
 
 class _Inline:
@@ -64,22 +66,6 @@ def test_burst_served_in_full_means_the_limit_was_not_enforced() -> None:
 # -- against exact limiters of each common kind ---------------------------------------------
 
 
-class _Threads:
-    """Runtime on plain threads (the prober under Locust uses gevent)."""
-
-    def spawn(self, fn: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=fn, daemon=True)
-        thread.start()
-        return thread
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def join(self, handles: Iterable[Any]) -> None:
-        for thread in handles:
-            thread.join(30)
-
-
 def probe(url: str, phases: tuple[str, ...], **config: Any) -> dict[str, Any]:
     """Run the prober in this process against ``url``: one client per concurrent request."""
     idle: queue.SimpleQueue[TimingClient] = queue.SimpleQueue()
@@ -106,7 +92,7 @@ def probe(url: str, phases: tuple[str, ...], **config: Any) -> dict[str, Any]:
     keys = [f"sk-relaygate-limiter-{i:04d}" for i in range(3)]
     cfg = ProbeConfig(keys=keys, phases=phases, **config)
     try:
-        return RateLimitProber(cfg, send, _Threads()).run()
+        return RateLimitProber(cfg, send, Threads()).run()
     finally:
         for client in clients:
             client.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,12 +16,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from relaygate.load.metrics import Registry
 from relaygate.load.webui import TAB_KEY, metric_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST = Path(sys.executable).with_name("locust")
+
+#: Judges timing (percentiles of paced streams): under xdist it runs last and alone (conftest.py).
+pytestmark = pytest.mark.serial
 
 
 def test_metric_rows_has_only_ms_histograms_with_fine_values() -> None:
@@ -44,6 +49,34 @@ def _free_port() -> int:
         return port
 
 
+def _start(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Locust in a process group of its own, so that :func:`_stop` can end all of it."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """Let Locust end by itself (within *wait_s*), else ask it to (SIGTERM: it stops its
+    embedded stack); only then kill its whole process group. A plain SIGKILL left the
+    embedded mock and relay running after the test."""
+    try:
+        proc.wait(timeout=wait_s)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
@@ -54,9 +87,7 @@ def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
         "--no-plots", "--report-dir", str(tmp_path / "reports"),
         "--mock-ttft-ms", "40", "--mock-itl-ms", "5", "--mock-output-tokens", "10",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    proc = _start(cmd, tmp_path, env)
     try:
         rows: list[dict[str, object]] = []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
@@ -76,11 +107,7 @@ def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
             csv_text = http.get("/relaygate/metrics.csv").text
             as_json = http.get("/relaygate/metrics.json").json()
     finally:
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, wait_s=40)
         if proc.stdout is not None:
             proc.stdout.close()
     ttft = next(r for r in rows if r["metric"] == "ttft_ms")
@@ -106,9 +133,7 @@ def test_web_ui_binds_loopback_by_default_and_shows_no_key(tmp_path: Path) -> No
         "--autostart", "--autoquit", "1", "-u", "2", "-r", "2", "-t", "6s", "--no-plots",
         "--report-dir", str(tmp_path / "reports"), "--relay-key", key,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    proc = _start(cmd, tmp_path, env)
     answers: list[str] = []
     listening: set[str] = set()
     try:
@@ -132,11 +157,7 @@ def test_web_ui_binds_loopback_by_default_and_shows_no_key(tmp_path: Path) -> No
             for path in (*locust_paths, "/relaygate/metrics.csv", "/relaygate/metrics.json"):
                 answers.append(http.get(path).text)
     finally:
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, wait_s=40)
         output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         if proc.stdout is not None:
             proc.stdout.close()
@@ -161,9 +182,7 @@ def test_web_ui_offers_our_options_but_no_secret_and_types_what_it_sends(tmp_pat
         str(LOCUST), "-f", str(ROOT / "loadtests"), "--web-port", str(port),
         "--no-plots", "--report-dir", str(tmp_path / "reports"),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    proc = _start(cmd, tmp_path, env)
     rows: list[dict[str, object]] = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as http:
@@ -188,8 +207,7 @@ def test_web_ui_offers_our_options_but_no_secret_and_types_what_it_sends(tmp_pat
                     break
                 time.sleep(0.3)
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc, wait_s=0)
         output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         if proc.stdout is not None:
             proc.stdout.close()

@@ -379,3 +379,16 @@ def test_stats_endpoint(mock: MockThread) -> None:
     assert stats["write_lateness_ms"]["count"] == 3
     assert stats["gap_error_ms"]["count"] == 2
     assert set(stats["gap_error_ms"]) == {"count", "mean", "min", "p50", "p90", "p99", "max"}
+
+
+def test_health_for_benchmark_peers(mock: MockThread) -> None:
+    """``GET /health`` answers 200 JSON without a key (guidellm's backend check probes it),
+    and is not journaled: a peer's probes must not count as forwarded requests."""
+    start = request(mock.port, "GET", "/_relaygate/journal").json()["next_seq"]
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        answer = request(mock.port, "GET", "/health", headers=headers)
+        assert answer.status == 200
+        assert answer.headers["content-type"].startswith("application/json")
+        assert answer.json() == {"status": "ok"}
+    page = request(mock.port, "GET", f"/_relaygate/journal?since_seq={start}").json()
+    assert page["data"] == [] and page["next_seq"] == start

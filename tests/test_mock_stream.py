@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import socket
@@ -11,7 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 from mock_helpers import MockThread, RawResponse, chat, iter_sse, request
+
+from relaygate.mock.app import STATE, create_app
+from relaygate.mock.config import MockConfig
 
 CHAT = "/v1/chat/completions"
 
@@ -210,6 +215,7 @@ def _timing_errors(mock: MockThread) -> list[str]:
     return errors
 
 
+@pytest.mark.serial  # judges timing: under xdist, last and alone (conftest.py)
 def test_directed_timing(mock: MockThread) -> None:
     # The box is shared: a neighbour can stall either process for a few ms, so the mock gets
     # three tries to show it meets the schedule (a mock that cannot never passes).
@@ -262,3 +268,42 @@ def test_client_disconnect_mid_stream(mock: MockThread, caplog: pytest.LogCaptur
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert request(mock.port, "GET", "/_relaygate/stats").json()["streams"]["active"] == 0
     assert stream(mock, "[[relaygate chunks=1]]").terminated  # still serving
+
+
+def test_stamped_stream_carries_its_arrival_stamp(mock: MockThread) -> None:
+    """The schedule's origin travels with a stamped stream, so a load client can split its
+    TTFT into send -> arrival, mock lateness and emit -> receive; unstamped streams omit it."""
+    response = stream(mock, "[[relaygate chunks=2 ttft_ms=20 stamp=field]]")
+    arrival = int(response.headers["x-relaygate-arrival-ns"])
+    first_content = next(c for c in response.event_json() if is_content(c))
+    assert response.sent_ns <= arrival <= first_content["relaygate_emit_ns"] - 20_000_000
+    plain = stream(mock, "[[relaygate chunks=2]]")
+    assert "x-relaygate-arrival-ns" not in plain.headers
+
+
+def test_a_burst_of_requests_is_stamped_before_any_is_worked_on() -> None:
+    """Requests read in one loop pass all take their arrival stamps before the first of them
+    is parsed and answered. Before, each stamp waited for the work of the requests ahead of
+    it (a wave of 200 streams put 10+ ms into the last ones' TTFT); ordering, not timing."""
+
+    async def burst() -> list[dict[str, Any]]:
+        app = create_app(MockConfig(keys=("sk-burst",)))
+        async with TestServer(app, host="127.0.0.1") as server:
+            body = orjson.dumps(chat("[[relaygate ttft_ms=0 chunks=1 stamp=field]]", stream=True))
+            head = (
+                f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-burst\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            conns = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(8)]
+            await asyncio.sleep(0.1)  # every connection accepted, nothing pending
+            for _, writer in conns:  # no await in between: the server reads them in one pass
+                writer.write(head + body)
+            for reader, writer in conns:
+                await asyncio.wait_for(reader.read(65536), 10)
+                writer.close()
+            await asyncio.sleep(0.1)
+            return [entry.to_json() for entry in app[STATE].journal.query(None, 0, 100)[0]]
+
+    entries = asyncio.run(burst())
+    assert len(entries) == 8 and all(e["first_event_ns"] for e in entries)
+    assert max(e["arrival_ns"] for e in entries) < min(e["first_event_ns"] for e in entries)

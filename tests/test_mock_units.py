@@ -19,6 +19,7 @@ from relaygate.mock.config import DEFAULT_MODELS, MockConfig, ModelLimits, load_
 from relaygate.mock.journal import Journal, shrink_json
 
 
+@pytest.mark.serial  # judges timing: under xdist, last and alone (conftest.py)
 def test_precise_clock_meets_deadlines() -> None:
     async def run() -> list[int]:
         clock = PreciseClock()

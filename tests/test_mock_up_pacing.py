@@ -15,6 +15,9 @@ import pytest
 from relaygate.cli import build_parser
 from relaygate.sse import SSEDecoder
 
+#: Judges timing (the mock's pacing): under xdist it runs last and alone (conftest.py).
+pytestmark = pytest.mark.serial
+
 
 def test_up_passes_the_pacing_to_its_mock() -> None:
     argv = [sys.executable, "-m", "relaygate", "up", "--json"]

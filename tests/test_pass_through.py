@@ -28,6 +28,7 @@ description = "forwards every request to one upstream; model names as given"
 status_from_upstream = true
 error_passthrough = true
 deviation = "a forwarder has no model table: every name goes upstream as given, whose 404 returns"
+doc = "https://docs.example.invalid/forwarder#model-names"
 """
 
 

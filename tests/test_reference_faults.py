@@ -31,6 +31,7 @@ from reference_helpers import (
 
 from relaygate.reference.billing import quota_for
 from relaygate.reference.faults import FAULTS, UnknownFaultError, validate_faults
+from relaygate.suite.keepalive import RawRequest, two_on_one_connection
 
 Check = Callable[[Env], Awaitable[None]]
 CHECKS: dict[str, Check] = {}
@@ -415,6 +416,71 @@ async def _html_405(env: Env) -> None:
     assert unknown.status == 404 and unknown.headers["Content-Type"].startswith("application/json")
 
 
+def _is_html(reply: Any) -> bool:
+    return str(reply.headers.get("Content-Type", "")).startswith("text/html")
+
+
+@check("html_404_outside_v1")
+async def _html_404_outside_v1(env: Env) -> None:
+    outside = await env.request("GET", "/relaygate-nothing")
+    assert outside.status == 404 and _is_html(outside)
+    inside = await env.request("GET", "/v1/foo")
+    assert inside.status == 404 and not _is_html(inside)
+
+
+@check("html_404_non_post")
+async def _html_404_non_post(env: Env) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        reply = await env.request(method, "/v1/foo")
+        assert reply.status == 404 and _is_html(reply), method
+    posted = await env.request("POST", "/v1/foo")
+    assert posted.status == 404 and not _is_html(posted)
+
+
+@check("html_405_non_get")
+async def _html_405_non_get(env: Env) -> None:
+    reply = await env.request("PUT", "/v1/chat/completions")
+    assert reply.status == 405 and _is_html(reply)
+    got = await env.request("GET", "/v1/chat/completions")
+    assert got.status == 405 and not _is_html(got)
+
+
+@check("reset_after_error")
+async def _reset_after_error(env: Env) -> None:
+    _, token = env.user_token()
+    auth = {"Authorization": f"Bearer {token.key}"}
+    bad_key = RawRequest("POST", "/v1/chat/completions", {"Authorization": "Bearer sk-nope"}, b"{}")
+    pair = await asyncio.to_thread(
+        two_on_one_connection,
+        env.url,
+        bad_key,
+        RawRequest("GET", "/v1/models", auth),
+        timeout_s=5.0,
+        max_bytes=1 << 20,
+    )
+    assert pair.first.status == 401
+    assert "close" not in pair.first.headers.get("Connection", "").lower()
+    assert not pair.close_announced and pair.dropped is not None
+    served = await asyncio.to_thread(
+        two_on_one_connection,
+        env.url,
+        RawRequest("GET", "/v1/models", auth),
+        RawRequest("GET", "/v1/models", auth),
+        timeout_s=5.0,
+        max_bytes=1 << 20,
+    )
+    assert served.second is not None and served.second.status == 200  # only errors
+
+
+@check("list_model_patterns")
+async def _list_model_patterns(env: Env) -> None:
+    _, token = env.user_token()
+    listing = await env.request("GET", "/v1/models", token.key)
+    ids = [m["id"] for m in listing.json()["data"]]
+    assert "gpt-4*" in ids and "gpt-4o" in ids
+    assert (await env.chat(token.key, "gpt-4*")).status == 503
+
+
 @check("passthrough_html_errors")
 async def _passthrough_html_errors(env: Env) -> None:
     _, token = env.user_token()
@@ -433,6 +499,48 @@ async def _pass_200_error(env: Env) -> None:
     assert reply.status == 200 and reply.error["message"] == "overloaded"
     await settle(env.state)
     assert env.state.logs[-1].quota == 0  # still not billed
+
+
+@check("extra_response_fields")
+async def _extra_response_fields(env: Env) -> None:
+    _, token = env.user_token()
+    reply = (await env.chat(token.key)).json()
+    assert "relay_request_id" in reply and "relay_cost_usd" in reply["usage"]
+    assert "relay_channel" in reply["choices"][0] and "relay_note" in reply["choices"][0]["message"]
+    env.upstream.behaviour = sse_frames(chunk("hi"), chunk(None, "stop"), "[DONE]")
+    streamed = chunks_of((await env.chat(token.key, stream=True)).body)
+    assert all("relay_note" in c["choices"][0]["delta"] for c in streamed)
+
+
+@check("none_strings")
+async def _none_strings(env: Env) -> None:
+    _, token = env.user_token()
+    env.upstream.behaviour = ok(content=None)  # type: ignore[arg-type]
+    reply = (await env.chat(token.key)).json()
+    assert reply["choices"][0]["message"]["content"] == "None"
+    env.upstream.behaviour = sse_frames(chunk("hi"), chunk(None, "stop"), "[DONE]")
+    streamed = chunks_of((await env.chat(token.key, stream=True)).body)
+    assert streamed[0]["choices"][0]["finish_reason"] == "None"
+
+
+@check("prefix_upstream_errors")
+async def _prefix_upstream_errors(env: Env) -> None:
+    _, token = env.user_token()
+    error = {"message": "bad value", "type": "invalid_request_error", "param": "n", "code": "x"}
+    env.upstream.behaviour = fail(400, {"error": error})
+    reply = await env.chat(token.key)
+    assert reply.status == 400 and reply.error["type"] == "invalid_request_error"
+    assert reply.error["message"] == "upstream: bad value"
+
+
+@check("limiter_429_for_upstream")
+async def _limiter_429_for_upstream(env: Env) -> None:
+    _, token = env.user_token()
+    error = {"message": "Rate limit reached for gpt-4o", "type": "tokens", "code": "rate_limit"}
+    env.upstream.behaviour = fail(429, {"error": error}, {"Retry-After": "3"})
+    reply = await env.chat(token.key)
+    assert reply.status == 429 and reply.headers["Retry-After"] == "3"
+    assert reply.error["type"] == "relay_error" and reply.error["code"] == "rate_limit_exceeded"
 
 
 @check("normalize_finish_reason")

@@ -276,7 +276,14 @@ class _FakeDriver(RelayDriver):
         pass
 
     def prepare(
-        self, install_dir: Path, run_dir: Path, *, port: int, upstream_url: str, upstream_key: str
+        self,
+        install_dir: Path,
+        run_dir: Path,
+        *,
+        port: int,
+        upstream_url: str,
+        upstream_key: str,
+        configuration: str = "default",
     ) -> RelayPlan:
         return RelayPlan(
             argv=[sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],

@@ -20,6 +20,9 @@ import pytest
 from relaygate.directives import directive
 from relaygate.sse import SSEDecoder
 
+#: Judges timing (directed TTFT and ITL): under xdist it runs last and alone (conftest.py).
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:

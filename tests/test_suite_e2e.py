@@ -77,9 +77,11 @@ def test_documented_deviation_is_reported_not_passed(tmp_path: Path) -> None:
         "[errors.token_quota_exhausted]\n"
         "status = 429\n"
         'deviation = "my-relay answers an exhausted token with 429 instead of 403 (F20)"\n'
+        'doc = "https://docs.example.invalid/my-relay/errors#quota"\n'
         "[errors.user_quota_exhausted]\n"
         "status = 429\n"
         'deviation = "my-relay answers an exhausted wallet with 429 instead of 403 (F21)"\n'
+        'doc = "https://docs.example.invalid/my-relay/errors#quota"\n'
     )
     result = _pytest(
         "--relay-fault", "wrong_quota_status",
@@ -92,7 +94,8 @@ def test_documented_deviation_is_reported_not_passed(tmp_path: Path) -> None:
     outcomes = {c["id"]: (c["outcome"], c["reason"]) for c in doc["cases"]}
     assert outcomes["quota.token-exhausted"] == (
         "deviation",
-        "my-relay answers an exhausted token with 429 instead of 403 (F20)",
+        "my-relay answers an exhausted token with 429 instead of 403 (F20) "
+        "(docs: https://docs.example.invalid/my-relay/errors#quota)",
     ), result.stdout[-3000:]
     assert outcomes["quota.user-exhausted"][0] == "deviation"
     assert doc["summary"]["deviations"] == 2 and doc["summary"]["failed"] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from relaygate import tokens
@@ -77,3 +79,25 @@ def test_content_text_joins_text_parts() -> None:
 def test_unknown_encoding_is_a_clear_error() -> None:
     with pytest.raises(tokens.TokenizerError, match="unknown encoding"):
         tokens.get_encoding("p50k_base")
+
+
+def test_the_decoded_vocab_is_cached_sealed_and_never_trusted_blindly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    exact = tokens._bundled_ranks("cl100k_base")
+    assert tokens._ranks("cl100k_base") == exact  # decoded, then stored
+    path = tokens._cache_path("cl100k_base")
+    assert path.is_file() and tokens._cached_ranks("cl100k_base") == exact
+    # A cache edited behind our back (one rank changed) breaks the seal: rebuilt, never used.
+    sealed = bytearray(path.read_bytes())
+    sealed[-3] ^= 0x01
+    path.write_bytes(bytes(sealed))
+    assert tokens._cached_ranks("cl100k_base") is None
+    assert tokens._ranks("cl100k_base") == exact
+    assert tokens._cached_ranks("cl100k_base") == exact  # and written again
+    # A cache that cannot be written costs time, never the count.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert tokens._ranks("cl100k_base") == exact

@@ -126,11 +126,14 @@ def test_usage_profile_settings(tmp_path: Path) -> None:
         load_profile(str(tolerant))
     tolerant.write_text(
         head
-        + 'usage_tolerance_tokens = 3\n[models.deviations]\nusage_tolerance_tokens = "own counts"\n'
+        + "usage_tolerance_tokens = 3\n[models.deviations]\n"
+        + 'usage_tolerance_tokens = { reason = "own counts", doc = "https://x.invalid/u#counts" }\n'
     )
     profile = load_profile(str(tolerant))
     assert profile.models.usage_tolerance_tokens == 3
-    assert profile.deviation("models.usage_tolerance_tokens") == "own counts"
+    assert profile.deviation("models.usage_tolerance_tokens") == (
+        "own counts (docs: https://x.invalid/u#counts)"
+    )
 
 
 # -- cheating relays ---------------------------------------------------------------------------

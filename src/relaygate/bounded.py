@@ -14,7 +14,9 @@ Exceptions (both are :class:`httpx.HTTPError`, so existing ``except httpx.HTTPEr
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,6 +33,7 @@ __all__ = [
     "DeadlineExceeded",
     "Watchdog",
     "bounded_client",
+    "tls_context",
 ]
 
 # Admin APIs, health checks and journals answer in kilobytes; 16 MiB is far past any of them.
@@ -173,7 +176,7 @@ class BoundedTransport(httpx.BaseTransport):
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.secrets = tuple(s for s in secrets if s)
-        self._inner = inner or httpx.HTTPTransport()
+        self._inner = inner or httpx.HTTPTransport(verify=tls_context())
 
     def add_secret(self, secret: str | None) -> None:
         """Mask ``secret`` in every later error message."""
@@ -211,6 +214,17 @@ class BoundedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The one TLS context of this process, for every client relaygate makes.
+
+    httpx builds a new one per client by default, loading the whole CA bundle each time (0.1-0.4
+    s of CPU): a suite run makes a dozen clients, most of them to plain-HTTP loopback servers.
+    This is httpx's own default context (certifi's CAs, ``SSL_CERT_FILE`` honoured), made once.
+    """
+    return httpx.create_ssl_context()
 
 
 def bounded_client(

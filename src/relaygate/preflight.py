@@ -27,8 +27,6 @@ bounded: ``timeout_s`` per phase and in total, at most 64 KiB read.
 
 from __future__ import annotations
 
-import functools
-import ssl
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -70,22 +68,16 @@ class _Answer:
         return mask_secrets(text, *secrets)
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    # Building one costs ~100 ms; preflight makes up to three requests per suite run.
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 def _get(url: str, headers: Mapping[str, str], timeout_s: float) -> _Answer:
     """GET with a total deadline and a byte cap; ``httpx.HTTPError`` when unreachable."""
     import httpx
 
+    from relaygate.bounded import tls_context
+
     deadline = time.monotonic() + timeout_s
     body = bytearray()
     with (
-        httpx.Client(timeout=timeout_s, follow_redirects=False, verify=_tls()) as client,
+        httpx.Client(timeout=timeout_s, follow_redirects=False, verify=tls_context()) as client,
         client.stream("GET", url, headers=dict(headers)) as response,
     ):
         for chunk in response.iter_bytes():

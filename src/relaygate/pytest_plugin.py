@@ -12,11 +12,12 @@ upstream; an unusable one stops the session with one line and pytest's usage-err
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -150,7 +151,19 @@ def _numbers(config: pytest.Config) -> tuple[float, int, int]:
     return float(timeout_s), int(fuzz), int(max_bytes)
 
 
+_OPTIONS = pytest.StashKey["RelayOptions"]()
+
+
 def relay_options(config: pytest.Config) -> RelayOptions:
+    """The run's relay options (command line, env, ini), read and checked once per session:
+    every case report masks the run's secrets, so this is asked for on every report."""
+    cached = config.stash.get(_OPTIONS, None)
+    if cached is None:
+        cached = config.stash[_OPTIONS] = _read_relay_options(config)
+    return cached
+
+
+def _read_relay_options(config: pytest.Config) -> RelayOptions:
     values = {
         option.flag: option_value(config, option.flag)
         for option in options_for(PYTEST)
@@ -328,7 +341,19 @@ def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
     """Every secret of this run: the target's, the options' and the static ``RELAYGATE_KEY_*``
     keys (a failure in setup can come before the target exists)."""
     target = config.stash.get(_TARGET, None)
-    found: list[str | None] = list(target.secrets) if target is not None else []
+    found: tuple[str | None, ...] = tuple(target.secrets) if target is not None else ()
+    return found + _option_secrets(config)
+
+
+_OPTION_SECRETS = pytest.StashKey[tuple[str | None, ...]]()
+
+
+def _option_secrets(config: pytest.Config) -> tuple[str | None, ...]:
+    """The secrets the options and the environment carry (read once: asked on every report)."""
+    cached = config.stash.get(_OPTION_SECRETS, None)
+    if cached is not None:
+        return cached
+    found: list[str | None] = []
     try:
         opts = relay_options(config)
     except pytest.UsageError:
@@ -342,6 +367,8 @@ def _run_secrets(config: pytest.Config) -> tuple[str | None, ...]:
         if option.secret and not option.repeatable
     ]
     found += [v for k, v in os.environ.items() if k.startswith("RELAYGATE_KEY_")]
+    if opts is not None:  # a bad option is reported again (and read again) on the next ask
+        config.stash[_OPTION_SECRETS] = tuple(found)
     return tuple(found)
 
 
@@ -655,6 +682,26 @@ def ledger(
 def case_id(request: pytest.FixtureRequest) -> str:
     meta = request.config.stash[_META].get(request.node.nodeid)
     return meta.id if meta is not None else request.node.name
+
+
+@pytest.fixture
+def case_level(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Set this case's level (MUST or SHOULD) at run time, where the profile decides it (the
+    shape area: SHOULD under ``faq``, MUST under ``strict-openai``); the marker's is the
+    default."""
+
+    def set_level(level: str) -> None:
+        metas = request.config.stash[_META]
+        meta = metas.get(request.node.nodeid)
+        if meta is None:
+            raise pytest.UsageError(f"{request.node.nodeid}: case_level outside a case")
+        metas[request.node.nodeid] = dataclasses.replace(meta, level=level)
+        request.node.user_properties[:] = [
+            (name, level if name == "level" else value)
+            for name, value in request.node.user_properties
+        ]
+
+    return set_level
 
 
 @pytest.fixture

@@ -43,6 +43,12 @@ class SSEDecoder:
         # bytes searched while a line was incomplete: linear in the input (tests hold it)
         self.work_bytes = 0
 
+    @property
+    def idle(self) -> bool:
+        """Past the stream's start with no partial line or event pending: the next bytes
+        begin a new event (a relay may then forward whole frames without decoding them)."""
+        return not (self._at_start or self._buffer or self._data or self._pending_cr)
+
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
         if self._at_start:
             chunk = bytes(self._buffer) + chunk

@@ -14,7 +14,13 @@ from typing import IO, Any, ClassVar
 import pytest
 
 from relaygate.thirdparty import launcher as launcher_mod
-from relaygate.thirdparty.base import RelayDriver, RelayPlan, render_template
+from relaygate.thirdparty.base import (
+    RelayConfiguration,
+    RelayDriver,
+    RelayPlan,
+    parse_row,
+    render_template,
+)
 from relaygate.thirdparty.launcher import RelayLauncher, RelayStartError, read_state, stop_recorded
 
 FUNDED = "sk-relaygate-fake-funded-0123456789"
@@ -39,7 +45,14 @@ class FakeDriver(RelayDriver):
         (install_dir / "installed").write_text(self.version)
 
     def prepare(
-        self, install_dir: Path, run_dir: Path, *, port: int, upstream_url: str, upstream_key: str
+        self,
+        install_dir: Path,
+        run_dir: Path,
+        *,
+        port: int,
+        upstream_url: str,
+        upstream_key: str,
+        configuration: str = "default",
     ) -> RelayPlan:
         if self.mode == "dies":
             argv = [sys.executable, "-c", "import sys; print('boom: bad config'); sys.exit(3)"]
@@ -61,8 +74,10 @@ class FakeDriver(RelayDriver):
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[FakeDriver]:
     monkeypatch.setattr(launcher_mod, "get_driver", lambda name: FakeDriver())
     monkeypatch.setenv("RELAYGATE_RELAYS_HOME", str(tmp_path / "home"))
-    FakeDriver.mode = "ok"
-    FakeDriver.installs = 0
+    # Through monkeypatch, so that a test's own ``fake.mode = "dies"`` ends with the test: the
+    # tests that follow it on the same worker (under xdist, any of them) start a relay that works.
+    monkeypatch.setattr(FakeDriver, "mode", "ok")
+    monkeypatch.setattr(FakeDriver, "installs", 0)
     return FakeDriver
 
 
@@ -143,3 +158,47 @@ def test_stop_never_signals_a_reused_pid(fake: type[FakeDriver]) -> None:
     stop_recorded("fake", quiet=True)
     assert _alive(running.relay_pid)  # not ours any more as far as the record goes: untouched
     os.killpg(running.relay_pid, 15)
+
+
+class ConfiguredDriver(FakeDriver):
+    """Two documented deployments; ``prepare`` records the one it was asked for."""
+
+    configurations: ClassVar[tuple[RelayConfiguration, ...]] = (
+        RelayConfiguration("default", "everything open", "https://example.invalid/docs#start"),
+        RelayConfiguration(
+            "tight", "per-key limits", "https://example.invalid/docs#lim", profile="strict-openai"
+        ),
+    )
+    prepared: ClassVar[list[str]] = []
+
+    def prepare(self, *args: Any, configuration: str = "default", **kwargs: Any) -> RelayPlan:
+        type(self).prepared.append(configuration)
+        return super().prepare(*args, configuration=configuration, **kwargs)
+
+
+def test_a_configuration_is_its_own_row(
+    fake: type[FakeDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher_mod, "get_driver", lambda name: ConfiguredDriver())
+    ConfiguredDriver.prepared = []
+    driver = ConfiguredDriver()
+    assert driver.rows() == ["fake", "fake:tight"]
+    assert parse_row("fake") == ("fake", "default") and parse_row("fake:tight") == ("fake", "tight")
+    tight = RelayLauncher("fake:tight", upstream_url="http://127.0.0.1:9", upstream_key="k")
+    with tight as running:
+        assert (running.row, running.configuration) == ("fake:tight", "tight")
+        assert running.profile == "strict-openai"
+        assert running.run_dir.name == "run-tight"
+        assert read_state("fake:tight") is not None and read_state("fake") is None
+    with RelayLauncher("fake", upstream_url="http://127.0.0.1:9", upstream_key="k") as running:
+        assert (running.row, running.profile, running.run_dir.name) == ("fake", "faq", "run")
+    assert ConfiguredDriver.prepared == ["tight", "default"]
+    with pytest.raises(KeyError, match="no configuration 'nope'; known: default, tight"):
+        RelayLauncher("fake:nope", upstream_url="http://127.0.0.1:9", upstream_key="k")
+
+
+def test_a_driver_without_configurations_has_one_default() -> None:
+    driver = FakeDriver()
+    (only,) = driver.all_configurations()
+    assert only.name == "default" and driver.rows() == ["fake"]
+    assert driver.profile_of() == "faq"

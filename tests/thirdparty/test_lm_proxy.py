@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import ast
 import tomllib
 from pathlib import Path
+
+import pytest
 
 from relaygate.profiles import SECURITY_RULES, load_profile
 from relaygate.thirdparty import get_driver
 from relaygate.thirdparty.base import fixture_dir
-from relaygate.thirdparty.lm_proxy import KEYS, RATE_LIMIT, LMProxyDriver
+from relaygate.thirdparty.lm_proxy import KEYS, LMProxyDriver
 
 UPSTREAM = "http://127.0.0.1:40121"
+
+
+def _prepare(tmp_path: Path, configuration: str = "default") -> tuple[dict, object]:
+    plan = LMProxyDriver().prepare(
+        tmp_path / "install",
+        tmp_path / "run",
+        port=4321,
+        upstream_url=UPSTREAM + "/",
+        upstream_key="sk-up",
+        configuration=configuration,
+    )
+    text = (tmp_path / "run" / "config.toml").read_text()
+    assert "{{" not in text
+    return tomllib.loads(text), plan
 
 
 def test_registered_and_pinned() -> None:
@@ -21,22 +36,44 @@ def test_registered_and_pinned() -> None:
     assert driver.profile == "lm-proxy"
 
 
+def test_configurations_are_documented_rows() -> None:
+    driver = LMProxyDriver()
+    assert [c.name for c in driver.configurations] == ["default", "wildcard"]
+    for configuration in driver.configurations:
+        # The README shipped in the package (its PyPI description), with the section.
+        assert configuration.docs.startswith("package:lm-proxy/")
+        assert " § " in configuration.docs and ".py" not in configuration.docs
+        assert configuration.profile is None  # nothing in the profile differs
+
+
 def test_profile_loads_with_documented_deviations() -> None:
     profile = load_profile("lm-proxy")
     assert profile.role == "relay"
     assert profile.admin.adapter == "static"
     assert not profile.billing.applicable
-    assert profile.rate_limit.relay_limiter
-    assert profile.rate_limit.per_key_limit == RATE_LIMIT
-    assert profile.rate_limit.retry_after_header
     for condition in ("expired_key", "disabled_key", "token_quota_exhausted"):
         assert not profile.expect(condition).applicable
         assert profile.deviation(f"errors.{condition}")
-    assert profile.expect("invalid_key").status == 403
-    assert profile.deviation("errors.invalid_key")
-    # Not waived: a client or rate error turned into a 502, FastAPI's own 4xx/5xx answers.
-    for condition in ("upstream_4xx", "upstream_429", "no_channel", "invalid_json"):
+    # Undocumented answers are not waived: 403 for a bad key, 502 for every upstream error,
+    # no usage chunk, no CORS (findings in docs/relays/lm-proxy.md).
+    assert profile.expect("invalid_key").status == 401
+    for condition in (
+        "missing_key",
+        "invalid_key",
+        "upstream_4xx",
+        "upstream_429",
+        "upstream_5xx_json",
+        "upstream_auth",
+        "no_channel",
+        "invalid_json",
+    ):
         assert profile.deviation(f"errors.{condition}") is None
+    # Its RateLimiter limits every key alike (README "Rate Limiter"): no key is limited alone,
+    # and the rate-limit cases skip with that cited reason.
+    assert not profile.rate_limit.relay_limiter
+    assert "Rate Limiter" in (profile.deviation("rate_limit.relay_limiter") or "")
+    assert profile.stream.usage_chunk == "iff_requested"
+    assert profile.http.cors
     assert set(profile.security) == set(SECURITY_RULES)
 
 
@@ -54,13 +91,8 @@ def test_is_installed_looks_for_the_pinned_dist_info(tmp_path: Path) -> None:
 
 
 def test_prepare_renders_a_loopback_config_with_every_key(tmp_path: Path) -> None:
-    install, run_dir = tmp_path / "install", tmp_path / "run"
-    plan = LMProxyDriver().prepare(
-        install, run_dir, port=4321, upstream_url=UPSTREAM + "/", upstream_key="sk-up"
-    )
-    text = (run_dir / "config.toml").read_text()
-    assert "{{" not in text
-    config = tomllib.loads(text)
+    config, plan = _prepare(tmp_path)
+    run_dir = tmp_path / "run"
     assert config["host"] == "127.0.0.1"
     assert config["port"] == 4321
     for connection in config["connections"].values():
@@ -78,24 +110,40 @@ def test_prepare_renders_a_loopback_config_with_every_key(tmp_path: Path) -> Non
         "api_keys": [KEYS["MODEL_RESTRICTED"]],
         "allowed_connections": "mock_mini",
     }
-    assert groups["rate_limited"]["api_keys"] == [KEYS["RATE_LIMITED"]]
-    [limiter] = config["before"]
-    assert limiter["group"] == "rate_limited"
-    assert (limiter["max_requests"], limiter["window_seconds"]) == (2, 1)
-    assert limiter["per"] == "api_key"
-
-    hook = run_dir / "relaygate_lm_proxy_hooks.py"
-    assert hook.read_text() == (fixture_dir("lm-proxy") / hook.name).read_text()
-    ast.parse(hook.read_text())
+    # No handler of ours: LM-Proxy's documented RateLimiter limits every key alike, so no key
+    # is in state RATE_LIMITED (the rate-limit cases skip with that reason).
+    assert "before" not in config
+    assert set(KEYS) == {"FUNDED", "MODEL_RESTRICTED"}
+    assert not list(run_dir.glob("*.py"))
+    assert not list(fixture_dir("lm-proxy").glob("*.py"))
 
     assert plan.cwd == run_dir
-    assert plan.argv[0] == str(install / "venv" / "bin" / "python")
+    assert plan.argv[0] == str(tmp_path / "install" / "venv" / "bin" / "python")
     assert plan.argv[1:3] == ["-m", "lm_proxy"]
     assert plan.argv[plan.argv.index("--config") + 1] == str(run_dir / "config.toml")
     assert plan.argv[plan.argv.index("--env") + 1] == ""  # no .env is loaded
     assert plan.env["USE_DOT_ENV"] == "false"
-    assert plan.env["PYTHONPATH"] == str(run_dir)  # the hook module is importable
     assert plan.base_url == "http://127.0.0.1:4321/v1"
     assert plan.health_url == "http://127.0.0.1:4321/openapi.json"
     assert dict(plan.keys) == KEYS
-    assert list(plan.load_args) == ["--rl-key", KEYS["RATE_LIMITED"], "--rate-limit", RATE_LIMIT]
+    assert list(plan.load_args) == []
+
+
+def test_prepare_wildcard_uses_the_readme_patterns(tmp_path: Path) -> None:
+    config, plan = _prepare(tmp_path, "wildcard")
+    assert config["host"] == "127.0.0.1"
+    # README "Quick Start" / "Dynamic Model Routing": specific pattern first, then "gpt*", then
+    # the fallback "*" to one fixed model; first match wins, so the order is the point.
+    assert list(config["routing"].items()) == [
+        ("gpt-4o-mini", "mock_mini.*"),
+        ("gpt*", "mock.*"),
+        ("*", "mock.gpt-3.5-turbo"),
+    ]
+    assert config["groups"]["mini_only"]["allowed_connections"] == "mock_mini"
+    assert dict(plan.keys) == KEYS
+
+
+def test_prepare_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+    with pytest.raises((KeyError, ValueError), match="nope"):
+        _prepare(tmp_path, "nope")
+    assert not (tmp_path / "run" / "config.toml").exists()

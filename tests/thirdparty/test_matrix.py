@@ -45,3 +45,29 @@ def test_matrix_rows_columns_and_reasons(tmp_path: Path) -> None:
     assert "documented 403" in html and "<script" not in html
     gamma = load_column(tmp_path / "gamma")
     assert gamma.error == "npm install exited with 1" and not gamma.cases
+
+
+def test_a_configuration_row_shows_what_ran_its_findings_and_citations(tmp_path: Path) -> None:
+    should = {**_case("streaming.x", "failed", "no usage chunk"), "level": "SHOULD"}
+    cited = "LiteLLM answers 400 (docs: https://docs.litellm.ai/docs/proxy/virtual_keys#expiry)"
+    configuration = {
+        "name": "quickstart",
+        "description": "no database, master key only",
+        "docs": "https://docs.litellm.ai/docs/proxy/quick_start#quick-start",
+    }
+    _relay(
+        tmp_path,
+        "alpha:quickstart",
+        [_case("auth.b", "failed", "401 vs 200"), should, _case("auth.e", "deviation", cited)],
+        configuration=configuration,
+        profile="alpha-quickstart",
+    )
+    md = write_matrix(tmp_path, ["alpha:quickstart"])[0].read_text()
+    assert "| alpha:quickstart | 1.0 | alpha-quickstart | 0 | 1 | 1 | 1 | 0 |" in md
+    assert (
+        "Configuration: no database, master key only "
+        "(docs: https://docs.litellm.ai/docs/proxy/quick_start#quick-start)" in md
+    )
+    assert "### Findings: failed MUST cases (1)" in md
+    assert "### Findings: failed SHOULD cases (1)" in md
+    assert cited in md  # the citation is never cut

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+
+import pytest
 
 from relaygate.profiles import SECURITY_RULES, load_profile
 from relaygate.thirdparty import get_driver
@@ -29,6 +32,30 @@ def test_registered_and_pinned() -> None:
     assert driver.profile == "openai-forward"
 
 
+def test_configurations_are_documented_rows() -> None:
+    driver = OpenAIForwardDriver()
+    assert [c.name for c in driver.configurations] == ["default", "quickstart"]
+    for configuration in driver.configurations:
+        # The relay's own documentation presents it (a doc page, never a source file).
+        assert configuration.docs.startswith(
+            "https://github.com/KenyonY/openai-forward/blob/v0.8.1/"
+        )
+        assert ".md#" in configuration.docs and ".py" not in configuration.docs
+    assert driver.configuration("quickstart").profile == "openai-forward-quickstart"
+
+
+def test_quickstart_profile_differs_only_in_its_limiter_and_keys() -> None:
+    profile, parent = load_profile("openai-forward-quickstart"), load_profile("openai-forward")
+    assert profile.extends == "openai-forward"
+    assert not profile.rate_limit.relay_limiter
+    assert "README_EN.md#quick-start" in (profile.deviation("rate_limit.relay_limiter") or "")
+    assert profile.errors == parent.errors
+    # no forward keys: the client's key is the upstream's own (bring your own key), cited
+    assert profile.auth == dataclasses.replace(parent.auth, client_key_is_provider_key=True)
+    waiver = profile.deviation("auth.client_key_is_provider_key") or ""
+    assert "README_EN.md#proxy-openai-model" in waiver
+
+
 def test_profile_loads_with_documented_deviations() -> None:
     profile = load_profile("openai-forward")
     assert profile.role == "relay"
@@ -46,6 +73,9 @@ def test_profile_loads_with_documented_deviations() -> None:
     assert profile.deviation("errors.model_not_allowed") is None
     assert profile.deviation("errors.rate_limited") is None
     assert profile.deviation("errors.upstream_5xx_html") is None
+    # No doc says a 429 comes without Retry-After: not waived (a finding, not a deviation).
+    assert profile.rate_limit.retry_after_header
+    assert profile.deviation("rate_limit.retry_after_header") is None
     assert set(profile.security) == set(SECURITY_RULES)
 
 
@@ -100,3 +130,41 @@ def test_prepare_renders_a_loopback_config_with_every_key(tmp_path: Path) -> Non
     assert dict(plan.keys) == KEYS
     assert "FUNDED" in plan.keys
     assert list(plan.load_args) == ["--rl-key", KEYS["RATE_LIMITED"], "--rate-limit", "2/1s"]
+
+
+def test_prepare_quickstart_has_no_forward_keys(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    plan = OpenAIForwardDriver().prepare(
+        tmp_path / "install",
+        run_dir,
+        port=4321,
+        upstream_url=UPSTREAM,
+        upstream_key="sk-up",
+        configuration="quickstart",
+    )
+    env = _env(run_dir / ".env")
+    assert json.loads(env["FORWARD_CONFIG"]) == [
+        {"base_url": UPSTREAM, "route": "/", "type": "openai"}
+    ]
+    # `aifd run` without keys: no key, level or limit settings at all.
+    for name in ("OPENAI_API_KEY_CONFIG", "FORWARD_KEY_CONFIG", "LEVEL_MODELS", "REQ_RATE_LIMIT"):
+        assert name not in env
+    assert env["GLOBAL_RATE_LIMIT"] == "inf"
+    assert env["CACHE_OPENAI"] == "false"
+    # The client's key is the upstream's own; there is no limited key for the 429 prober.
+    assert dict(plan.keys) == {"FUNDED": "sk-up"}
+    assert list(plan.load_args) == []
+    assert plan.argv[plan.argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_prepare_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+    with pytest.raises((KeyError, ValueError), match="nope"):
+        OpenAIForwardDriver().prepare(
+            tmp_path / "install",
+            tmp_path / "run",
+            port=4321,
+            upstream_url=UPSTREAM,
+            upstream_key="sk-up",
+            configuration="nope",
+        )
+    assert not (tmp_path / "run" / ".env").exists()

@@ -161,9 +161,18 @@ async def _connect(host: str, port: int) -> _StreamProtocol:
     return protocol
 
 
-async def _control(host: str, port: int, method: str, path: str) -> dict[str, Any]:
-    """One call to the mock's control API, within a total deadline and a byte cap."""
+async def _control(
+    host: str, port: int, method: str, path: str, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """One call to the mock's control API, within a total deadline and a byte cap.
+
+    The deadline is read at call time (``_CONTROL_TIMEOUT_S`` unless given), never bound
+    when the module is imported.
+    """
     import orjson
+
+    if timeout_s is None:
+        timeout_s = _CONTROL_TIMEOUT_S
 
     where = f"{method} http://{host}:{port}{path}"
 
@@ -185,12 +194,15 @@ async def _control(host: str, port: int, method: str, path: str) -> dict[str, An
             writer.close()
 
     try:
-        raw = await asyncio.wait_for(exchange(), _CONTROL_TIMEOUT_S)
+        raw = await asyncio.wait_for(exchange(), timeout_s)
     except TimeoutError:
         raise RuntimeError(
-            f"{where}: no complete answer within {_CONTROL_TIMEOUT_S:g} s (total deadline)"
+            f"{where}: no complete answer within {timeout_s:g} s (total deadline)"
         ) from None
-    result: dict[str, Any] = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{where}: {head.splitlines()[0]!r} {body[:300]!r}")
+    result: dict[str, Any] = orjson.loads(body)
     return result
 
 

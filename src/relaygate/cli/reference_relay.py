@@ -49,6 +49,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream-timeout", type=float, default=60.0, metavar="S", help="upstream silence limit"
     )
+    from relaygate.reference.config import (  # light: no aiohttp
+        DEFAULT_UPSTREAM_DEADLINE_S,
+        DEFAULT_UPSTREAM_MAX_BYTES,
+    )
+
+    parser.add_argument(
+        "--upstream-deadline",
+        type=float,
+        default=DEFAULT_UPSTREAM_DEADLINE_S,
+        metavar="S",
+        help="total time limit of one upstream answer, connect to last byte",
+    )
+    parser.add_argument(
+        "--upstream-max-bytes",
+        type=int,
+        default=DEFAULT_UPSTREAM_MAX_BYTES,
+        metavar="N",
+        help="most bytes read of one upstream answer (a stream's events all together)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from relaygate.serve import ServeError, print_ready, run_app
 
     try:
+        if not args.upstream_deadline > 0:
+            raise ValueError(f"--upstream-deadline must be > 0, got {args.upstream_deadline:g}")
+        if args.upstream_max_bytes < 1:
+            raise ValueError(f"--upstream-max-bytes must be >= 1, got {args.upstream_max_bytes}")
         config = RelayConfig(
             host=args.host,
             port=args.port,
@@ -76,14 +99,24 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             retry_times=args.retry_times,
             upstream_timeout_s=args.upstream_timeout,
+            upstream_deadline_s=args.upstream_deadline,
+            upstream_max_bytes=args.upstream_max_bytes,
         )
         app = create_app(config)
     except (UnknownFaultError, FieldError, ValueError, OSError) as exc:
         sys.stderr.write(f"relaygate reference-relay: {exc}\n")
         return 2
     from relaygate import tokens
+    from relaygate.cli.mock_upstream import tune_gc
 
     tokens.warm()  # before the ready line: the first request must not pay for loading the vocab
+
+    async def _tune_gc(_app: object) -> None:
+        # Gen-2 collections over the start-up heap (vocabularies, aiohttp) paused the relay
+        # for up to ~90 ms under load: freeze it and collect young objects rarely, as the mock.
+        tune_gc()
+
+    app.on_startup.append(_tune_gc)
     admin_token = config.admin_token
 
     def ready(url: str) -> None:

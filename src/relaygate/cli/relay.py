@@ -4,7 +4,11 @@
     relaygate relay start litellm [--json]      # mock upstream + relay, detached
     relaygate relay stop litellm
     relaygate relay run litellm openai-forward  # start, suite, short load run, stop
+    relaygate relay run litellm:quickstart      # one documented configuration of a relay
     relaygate relay matrix                      # every relay + the reference relay, matrix.md/html
+
+A relay name alone runs its default configuration; ``name:configuration`` another deployment
+its documentation shows (``relaygate relay list`` names them). Each is a row of the matrix.
 
 Relays install into ``$RELAYGATE_RELAYS_HOME`` (default ``~/.cache/relaygate/relays``), each in
 its own venv or node_modules; everything listens on 127.0.0.1.
@@ -35,19 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("install", help="install relays (pinned) into the relays home")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = sub.add_parser("start", help="start a relay (+ a mock upstream) detached, print its URL")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME[:CONFIG]")
     p.add_argument("--port", type=port_number, default=0, help="relay port (default: free)")
     p.add_argument("--upstream-url", default=None, help="use this upstream, not a new mock")
     p.add_argument("--upstream-key", default=None, help="the upstream's key")
     p.add_argument("--json", action="store_true", help="print the state as JSON (keys shown)")
     p = sub.add_parser("stop", help="stop a relay started with 'relay start'")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME[:CONFIG]")
     for action, text in (
         ("run", "start each relay, run the suite and a short load run, stop it"),
         ("matrix", "run every relay (and the reference relay), write matrix.md and matrix.html"),
     ):
         p = sub.add_parser(action, help=text, description=text)
-        p.add_argument("names", nargs="*", metavar="NAME", help="default: all")
+        p.add_argument(
+            "names",
+            nargs="*",
+            metavar="NAME[:CONFIG]",
+            help="a relay (its default configuration) or relay:configuration; default: all, "
+            + ("every configuration" if action == "matrix" else "default configurations"),
+        )
         p.add_argument("--report-dir", type=Path, default=Path("reports/relays"))
         p.add_argument("--load-seconds", type=int, default=12, help="0: no load run")
         p.add_argument("--load-users", type=int, default=10)
@@ -58,17 +68,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def _driver_names(names: list[str], *, reference_ok: bool = True) -> list[str]:
-    from relaygate.thirdparty import DRIVERS
+def _driver_names(
+    names: list[str], *, reference_ok: bool = True, every_configuration: bool = False
+) -> list[str]:
+    """The rows to run (``name`` or ``name:configuration``), checked; all when none given."""
+    from relaygate.thirdparty import DRIVERS, get_driver
+    from relaygate.thirdparty.base import parse_row
 
     known = [*DRIVERS, *([REFERENCE] if reference_ok else [])]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if parse_row(n)[0] not in known]
     if unknown:
         hint = "" if reference_ok else f" ({REFERENCE} is started with 'relaygate up')"
         raise SystemExit(
             f"relaygate relay: unknown relay {', '.join(unknown)}; known: {', '.join(known)}{hint}"
         )
-    return names or list(DRIVERS)
+    rows = []
+    for row in names:
+        name, configuration = parse_row(row)
+        if name == REFERENCE:
+            if ":" in row:
+                raise SystemExit(f"relaygate relay: {REFERENCE} has one configuration only")
+            rows.append(row)
+            continue
+        driver = get_driver(name)
+        try:
+            driver.configuration(configuration)
+        except KeyError as exc:
+            raise SystemExit(f"relaygate relay: {exc.args[0]}") from None
+        rows.append(driver.row(configuration))
+    if rows:
+        return rows
+    if every_configuration:
+        return [row for name in DRIVERS for row in get_driver(name).rows()]
+    return list(DRIVERS)
 
 
 def _cmd_list() -> int:
@@ -78,8 +110,12 @@ def _cmd_list() -> int:
     for name in DRIVERS:
         driver = get_driver(name)
         state = "installed" if driver.is_installed(install_dir_of(name)) else "not installed"
-        print(f"{name:16} {driver.version:10} profile {driver.profile:16} {state}")
+        print(f"{name:16} {driver.version:10} {state}")
         print(f"{'':16} {driver.description}")
+        for configuration in driver.all_configurations():
+            row = driver.row(configuration.name)
+            profile = driver.profile_of(configuration.name)
+            print(f"  {row:30} profile {profile:22} {configuration.description}")
     return 0
 
 
@@ -89,7 +125,10 @@ def _cmd_install(names: list[str]) -> int:
     from relaygate.thirdparty.launcher import ensure_installed
 
     code = 0
-    for name in _driver_names(names):
+    from relaygate.thirdparty.base import parse_row
+
+    drivers = dict.fromkeys(parse_row(row)[0] for row in _driver_names(names))
+    for name in drivers:
         if name == REFERENCE:
             continue
         try:
@@ -104,9 +143,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from relaygate.thirdparty.base import InstallError
     from relaygate.thirdparty.launcher import RelayLauncher, RelayStartError
 
-    _driver_names([args.name], reference_ok=False)
+    (row,) = _driver_names([args.name], reference_ok=False)
     launcher = RelayLauncher(
-        args.name, port=args.port, upstream_url=args.upstream_url, upstream_key=args.upstream_key
+        row, port=args.port, upstream_url=args.upstream_url, upstream_key=args.upstream_key
     )
     try:
         running = launcher.start()
@@ -117,19 +156,19 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(running.to_json(show_keys=True)))
     else:
-        print(f"{running.name} {running.version} listening on {running.base_url}")
+        print(f"{running.row} {running.version} listening on {running.base_url}")
         print(f"  upstream (mock): {running.upstream_url}")
         for state, key in running.keys.items():
             print(f"  key {state.lower():16} {mask_key(key)}")
         print(f"  state (keys in clear): {running.run_dir / 'relay.json'}")
-        print(f"  stop with: relaygate relay stop {running.name}")
+        print(f"  stop with: relaygate relay stop {running.row}")
     return 0
 
 
 def _cmd_stop(name: str) -> int:
     from relaygate.thirdparty.launcher import stop_recorded
 
-    _driver_names([name], reference_ok=False)
+    (name,) = _driver_names([name], reference_ok=False)
     if not stop_recorded(name):
         print(f"relaygate relay stop: {name} is not running (no state file)", file=sys.stderr)
         return 1
@@ -173,31 +212,34 @@ def _run_reference(out_dir: Path, load_seconds: int, load_users: int) -> dict[st
     }
 
 
-def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) -> dict[str, Any]:
+def _run_one(row: str, report_dir: Path, load_seconds: int, load_users: int) -> dict[str, Any]:
     from relaygate.thirdparty import get_driver
-    from relaygate.thirdparty.base import InstallError, write_private
+    from relaygate.thirdparty.base import InstallError, parse_row, write_private
     from relaygate.thirdparty.launcher import RelayLauncher, RelayStartError
     from relaygate.thirdparty.runner import LoadPlan, run_load, run_suite
 
-    out_dir = report_dir / name
+    out_dir = report_dir / row
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("conformance.json", "conformance.html", "load-summary.json", "run.json"):
         (out_dir / stale).unlink(missing_ok=True)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    if name == REFERENCE:
+    if row == REFERENCE:
         record = _run_reference(out_dir, load_seconds, load_users)
     else:
+        name, configuration = parse_row(row)
         driver = get_driver(name)
         record = {
-            "relay": name,
+            "relay": row,
+            "driver": name,
             "version": driver.version,
-            "profile": driver.profile,
+            "profile": driver.profile_of(configuration),
+            "configuration": driver.configuration(configuration).to_json(),
             "steps": [],
             "error": None,
         }
         try:
-            with RelayLauncher(name) as running:
+            with RelayLauncher(row) as running:
                 suite = run_suite(running, out_dir)
                 record["steps"].append(suite.to_json())
                 if load_seconds > 0:
@@ -211,9 +253,9 @@ def _run_one(name: str, report_dir: Path, load_seconds: int, load_users: int) ->
     write_private(out_dir / "run.json", json.dumps(record, indent=2))  # may name the relay's keys
     conf = out_dir / "conformance.json"
     counts = json.loads(conf.read_text())["summary"] if conf.is_file() else None
-    _write_relay_page(out_dir, name, record)
+    _write_relay_page(out_dir, row, record)
     print(
-        f"relaygate relay: {name}: {counts or 'no conformance report'}"
+        f"relaygate relay: {row}: {counts or 'no conformance report'}"
         + (f" — {str(record['error']).splitlines()[0]}" if record["error"] else "")
         + f" ({record['duration_s']} s)",
         file=sys.stderr,
@@ -243,7 +285,7 @@ def _write_relay_page(out_dir: Path, name: str, record: dict[str, Any]) -> None:
 def _cmd_run(args: argparse.Namespace, *, matrix: bool) -> int:
     from relaygate.thirdparty.matrix import write_matrix
 
-    names = _driver_names(list(args.names))
+    names = _driver_names(list(args.names), every_configuration=matrix)
     if matrix and not args.names and not args.no_reference:
         names = [REFERENCE, *names]
     report_dir: Path = args.report_dir

@@ -26,7 +26,6 @@ from relaygate.keys import mask_secrets
 __all__ = ["check_allow_skips", "evaluate", "relay_mismatch", "same_relay"]
 
 _COUNT_ORDER = ("passed", "failed", "deviation", "skipped")
-_SKIP_CLASS_ORDER = ("live", "key", "profile", "other")
 # A case id or an fnmatch glob over ids: "auth.*", "quota.formula[gpt-4]", "*.retry-after".
 _ID_PATTERN = re.compile(r"^[\w*?\[\]-]+\.\S+$")
 # "relaygate.suite.failures.CaseFailure: " / "AssertionError: " in front of a failure reason.
@@ -254,15 +253,19 @@ def _case_skip_class(case: Mapping[str, Any], reason: str) -> str:
 def _groups(
     skips: Mapping[tuple[str, str, str | None], list[str]],
 ) -> tuple[SkipGroup, ...]:
+    from relaygate.suite.results import SKIP_CLASSES
+
     groups = [
         SkipGroup(reason, tuple(ids), skip_class, allowed_by)
         for (skip_class, reason, allowed_by), ids in skips.items()
     ]
+    # The classes in SKIP_CLASSES' order (every class the suite can write), "other" last.
+    order = [c for c in SKIP_CLASSES if c != "other"] + ["other"]
     return tuple(
         sorted(
             groups,
             key=lambda g: (
-                _SKIP_CLASS_ORDER.index(g.skip_class or "other"),
+                order.index(g.skip_class) if g.skip_class in order else len(order),
                 -len(g.ids),
                 g.reason,
             ),

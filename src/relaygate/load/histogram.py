@@ -10,6 +10,9 @@ Buckets are stored sparsely (a dict of index -> count), so an idle histogram cos
 and a busy one a few thousand entries. Exact ``min``, ``max``, ``sum`` and ``count`` are
 kept besides the buckets. Two histograms merge by adding counts, which is what the Locust
 master does with the plain-dict snapshots its workers send (:meth:`to_dict`/:meth:`from_dict`).
+The sum is kept in whole nanoseconds (an int): float addition depends on its order, so a
+master's mean would differ from one process's in the last digits; integers add exactly
+(tests/test_load_merge.py).
 
 Values are recorded in milliseconds (floats). Negative values are clamped to 0 and counted in
 ``negative`` (a negative latency means a clock or bookkeeping problem worth surfacing).
@@ -48,12 +51,12 @@ def bucket_bounds(index: int) -> tuple[float, float]:
 class Histogram:
     """Sparse fixed-resolution histogram of millisecond values; see the module docstring."""
 
-    __slots__ = ("buckets", "count", "max", "min", "negative", "sum")
+    __slots__ = ("buckets", "count", "max", "min", "negative", "sum_ns")
 
     def __init__(self) -> None:
         self.buckets: dict[int, int] = {}
         self.count = 0
-        self.sum = 0.0
+        self.sum_ns = 0
         self.min = math.inf
         self.max = -math.inf
         self.negative = 0
@@ -68,7 +71,7 @@ class Histogram:
         index = bucket_index(value_ms)
         self.buckets[index] = self.buckets.get(index, 0) + count
         self.count += count
-        self.sum += value_ms * count
+        self.sum_ns += round(value_ms * 1e6) * count
         if value_ms < self.min:
             self.min = value_ms
         if value_ms > self.max:
@@ -85,27 +88,26 @@ class Histogram:
         instead of 50)."""
         buckets = self.buckets
         get = buckets.get
-        count = negative = 0
-        total = 0.0
+        count = negative = total = 0
         low = self.min
         high = self.max
         for value_ns in values_ns:
             if absolute and value_ns < 0:
                 value_ns = -value_ns
-            value = value_ns / 1e6
-            if value < 0.0:
+            if value_ns < 0:
                 negative += 1
-                value = 0.0
+                value_ns = 0
+            value = value_ns / 1e6
             index = int(value / LINEAR_STEP_MS) if value < LINEAR_LIMIT_MS else bucket_index(value)
             buckets[index] = get(index, 0) + 1
             count += 1
-            total += value
+            total += value_ns
             if value < low:
                 low = value
             if value > high:
                 high = value
         self.count += count
-        self.sum += total
+        self.sum_ns += total
         self.negative += negative
         self.min = low
         self.max = high
@@ -115,10 +117,15 @@ class Histogram:
         for index, count in other.buckets.items():
             self.buckets[index] = self.buckets.get(index, 0) + count
         self.count += other.count
-        self.sum += other.sum
+        self.sum_ns += other.sum_ns
         self.negative += other.negative
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
+
+    @property
+    def sum(self) -> float:
+        """The sum of all observations in ms (to the nanosecond)."""
+        return self.sum_ns / 1e6
 
     @property
     def mean(self) -> float | None:
@@ -180,6 +187,7 @@ class Histogram:
             "b": flat,
             "n": self.count,
             "s": self.sum,
+            "sn": self.sum_ns,
             "lo": self.min if self.count else None,
             "hi": self.max if self.count else None,
             "neg": self.negative,
@@ -192,7 +200,9 @@ class Histogram:
         for pos in range(0, len(flat), 2):
             hist.buckets[int(flat[pos])] = int(flat[pos + 1])
         hist.count = int(data.get("n", 0))
-        hist.sum = float(data.get("s", 0.0))
+        # "sn" (exact) since the sum became an int; older snapshots carry only "s" (ms).
+        sum_ns = data.get("sn")
+        hist.sum_ns = int(sum_ns) if sum_ns is not None else round(float(data.get("s", 0.0)) * 1e6)
         hist.negative = int(data.get("neg", 0))
         if hist.count:
             hist.min = float(data["lo"])

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from relaygate.load.stamps import enable_kernel_stamps
 
@@ -137,16 +138,37 @@ class Dechunker:
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
-        if not self._buf and self._state == 0:
-            # Fast path: one whole chunk per read, the common case for SSE (one event per
-            # chunk, one chunk per TCP segment).
-            nl = data.find(b"\n")
-            if 0 < nl <= 16:
-                line = data[:nl]
-                # only hex digits (and the CR): extensions and anything odd take the slow path
-                size = int(line, 16) if line.translate(None, _HEX) in (b"\r", b"") else -1
-                if size > 0 and len(data) == nl + 1 + size + 2 and data.endswith(b"\r\n"):
-                    return data[nl + 1 : nl + 1 + size]
+        if self._buf or self._state != 0:
+            return self._feed(data)
+        # Fast path: whole chunks, the common case for SSE (one event per chunk, one chunk
+        # per TCP segment; several when a busy client reads late). The first chunk that is
+        # not plain (extensions, the last chunk, cut by the read) and the rest go the slow way.
+        pos = 0
+        size_all = len(data)
+        parts: list[bytes] = []
+        while True:
+            nl = data.find(b"\n", pos, pos + 17)
+            line = data[pos:nl]
+            # only hex digits (and the CR): anything odd takes the slow path
+            if nl <= pos or line.translate(None, _HEX) not in (b"\r", b"") or line == b"\r":
+                break
+            start = nl + 1
+            end = start + int(line, 16)
+            if end == start or data[end : end + 2] != b"\r\n":
+                break
+            pos = end + 2
+            if pos == size_all and not parts:
+                return data[start:end]
+            parts.append(data[start:end])
+            if pos == size_all:
+                return b"".join(parts)
+        if not parts:
+            return self._feed(data)
+        parts.append(self._feed(data[pos:]))
+        return b"".join(parts)
+
+    def _feed(self, data: bytes) -> bytes:
+        """The general decoder: any split of the chunked body, one state machine."""
         buf = self._buf + data if self._buf else data
         out = bytearray()
         pos = 0
@@ -200,10 +222,12 @@ class ConnectionPool:
     """Idle keep-alive connections to one origin, newest taken first, at most ``max_idle``.
 
     New connections get ``TCP_NODELAY``, kernel receive stamps when ``kernel_stamps`` and
-    TLS when ``tls`` is a context.
+    TLS when ``tls`` is a context. The host is resolved once and the addresses kept (again
+    only after every address failed): under gevent each lookup is a trip through its thread
+    pool, which a wave of users connecting at once queued behind one another.
     """
 
-    __slots__ = ("_kernel_stamps", "_tls", "hostname", "idle", "max_idle", "port")
+    __slots__ = ("_addresses", "_kernel_stamps", "_tls", "hostname", "idle", "max_idle", "port")
 
     def __init__(
         self,
@@ -220,6 +244,7 @@ class ConnectionPool:
         self.idle: list[Connection] = []
         self._tls = tls
         self._kernel_stamps = kernel_stamps
+        self._addresses: list[tuple[Any, ...]] | None = None
 
     def take_idle(self) -> Connection | None:
         """The most recently parked connection, or None when the pool is empty."""
@@ -227,7 +252,24 @@ class ConnectionPool:
 
     def connect(self, timeout_s: float) -> Connection:
         """A new connection; ``TimeoutError`` if it takes longer than ``timeout_s``."""
-        sock = socket.create_connection((self.hostname, self.port), timeout=timeout_s)
+        addresses = self._addresses
+        if addresses is None:
+            addresses = socket.getaddrinfo(self.hostname, self.port, type=socket.SOCK_STREAM)
+            self._addresses = addresses
+        sock = None
+        error: OSError = OSError(f"no address for {self.hostname}")
+        for family, kind, proto, _name, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout_s)
+                sock.connect(address)
+                break
+            except OSError as exc:
+                sock.close()
+                sock, error = None, exc
+        if sock is None:
+            self._addresses = None  # the next connection looks the host up again
+            raise error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._kernel_stamps:
             enable_kernel_stamps(sock)

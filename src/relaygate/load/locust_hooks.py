@@ -11,7 +11,8 @@ What happens when:
                               GC tuning; self-check
 ``test_stop``                 every request still in flight is counted ``incomplete``
 ``report_to_master``          (worker) attach the registry delta
-``worker_report``             (master) merge it
+``worker_report``             (master) merge it; the master's ``quit`` waits for every
+                              worker's final report (:func:`_wait_for_final_reports`)
 ``quitting``                  (master/local) summary, CSV, plots, SLO lines, exit code
 ``quit``                      stop the embedded stack (:mod:`.locust_stack`)
 """
@@ -27,10 +28,11 @@ import gevent
 from locust import log as locust_log
 from locust import stats as locust_stats
 from locust.env import Environment
-from locust.runners import MasterRunner
+from locust.rpc.protocol import Message
+from locust.runners import STATE_MISSING, MasterRunner
 
 from relaygate.load import selfcheck, slo
-from relaygate.load.locust_options import add_arguments, run_secrets, values_from_web_ui
+from relaygate.load.locust_options import listen, run_secrets, values_from_web_ui
 from relaygate.load.locust_outcomes import count_incomplete
 from relaygate.load.locust_stack import preflight, start_stack, stop_stacks
 from relaygate.load.locust_state import (
@@ -53,11 +55,13 @@ logger = logging.getLogger("relaygate.load")
 
 PROBER_DONE = "relaygate_prober_done"
 GC_THRESHOLDS = (50_000, 20, 20)
+FINAL_REPORT_GRACE_S = 5.0
+"""How long past ``--stop-timeout`` the master waits for a worker's final report."""
 
 
 def register(events: Any) -> None:
     """Add our listeners to Locust's ``events`` (its EventHook is untyped, hence Any)."""
-    events.init_command_line_parser.add_listener(add_arguments)
+    listen(events)
     events.init.add_listener(_on_init)
     events.test_start.add_listener(_on_test_start)
     events.test_stop.add_listener(_on_test_stop)
@@ -89,10 +93,39 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
             preflight(environment.host or options.host, options)
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(PROBER_DONE, lambda *_a, **_k: quit_soon(environment))
+        _wait_for_final_reports(environment.runner, environment.stop_timeout or 0.0)
     if environment.web_ui is not None and controls_run(environment):
         from relaygate.load import webui
 
         webui.install(environment.web_ui, lambda: state.registry, lambda: run_secrets(options))
+
+
+def _wait_for_final_reports(runner: MasterRunner, stop_timeout_s: float) -> None:
+    """Make the master's ``quit`` wait until every worker has quit (its final report comes
+    first on the same socket), at most ``--stop-timeout`` plus a grace.
+
+    Locust's ``MasterRunner.quit`` asks the workers to quit, waits 0.5 s and stops listening,
+    while each worker first lets its streams finish (``--stop-timeout``, 10 s by default
+    here) and only then sends its final report: that report (the last seconds of the run,
+    the streams cut off as ``incomplete``) was lost, in the summary and in Locust's own
+    statistics alike (tests/test_load_merge.py). Locust offers no hook for this wait, hence
+    the wrapped method.
+    """
+    locust_quit = runner.quit
+
+    def quit_after_final_reports() -> None:
+        runner.stop(send_stop_to_client=False)
+        for client in runner.clients.all:
+            runner.server.send_to_client(Message("quit", None, client.id))  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + stop_timeout_s + FINAL_REPORT_GRACE_S
+        # A worker gone missing (no heartbeat) never answers: wait only for the live ones.
+        while time.monotonic() < deadline and any(
+            client.state != STATE_MISSING for client in runner.clients.all
+        ):
+            gevent.sleep(0.05)
+        locust_quit()
+
+    runner.quit = quit_after_final_reports  # type: ignore[method-assign]
 
 
 def _default_user_classes(environment: Environment) -> None:

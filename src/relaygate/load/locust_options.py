@@ -1,19 +1,27 @@
 """Our Locust arguments, from the one option table (:mod:`relaygate.options`).
 
 Each is in Locust's parser under "relaygate" with its env var (Locust prints ``--help`` before
-it loads a locustfile, locust#2917: docs/load.md lists them), and in the web UI's start form
-unless it is secret or a list: a key is never offered there (pre-filled, the page would carry
-it; masked, the form would send the mask back as the key). Values the form sends back as text
-are typed again by :func:`values_from_web_ui` as the test starts.
+it loads a locustfile, locust#2917: :mod:`relaygate.locust_help` registers them for it), and in
+the web UI's start form unless it is secret or a list: a key is never offered there
+(pre-filled, the page would carry it; masked, the form would send the mask back as the key).
+Values the form sends back as text are typed again by :func:`values_from_web_ui` as the test
+starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from relaygate.options import LOCUST, Option, options_for, parse_text
 
-__all__ = ["DEFAULT_STOP_TIMEOUT_S", "add_arguments", "run_secrets", "values_from_web_ui"]
+__all__ = [
+    "DEFAULT_STOP_TIMEOUT_S",
+    "add_arguments",
+    "listen",
+    "run_secrets",
+    "values_from_web_ui",
+]
 
 # Locust kills users at the end of -t by default, cutting every stream in flight; they would
 # all count as `incomplete`. This long, a stream may finish first (`--stop-timeout`).
@@ -57,6 +65,16 @@ def add_arguments(parser: Any) -> None:
         # so any text in it (even none) made the start request fail with a 500.
         action.include_in_web_ui = not (option.secret or option.repeatable)
         action.is_secret = option.secret
+
+
+def listen(events: Any) -> None:
+    """Add :func:`add_arguments` to ``events.init_command_line_parser`` once, however often
+    called: both the ``--help`` hook (:mod:`relaygate.locust_help`) and the locustfile's import
+    call it, and a second listener would add every flag twice (argparse refuses that)."""
+    hook = events.init_command_line_parser
+    with contextlib.suppress(ValueError):  # not added yet
+        hook.remove_listener(add_arguments)
+    hook.add_listener(add_arguments)
 
 
 def values_from_web_ui(options: Any) -> list[str]:

@@ -50,6 +50,9 @@ HISTOGRAMS = (
     "loop_lag",
 )
 SCOPES = ("", "direct.", "ratelimit.")
+# ``extras`` that are a maximum over the run: the master keeps the largest any worker sent
+# (kept as the last report's, one worker's lateness hid another's).
+_MAX_EXTRAS = frozenset({"pacer_max_late_ms"})
 
 
 class Registry:
@@ -100,7 +103,9 @@ class Registry:
                 else:
                     mine[field] = mine.get(field, 0) + value
         for key, value in data.get("extras", {}).items():
-            if isinstance(value, list) and isinstance(self.extras.get(key), list):
+            if key in _MAX_EXTRAS and key in self.extras:
+                self.extras[key] = max(self.extras[key], value)
+            elif isinstance(value, list) and isinstance(self.extras.get(key), list):
                 self.extras[key].extend(value)
             else:
                 self.extras[key] = value

@@ -2,7 +2,7 @@
 
 ``create_app(MockConfig(...))`` builds an app that can be served in-process (tests, the
 embedded stack) or by ``relaygate mock-upstream``. Control endpoints live under
-``/_relaygate/``, need no key and are not journaled.
+``/_relaygate/``, need no key and are not journaled; nor is ``GET /health``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from relaygate.directives import Directive, DirectiveError, find_directive
 from relaygate.keys import mask_key
 from relaygate.mock import model as plain_model
 from relaygate.mock import validation as checks
-from relaygate.mock.clock import PreciseClock, TimingStats
+from relaygate.mock.clock import Clock, CoarseClock, PreciseClock, TimingStats
 from relaygate.mock.config import MockConfig, ModelLimits
 from relaygate.mock.journal import Journal, JournalEntry
 from relaygate.mock.responses import (
@@ -43,26 +43,38 @@ from relaygate.mock.responses import (
     text_completion,
     text_reply,
 )
+from relaygate.mock.shards import PEER_PREFIX, PeerError, Shard, merge_journal_pages
 from relaygate.mock.stream import StreamPlan, write_stream
 from relaygate.mock.validation import RequestError
 from relaygate.serve import error_body, json_errors_middleware
 
-__all__ = ["STATE", "MockState", "create_app"]
+__all__ = ["ARRIVAL_HEADER", "STATE", "MockState", "create_app", "create_peer_app"]
 
 CONTROL_PREFIX = "/_relaygate/"
+ARRIVAL_HEADER = "x-relaygate-arrival-ns"
+# The liveness probe benchmark peers (guidellm, AIPerf, inference-perf) expect; like the control
+# endpoints it needs no key and is not journaled.
+PEER_HEALTH_PATH = "/health"
 EMBEDDING_DIMENSIONS = 1536
 _DEFAULT_TOOL_NAME = "relaygate_tool"
 _monotonic_ns = time.monotonic_ns
 
 
 class MockState:
-    """Per-app state: config, journal, clock and timing statistics."""
+    """Per-app state: config, journal, clock and timing statistics (and, in a worker process,
+    its :class:`~relaygate.mock.shards.Shard`)."""
 
-    def __init__(self, config: MockConfig) -> None:
+    def __init__(self, config: MockConfig, shard: Shard | None = None) -> None:
         self.config = config
+        self.shard = shard
         self.keys = frozenset(config.keys)
-        self.journal = Journal(config.journal_size)
-        self.clock = PreciseClock()
+        if shard is None:
+            self.journal = Journal(config.journal_size)
+        else:
+            self.journal = Journal(config.journal_size, shard.sequence, shard.index)
+        self.clock: Clock = (
+            CoarseClock(int(config.tick_ms * 1e6)) if config.timer == "coarse" else PreciseClock()
+        )
         self.stats = TimingStats()
 
 
@@ -78,7 +90,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def _journal_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Journal every non-control request before anything can refuse it."""
-    if request.path.startswith(CONTROL_PREFIX):
+    if request.path.startswith(CONTROL_PREFIX) or request.path == PEER_HEALTH_PATH:
         return await handler(request)
     entry = request.app[STATE].journal.record(
         request.method,
@@ -88,6 +100,11 @@ async def _journal_middleware(request: web.Request, handler: Handler) -> web.Str
         _monotonic_ns(),
     )
     request[_ENTRY] = entry
+    # Let the other requests read in this loop pass take their arrival stamps before this
+    # one does its work (parse, checks, rendering the stream): a burst of N requests then
+    # gets N stamps of when they were read, not stamps late by the handlers before them
+    # (the schedule counts from arrival, so that lateness was in every TTFT).
+    await asyncio.sleep(0)
     try:
         try:
             response = await handler(request)
@@ -357,6 +374,10 @@ async def _answer_stream(
     headers = _headers(d.headers)
     headers["Content-Type"] = "text/event-stream"
     headers["Cache-Control"] = "no-cache"
+    if d.stamp != "none":
+        # The arrival stamp the schedule counts from, so a client can split its TTFT into
+        # send -> arrival, arrival + ttft -> emit and emit -> receive.
+        headers[ARRIVAL_HEADER] = str(arrival)
     response = web.StreamResponse(status=200, headers=headers)
     if request.version >= HttpVersion11:
         response.enable_chunked_encoding()
@@ -658,20 +679,48 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         ) from None
 
 
+def _peer_failure(exc: PeerError) -> web.Response:
+    return _json(error_body(f"another mock worker failed to answer: {exc}", "server_error"), 502)
+
+
 async def read_journal(request: web.Request) -> web.StreamResponse:
-    """``GET /_relaygate/journal?tag=&since_seq=&limit=`` -> ``{"data": [...], "next_seq"}``."""
-    journal = request.app[STATE].journal
+    """``GET /_relaygate/journal?tag=&since_seq=&limit=`` -> ``{"data": [...], "next_seq"}``.
+
+    With worker processes: every worker's entries, merged in sequence order.
+    """
+    state = request.app[STATE]
+    journal = state.journal
+    tag = request.query.get("tag")
     since_seq = _int_param(request, "since_seq", 0)
     limit = max(0, _int_param(request, "limit", 1000))
-    found, next_seq = journal.query(request.query.get("tag"), since_seq, limit)
-    return _json({"data": [entry.to_json() for entry in found], "next_seq": next_seq})
+    if state.shard is None:
+        found, next_seq = journal.query(tag, since_seq, limit)
+        return _json({"data": [entry.to_json() for entry in found], "next_seq": next_seq})
+    horizon = state.shard.sequence.peek()
+    own, stop = journal.page(tag, since_seq, limit, horizon)
+    params = {"since_seq": str(since_seq), "limit": str(limit), "below": str(horizon)}
+    if tag is not None:
+        params["tag"] = tag
+    try:
+        answers = await state.shard.ask_peers("GET", "journal", params)
+    except PeerError as exc:
+        return _peer_failure(exc)
+    pages = [([entry.to_json() for entry in own], stop)]
+    pages += [(answer["data"], answer["stop"]) for answer in answers]
+    data, next_seq = merge_journal_pages(pages, since_seq, limit, horizon)
+    return _json({"data": data, "next_seq": next_seq})
 
 
 async def reset_journal(request: web.Request) -> web.StreamResponse:
-    """``DELETE /_relaygate/journal``: forget every entry."""
-    journal = request.app[STATE].journal
-    journal.clear()
-    return _json({"ok": True, "next_seq": journal.next_seq})
+    """``DELETE /_relaygate/journal``: forget every entry (in every worker)."""
+    state = request.app[STATE]
+    state.journal.clear()
+    if state.shard is not None:
+        try:
+            await state.shard.ask_peers("DELETE", "journal")
+        except PeerError as exc:
+            return _peer_failure(exc)
+    return _json({"ok": True, "next_seq": state.journal.next_seq})
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -679,17 +728,75 @@ async def health(request: web.Request) -> web.StreamResponse:
     return _json({"ok": True})
 
 
+async def peer_health(request: web.Request) -> web.StreamResponse:
+    """``GET /health``: ``{"status": "ok"}``, the probe benchmark tools send before a run."""
+    return _json({"status": "ok"})
+
+
 async def read_stats(request: web.Request) -> web.StreamResponse:
-    """``GET /_relaygate/stats``: the mock's own write lateness and gap error."""
+    """``GET /_relaygate/stats``: the mock's own write lateness and gap error (every worker's,
+    added up)."""
     state = request.app[STATE]
-    return _json(state.stats.summary())
+    if state.shard is None:
+        return _json(state.stats.summary())
+    try:
+        answers = await state.shard.ask_peers("GET", "stats")
+    except PeerError as exc:
+        return _peer_failure(exc)
+    merged = TimingStats()
+    for raw in (state.stats.export(), *answers):
+        merged.absorb(raw)
+    return _json({**merged.summary(), "workers": state.shard.workers})
 
 
 async def reset_stats(request: web.Request) -> web.StreamResponse:
-    """``POST /_relaygate/stats/reset``: start a new measurement window."""
+    """``POST /_relaygate/stats/reset``: start a new measurement window (in every worker)."""
     state = request.app[STATE]
     state.stats.reset()
+    if state.shard is not None:
+        try:
+            await state.shard.ask_peers("POST", "stats/reset")
+        except PeerError as exc:
+            return _peer_failure(exc)
     return _json({"ok": True})
+
+
+async def _peer_journal(request: web.Request) -> web.StreamResponse:
+    """A peer's ``GET journal?tag=&since_seq=&limit=&below=``: this worker's page."""
+    journal = request.app[STATE].journal
+    below = _int_param(request, "below", 0)
+    found, stop = journal.page(
+        request.query.get("tag"),
+        _int_param(request, "since_seq", 0),
+        max(0, _int_param(request, "limit", 1000)),
+        below,
+    )
+    return _json({"data": [entry.to_json() for entry in found], "stop": stop})
+
+
+async def _peer_reset_journal(request: web.Request) -> web.StreamResponse:
+    request.app[STATE].journal.clear()
+    return _json({"ok": True})
+
+
+async def _peer_stats(request: web.Request) -> web.StreamResponse:
+    return _json(request.app[STATE].stats.export())
+
+
+async def _peer_reset_stats(request: web.Request) -> web.StreamResponse:
+    request.app[STATE].stats.reset()
+    return _json({"ok": True})
+
+
+def create_peer_app(app: web.Application) -> web.Application:
+    """The control endpoints a worker serves its peers (on its private loopback port)."""
+    peer = web.Application()
+    peer[STATE] = app[STATE]
+    peer.router.add_get(PEER_PREFIX + "journal", _peer_journal, allow_head=False)
+    peer.router.add_delete(PEER_PREFIX + "journal", _peer_reset_journal)
+    peer.router.add_get(PEER_PREFIX + "stats", _peer_stats, allow_head=False)
+    peer.router.add_post(PEER_PREFIX + "stats/reset", _peer_reset_stats)
+    return peer
 
 
 async def _preload_tokenizers(app: web.Application) -> None:
@@ -702,11 +809,27 @@ async def _close_clock(app: web.Application) -> None:
     app[STATE].clock.close()
 
 
-def create_app(config: MockConfig | None = None) -> web.Application:
-    """The mock upstream as an aiohttp application (serve it with ``web.AppRunner``)."""
+async def _start_shard(app: web.Application) -> None:
+    shard = app[STATE].shard
+    if shard is not None:
+        await shard.start()
+
+
+async def _close_shard(app: web.Application) -> None:
+    shard = app[STATE].shard
+    if shard is not None:
+        await shard.close()
+
+
+def create_app(config: MockConfig | None = None, shard: Shard | None = None) -> web.Application:
+    """The mock upstream as an aiohttp application (serve it with ``web.AppRunner``).
+
+    ``shard``: this app is one of several worker processes (:mod:`relaygate.mock.workers`);
+    its control endpoints then answer for all of them.
+    """
     config = config or MockConfig()
     app = web.Application(middlewares=[_journal_middleware, json_errors_middleware])
-    app[STATE] = MockState(config)
+    app[STATE] = MockState(config, shard)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -715,8 +838,11 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     app.router.add_get("/_relaygate/journal", read_journal, allow_head=False)
     app.router.add_delete("/_relaygate/journal", reset_journal)
     app.router.add_get("/_relaygate/health", health, allow_head=False)
+    app.router.add_get(PEER_HEALTH_PATH, peer_health)
     app.router.add_get("/_relaygate/stats", read_stats, allow_head=False)
     app.router.add_post("/_relaygate/stats/reset", reset_stats)
     app.on_startup.append(_preload_tokenizers)
+    app.on_startup.append(_start_shard)
     app.on_cleanup.append(_close_clock)
+    app.on_cleanup.append(_close_shard)
     return app

@@ -4,7 +4,9 @@ The loop's timers (libuv / epoll) have about 1 ms granularity, which would make 
 inter-event gaps jitter by +-1 ms. :class:`PreciseClock` keeps one heap of deadlines: it arms a
 loop timer ``early_ns`` before the earliest deadline, then polls with ``call_soon`` (one poll per
 loop iteration, so socket I/O keeps flowing) until the deadline passes, and resolves every due
-waiter at once. All times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC).
+waiter at once. :class:`CoarseClock` is the cheap alternative for runs where +-1 ms does not
+matter: deadlines round up to a tick and one loop timer per tick wakes them all, with no
+polling. All times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC).
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import itertools
 import math
 import time
 from array import array
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Histogram", "PreciseClock", "TimingStats"]
+__all__ = ["Clock", "CoarseClock", "Histogram", "PreciseClock", "TimingStats"]
 
 _monotonic_ns = time.monotonic_ns
+
+
+class Clock(Protocol):
+    """What a stream needs from a scheduler: sleep until an absolute ``monotonic_ns``."""
+
+    async def sleep_until(self, due_ns: int) -> None:
+        """Return at ``due_ns`` or after it, never before."""
+
+    def close(self) -> None:
+        """Cancel every waiter (server shutdown)."""
 
 
 class PreciseClock:
@@ -86,6 +98,70 @@ class PreciseClock:
             self._arm(self._loop)
 
 
+class CoarseClock:
+    """Wake coroutines on a coarse tick: cheap, accurate to about one tick.
+
+    A deadline rounds up to the next multiple of ``tick_ns``; every waiter of one tick is woken
+    by one loop timer, together, so their writes go out in one loop iteration. Nothing polls,
+    so an idle stretch between ticks costs no CPU (the precise clock spins through the last
+    ``early_ns`` before every deadline). Never early; late by up to one tick plus the loop
+    timer's own slack (about 1 ms).
+    """
+
+    def __init__(self, tick_ns: int = 1_000_000) -> None:
+        if tick_ns < 1:
+            raise ValueError(f"tick_ns must be >= 1, got {tick_ns}")
+        self.tick_ns = tick_ns
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> int:
+        """Waiters not yet woken."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    async def sleep_until(self, due_ns: int) -> None:
+        """Return at the first tick at or after ``due_ns``; at once if it has passed."""
+        now = _monotonic_ns()
+        if due_ns <= now:
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        tick = -(-due_ns // self.tick_ns)
+        future: asyncio.Future[None] = loop.create_future()
+        waiters = self._waiters.get(tick)
+        if waiters is None:
+            waiters = self._waiters[tick] = []
+            self._timers[tick] = loop.call_later(
+                (tick * self.tick_ns - now) / 1e9, self._wake, tick
+            )
+        waiters.append(future)
+        await future
+
+    def close(self) -> None:
+        """Cancel every timer and waiter (server shutdown)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        for waiters in self._waiters.values():
+            for future in waiters:
+                future.cancel()
+        self._timers.clear()
+        self._waiters.clear()
+
+    def _wake(self, tick: int) -> None:
+        remaining_ns = tick * self.tick_ns - _monotonic_ns()
+        if remaining_ns > 0 and self._loop is not None:
+            # Loop timers may fire up to their resolution early; "never early" holds anyway.
+            self._timers[tick] = self._loop.call_later(remaining_ns / 1e9, self._wake, tick)
+            return
+        self._timers.pop(tick, None)
+        for future in self._waiters.pop(tick, ()):
+            if not future.done():
+                future.set_result(None)
+
+
 class Histogram:
     """Fixed-size histogram of values in ms with 10 us buckets over ``[low_ms, high_ms)``.
 
@@ -124,6 +200,29 @@ class Histogram:
             self._max_ns = value_ns
         self.count += 1
         self._sum_ns += value_ns
+
+    def export(self) -> dict[str, Any]:
+        """The raw state as JSON (non-empty buckets only), for :meth:`absorb` elsewhere."""
+        return {
+            "buckets": [[i, n] for i, n in enumerate(self._counts) if n],
+            "count": self.count,
+            "sum_ns": self._sum_ns,
+            "min_ns": self._min_ns,
+            "max_ns": self._max_ns,
+        }
+
+    def absorb(self, raw: dict[str, Any]) -> None:
+        """Add the values of an :meth:`export` of a histogram with the same range."""
+        if not raw["count"]:
+            return
+        for index, count in raw["buckets"]:
+            self._counts[index] += count
+        if self.count == 0 or raw["min_ns"] < self._min_ns:
+            self._min_ns = raw["min_ns"]
+        if self.count == 0 or raw["max_ns"] > self._max_ns:
+            self._max_ns = raw["max_ns"]
+        self.count += raw["count"]
+        self._sum_ns += raw["sum_ns"]
 
     def percentile_ms(self, fraction: float) -> float:
         """Upper edge of the bucket holding the given fraction (nearest rank), in ms."""
@@ -197,6 +296,31 @@ class TimingStats:
         self.streams_finished = 0
         self.peak_active_streams = self.active_streams
         self.events = 0
+
+    def export(self) -> dict[str, Any]:
+        """The raw state as JSON, for :meth:`absorb` in another worker process."""
+        return {
+            "since_ns": self.since_ns,
+            "started": self.streams_started,
+            "finished": self.streams_finished,
+            "active": self.active_streams,
+            "peak_active": self.peak_active_streams,
+            "events": self.events,
+            "write_lateness": self.write_lateness.export(),
+            "gap_error": self.gap_error.export(),
+        }
+
+    def absorb(self, raw: dict[str, Any]) -> None:
+        """Add another worker's :meth:`export`: counts add up, the window starts at the
+        earliest reset; ``peak_active`` becomes the sum of the peaks (an upper bound)."""
+        self.since_ns = min(self.since_ns, raw["since_ns"])
+        self.streams_started += raw["started"]
+        self.streams_finished += raw["finished"]
+        self.active_streams += raw["active"]
+        self.peak_active_streams += raw["peak_active"]
+        self.events += raw["events"]
+        self.write_lateness.absorb(raw["write_lateness"])
+        self.gap_error.absorb(raw["gap_error"])
 
     def summary(self) -> dict[str, Any]:
         """The JSON served on ``GET /_relaygate/stats``."""

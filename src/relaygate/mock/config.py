@@ -15,12 +15,14 @@ from relaygate.keys import masked_repr
 __all__ = [
     "DEFAULT_KEY",
     "DEFAULT_MODELS",
+    "TIMERS",
     "MockConfig",
     "ModelLimits",
     "load_models_file",
 ]
 
 DEFAULT_KEY = "sk-relaygate-upstream"
+TIMERS = ("precise", "coarse")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,7 +59,10 @@ class MockConfig:
     content events (a non-stream answer comes when the stream would end); a directive's own
     ``ttft_ms`` / ``itl_ms`` (default 0) apply to directed requests. ``ignore_directives``:
     behave like a real model: ``[[relaygate ...]]`` text is plain prompt text, never obeyed
-    (to judge live-mode cases, which must not depend on the mock obeying).
+    (to judge live-mode cases, which must not depend on the mock obeying). ``timer``:
+    ``"precise"`` (events within about 0.1 ms of their schedule; spins near each deadline) or
+    ``"coarse"`` (deadlines round up to ``tick_ms``; one timer per tick, no spinning: less CPU,
+    events up to a tick plus about 1 ms late, never early).
     """
 
     keys: tuple[str, ...] = (DEFAULT_KEY,)
@@ -71,8 +76,14 @@ class MockConfig:
     default_ttft_ms: float = 0.0
     default_itl_ms: float = 0.0
     ignore_directives: bool = False
+    timer: str = "precise"
+    tick_ms: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.timer not in TIMERS:
+            raise ValueError(f"timer must be one of {', '.join(TIMERS)}, got {self.timer!r}")
+        if not 0.01 <= self.tick_ms <= 1000.0:
+            raise ValueError(f"tick_ms must be within 0.01..1000 ms, got {self.tick_ms}")
         if not self.keys:
             raise ValueError("MockConfig.keys must hold at least one key")
         if self.journal_size < 1:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["Journal", "JournalEntry", "shrink_json"]
+__all__ = ["Journal", "JournalEntry", "LocalSequence", "Sequence", "shrink_json"]
 
 _TRUNCATED_STRING_CHARS = 1024
 
@@ -54,6 +54,7 @@ class JournalEntry:
         "seq",
         "status",
         "tag",
+        "worker",
     )
 
     def __init__(
@@ -64,8 +65,10 @@ class JournalEntry:
         query: tuple[tuple[str, str], ...],
         headers: tuple[tuple[str, str], ...],
         arrival_ns: int,
+        worker: int = 0,
     ) -> None:
         self.seq = seq
+        self.worker = worker
         self.method = method
         self.path = path
         self.query = query
@@ -130,15 +133,53 @@ class JournalEntry:
             "first_event_ns": self.first_event_ns,
             "last_event_ns": self.last_event_ns,
             "done": self.done,
+            "worker": self.worker,
         }
 
 
-class Journal:
-    """A ring of the last ``size`` :class:`JournalEntry` objects, numbered from 1."""
+class Sequence(Protocol):
+    """Where journal sequence numbers come from (one process, or shared by worker processes)."""
 
-    def __init__(self, size: int) -> None:
+    def take(self) -> int:
+        """The next number, never handed out again."""
+
+    def peek(self) -> int:
+        """The number :meth:`take` would hand out now."""
+
+
+class LocalSequence:
+    """Sequence numbers 1, 2, 3, ... for a journal owned by one process."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def take(self) -> int:
+        """The next number."""
+        value = self._next
+        self._next = value + 1
+        return value
+
+    def peek(self) -> int:
+        """The number :meth:`take` would hand out now."""
+        return self._next
+
+
+class Journal:
+    """A ring of the last ``size`` :class:`JournalEntry` objects, numbered from 1.
+
+    With worker processes each worker keeps its own ring, numbered from one shared
+    ``sequence``, and a read merges the workers' pages (:mod:`relaygate.mock.shards`).
+    """
+
+    def __init__(self, size: int, sequence: Sequence | None = None, worker: int = 0) -> None:
         self._entries: collections.deque[JournalEntry] = collections.deque(maxlen=size)
-        self.next_seq = 1
+        self._sequence = sequence or LocalSequence()
+        self.worker = worker
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next request will get."""
+        return self._sequence.peek()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -155,8 +196,17 @@ class Journal:
         arrival_ns: int,
     ) -> JournalEntry:
         """Append a new entry (the oldest falls out when the ring is full)."""
-        entry = JournalEntry(self.next_seq, method, path, tuple(query.items()), headers, arrival_ns)
-        self.next_seq += 1
+        # Taking the number and appending happen in one step of the event loop, so a merged
+        # read that sees the shared sequence at N finds every entry below N in its worker.
+        entry = JournalEntry(
+            self._sequence.take(),
+            method,
+            path,
+            tuple(query.items()),
+            headers,
+            arrival_ns,
+            self.worker,
+        )
         self._entries.append(entry)
         return entry
 
@@ -171,11 +221,21 @@ class Journal:
 
         ``next_seq`` is where a follow-up query should start: past every entry examined.
         """
+        found, stop = self.page(tag, since_seq, limit)
+        return found, stop if stop is not None else max(self.next_seq, since_seq)
+
+    def page(
+        self, tag: str | None, since_seq: int, limit: int, below: int | None = None
+    ) -> tuple[list[JournalEntry], int | None]:
+        """Up to ``limit`` entries with ``since_seq <= seq < below`` (and ``tag``), oldest
+        first, and the seq of the first matching entry left out by ``limit`` (else None)."""
         found: list[JournalEntry] = []
         for entry in self._entries:
             if entry.seq < since_seq or (tag is not None and entry.tag != tag):
                 continue
+            if below is not None and entry.seq >= below:
+                break
             if len(found) >= limit:
                 return found, entry.seq
             found.append(entry)
-        return found, max(self.next_seq, since_seq)
+        return found, None

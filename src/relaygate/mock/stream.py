@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from relaygate.mock.clock import PreciseClock, TimingStats
+from relaygate.mock.clock import Clock, TimingStats
 from relaygate.mock.journal import JournalEntry
 from relaygate.mock.responses import StreamPayloads
 
@@ -92,7 +92,7 @@ class _Writer:
         resp: web.StreamResponse,
         transport: asyncio.Transport | None,
         plan: StreamPlan,
-        clock: PreciseClock,
+        clock: Clock,
         stats: TimingStats,
         entry: JournalEntry,
     ) -> None:
@@ -203,7 +203,7 @@ async def write_stream(
     resp: web.StreamResponse,
     transport: asyncio.Transport | None,
     plan: StreamPlan,
-    clock: PreciseClock,
+    clock: Clock,
     stats: TimingStats,
     entry: JournalEntry,
 ) -> str:

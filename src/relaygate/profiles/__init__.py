@@ -37,6 +37,7 @@ from relaygate.profiles.rules import (
     ModelRules,
     Profile,
     RateLimitRules,
+    ResponseRules,
     StreamRules,
 )
 from relaygate.profiles.schema import NotApplicable, ProfileError
@@ -56,6 +57,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "RateLimitRules",
+    "ResponseRules",
     "StreamRules",
     "list_profiles",
     "load_profile",

@@ -15,9 +15,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from relaygate.profiles.deviations import check_deviations
+from relaygate.profiles.citations import citation_problem
+from relaygate.profiles.deviations import check_citations, check_deviations
 from relaygate.profiles.rules import (
     CONDITIONS,
+    OPTIONAL_SECTIONS,
     SECTIONS,
     SECURITY_RULES,
     ErrorExpectation,
@@ -71,6 +73,7 @@ def load_profile(name_or_path: str) -> Profile:
     profile = _build(_read_merged(path, chain=()), path)
     if profile.role == "relay" and profile.name != _BASELINE:
         check_deviations(profile, load_profile(_BASELINE), path)
+        check_citations(profile, path)
     return profile
 
 
@@ -146,15 +149,18 @@ def _build(raw: Mapping[str, Any], path: Path) -> Profile:
         raise error(path, "role", f'expected "relay" or "baseline", got {role!r}')
 
     deviations: dict[str, str] = {}
+    docs: dict[str, str] = {}
     sections: dict[str, Any] = {}
     for section, rules in SECTIONS.items():
-        if section not in raw:
+        if section not in raw and section not in OPTIONAL_SECTIONS:
             raise error(path, section, f"required table [{section}] is missing")
-        sections[section], declared = _section(section, rules, raw[section], path)
+        sections[section], declared, cited = _section(section, rules, raw.get(section, {}), path)
         deviations.update({f"{section}.{k}": v for k, v in declared.items()})
+        docs.update({f"{section}.{k}": v for k, v in cited.items()})
 
     errors = _build_errors(raw.get("errors"), path)
     deviations.update({f"errors.{c}": e.deviation for c, e in errors.items() if e.deviation})
+    docs.update({f"errors.{c}": e.doc for c, e in errors.items() if e.deviation and e.doc})
     return Profile(
         name=name,
         description=description,
@@ -164,12 +170,15 @@ def _build(raw: Mapping[str, Any], path: Path) -> Profile:
         errors=MappingProxyType(errors),
         security=_build_security(raw, path),
         deviations=MappingProxyType(deviations),
+        deviation_docs=MappingProxyType(docs),
         **sections,
     )
 
 
-def _section(section: str, rules: type, data: Any, path: Path) -> tuple[Any, dict[str, str]]:
-    """One area's table -> (its rules object, the deviations it declares)."""
+def _section(
+    section: str, rules: type, data: Any, path: Path
+) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """One area's table -> (its rules object, the deviations it declares, their citations)."""
     if not isinstance(data, dict):
         raise error(path, section, "expected a table")
     if section == "billing" and data.get("applicable") is False:
@@ -178,15 +187,38 @@ def _section(section: str, rules: type, data: Any, path: Path) -> tuple[Any, dic
         data = {**_INAPPLICABLE_BILLING, **data}
     names = frozenset(f.name for f in toml_fields(rules))
     check_keys(data, names | {"deviations"}, path, f"{section}.")
-    deviations = data.get("deviations", {})
-    if not isinstance(deviations, dict) or not all(
-        isinstance(v, str) and v for v in deviations.values()
-    ):
-        raise error(path, f"{section}.deviations", 'expected a table of field = "reason"')
-    for name in deviations:
+    declared = data.get("deviations", {})
+    if not isinstance(declared, dict):
+        raise error(path, f"{section}.deviations", _DEVIATION_FORM)
+    reasons: dict[str, str] = {}
+    docs: dict[str, str] = {}
+    for name, value in declared.items():
+        key = f"{section}.deviations.{name}"
         if name not in names:
-            raise error(path, f"{section}.deviations.{name}", f"names no field of [{section}]")
-    return build(rules, data, path, f"{section}."), dict(deviations)
+            raise error(path, key, f"names no field of [{section}]")
+        reason = value
+        if isinstance(value, dict):
+            check_keys(value, frozenset({"reason", "doc", "ref"}), path, f"{key}.")
+            reason = value.get("reason")
+            if value.get("doc") is not None:
+                docs[name] = _citation(value["doc"], path, f"{key}.doc")
+        if not isinstance(reason, str) or not reason:
+            raise error(path, key, _DEVIATION_FORM)
+        reasons[name] = reason
+    return build(rules, data, path, f"{section}."), reasons, docs
+
+
+_DEVIATION_FORM = (
+    'expected field = { reason = "why this relay differs", doc = "<its documentation>" } '
+    '(or field = "reason")'
+)
+
+
+def _citation(value: Any, path: Path, key: str) -> str:
+    problem = citation_problem(value) if isinstance(value, str) else "expected a string"
+    if problem:
+        raise error(path, key, f"not a documentation citation: {problem}")
+    return str(value).strip()
 
 
 def _build_errors(table: Any, path: Path) -> dict[str, ErrorExpectation]:
@@ -206,6 +238,8 @@ def _build_errors(table: Any, path: Path) -> dict[str, ErrorExpectation]:
         expectation: ErrorExpectation = build(
             ErrorExpectation, entry, path, f"{where}.", condition=condition
         )
+        if expectation.doc is not None:
+            _citation(expectation.doc, path, f"{where}.doc")
         if expectation.message_regex is not None:
             try:
                 re.compile(expectation.message_regex)

@@ -19,6 +19,7 @@ from relaygate.profiles.schema import NotApplicable, setting
 __all__ = [
     "BODY_KINDS",
     "CONDITIONS",
+    "OPTIONAL_SECTIONS",
     "SECTIONS",
     "SECURITY_RULES",
     "AdminRules",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelRules",
     "Profile",
     "RateLimitRules",
+    "ResponseRules",
     "StreamRules",
 ]
 
@@ -87,6 +89,11 @@ class ErrorExpectation:
     condition does not apply. ``message_patterns`` are substrings that must all occur in
     ``error.message``; ``message_regex`` (if set) must also match (``re.search``). ``type`` is
     not behaviour: the type name is a relay's own label, F5 only asks that it exist.
+
+    ``error_passthrough``: the upstream's ``type``, ``code`` and ``param`` reach the client as
+    the upstream sent them; ``upstream_message`` says what may happen to its ``message`` on the
+    way: ``"exact"`` (unchanged), ``"contains"`` (wrapped: a prefix or suffix such as one-api's
+    "(request id: …)" around the upstream's text) or ``"replaced"`` (the relay writes its own).
     """
 
     condition: str = setting(from_toml=False)
@@ -101,10 +108,22 @@ class ErrorExpectation:
     body: BodyKind = setting("json")
     status_from_upstream: bool = setting(False)
     error_passthrough: bool = setting(False)
+    # Wording, like ``type``: how a relay words an error is its dialect; what it may not do is
+    # lose the upstream's type, code and param (``error_passthrough``, behaviour).
+    upstream_message: Literal["exact", "contains", "replaced"] = setting("exact", behaviour=False)
     deviation: str | None = setting(None, behaviour=False)
+    #: the relay's documentation that promises the deviation (see relaygate.profiles.citations)
+    doc: str | None = setting(None, behaviour=False)
     applicable: bool = setting(True)
     skip_reason: str | None = setting(None, behaviour=False)
+    #: where in the relay's source the behaviour is (information only: never a waiver alone)
     ref: str | None = setting(None, behaviour=False)
+
+    def waiver(self) -> str | None:
+        """The deviation as the report shows it: the reason and its documentation citation."""
+        if not self.deviation:
+            return None
+        return self.deviation if not self.doc else f"{self.deviation} (docs: {self.doc})"
 
     def message_matches(self, message: str, **values: str) -> bool:
         """True when ``message`` contains every pattern and matches the regex (if any).
@@ -145,6 +164,10 @@ class AuthRules:
     bearer_case_insensitive: bool = setting()
     bare_key_accepted: bool = setting()
     x_api_key_accepted: bool = setting(False)
+    #: Bring your own key: the relay issues no keys; the key a client sends is the provider's
+    #: own key, which the relay passes on to the provider (the security cases judge the key's
+    #: travel by that: forwarding it is the function, a key in the URL must still not travel).
+    client_key_is_provider_key: bool = setting(False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +232,22 @@ class HttpRules:
     body_limit_bytes: int | None = setting(None, behaviour=False)
     cors: bool = setting(True)
     extra_headers: Mapping[str, str] = setting({}, behaviour=False)
+    # Whose paths outside /v1 are: "json" (the API's: an unknown one is the JSON unknown_path
+    # error) or "web-ui" (one-api's dashboard: any other path is its SPA page, 200 text/html).
+    non_api_paths: Literal["json", "web-ui"] = setting("json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseRules:
+    """The answer objects themselves (``chat.completion`` and ``chat.completion.chunk``): how
+    strictly the shape area judges fields OpenAI never sends and "None" strings for null.
+
+    ``level`` is the level those cases report: ``"SHOULD"`` where a vendor field is a wart
+    clients survive (the ``faq`` dialect), ``"MUST"`` where the relay claims to be OpenAI's API
+    (``strict-openai``). The table may be left out: every field has a default.
+    """
+
+    level: Literal["MUST", "SHOULD"] = setting("SHOULD", behaviour=False)
 
 
 # The per-area tables of a profile, in file order: TOML table name -> rules class.
@@ -221,8 +260,11 @@ SECTIONS: Final[Mapping[str, type]] = MappingProxyType(
         "rate_limit": RateLimitRules,
         "admin": AdminRules,
         "http": HttpRules,
+        "response": ResponseRules,
     }
 )
+# Tables a profile may leave out (all their fields have defaults).
+OPTIONAL_SECTIONS: Final[frozenset[str]] = frozenset({"response"})
 
 
 @dataclass(frozen=True)
@@ -243,9 +285,12 @@ class Profile:
     admin: AdminRules
     http: HttpRules
     security: Mapping[str, bool]
+    response: ResponseRules = field(default_factory=ResponseRules)
     # Every accepted deviation, keyed by dotted path: "errors.token_quota_exhausted",
     # "stream.usage_chunk", ... The report lists them; the suite reports "accepted deviation".
     deviations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The documentation each deviation cites, by the same dotted path (absent: none given).
+    deviation_docs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def expect(self, condition: str) -> ErrorExpectation:
         """The expectation for ``condition`` (one of :data:`CONDITIONS`)."""
@@ -257,8 +302,11 @@ class Profile:
             ) from None
 
     def deviation(self, path: str) -> str | None:
-        """The accepted-deviation reason for a dotted path such as ``"stream.usage_chunk"``."""
-        return self.deviations.get(path)
+        """The accepted-deviation reason for a dotted path such as ``"stream.usage_chunk"``,
+        with the documentation it cites."""
+        reason = self.deviations.get(path)
+        doc = self.deviation_docs.get(path)
+        return reason if reason is None or doc is None else f"{reason} (docs: {doc})"
 
     def quota_for(self, model: str, group: str, prompt: int, completion: int) -> int:
         """The expected charge in quota units; see :meth:`BillingRules.quota_for`."""

@@ -116,10 +116,24 @@ def build(cls: type[Any], data: Mapping[str, Any], path: Path, where: str, **ext
     for field in toml_fields(cls):
         key = f"{where}{field.name}"
         if field.name in data:
-            values[field.name] = convert(hints[field.name], data[field.name], path, key)
+            value = convert(hints[field.name], data[field.name], path, key)
+            _check_range(field.name, value, path, key)
+            values[field.name] = value
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise error(path, key, "required but missing")
     return cls(**values)
+
+
+def _check_range(name: str, value: Any, path: Path, key: str) -> None:
+    """Numbers in a profile are counts, sizes, times or HTTP statuses: none is negative, and a
+    status is a real one (100-599)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if name == "status" or name.endswith("_status"):
+        if not 100 <= value <= 599:
+            raise error(path, key, f"expected an HTTP status (100-599), got {value!r}")
+    elif value < 0:
+        raise error(path, key, f"cannot be negative, got {value!r}")
 
 
 def ratio(value: Any, path: Path, key: str) -> Fraction:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from fractions import Fraction
@@ -34,7 +35,7 @@ from relaygate.reference.context import (
     relay_error,
     too_large,
 )
-from relaygate.reference.proxy import Outcome, UpstreamCall, forward, inflated
+from relaygate.reference.proxy import Outcome, UpstreamCall, discard_capped, forward, inflated
 from relaygate.reference.store import LogEntry, RelayState, Token, User
 from relaygate.serve import error_response, json_errors_middleware, json_response
 from relaygate.tokens import count_chat_prompt, count_text
@@ -49,8 +50,8 @@ _REQUEST_ID = web.RequestKey("relaygate_request_id", str)
 _MODEL_CREATED = 1626777600  # what the one-api family reports for every model
 #: A model no channel serves, listed by the list_all_models fault.
 _UNSERVED_MODEL = "gpt-4-32k"
-#: Routing errors (status -> fault) that a fault answers with an HTML page instead of JSON.
-_HTML_ERROR_FAULTS = {404: "html_404", 405: "html_405"}
+#: A routing pattern (not a model name) listed by the list_model_patterns fault.
+_MODEL_PATTERN = "gpt-4*"
 #: The public_log_stream fault's feed, where Portkey's log console reads it.
 _LOG_STREAM_PATH = "/log/stream"
 #: Seconds between keep-alive comments on the feed (a write also notices a reader that left).
@@ -128,8 +129,8 @@ def _read_state_file(config: RelayConfig) -> dict[str, Any]:
 async def _relay_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Request id, CORS preflight, the html_404/html_405 and public_log_stream faults, and JSON
-    instead of any crash."""
+    """Request id, CORS preflight, the html_40x and public_log_stream faults, and JSON instead
+    of any crash."""
     request[_REQUEST_ID] = f"{time.time_ns():x}{secrets.token_hex(4)}"
     faults = request.app[STATE].settings.faults
     if "public_log_stream" in faults:
@@ -140,7 +141,7 @@ async def _relay_middleware(
     if request.method == "OPTIONS" and "no_cors" not in faults:
         return web.Response(status=204, headers=_CORS_ALLOW)
     routing = request.match_info.http_exception
-    if routing is not None and _HTML_ERROR_FAULTS.get(routing.status, "") in faults:
+    if routing is not None and _html_routing_error(request, routing.status, faults):
         return web.Response(
             status=routing.status,
             text=f"<html><body><h1>{routing.status} {routing.reason}</h1></body></html>",
@@ -148,7 +149,7 @@ async def _relay_middleware(
             headers={k: v for k, v in routing.headers.items() if k.lower() == "allow"},
         )
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException:
         raise
     except Exception:
@@ -157,6 +158,44 @@ async def _relay_middleware(
         return relay_error(
             500, f"internal relay error (request id {request[_REQUEST_ID]})", "internal_error"
         )
+    # Only after a request received whole: closing on a body still arriving (a 413) resets
+    # the connection before the client reads the answer, another defect than this one.
+    if "reset_after_error" in faults and response.status >= 400 and request.content.is_eof():
+        await _drop_connection_after(request, response)
+    return response
+
+
+async def _drop_connection_after(request: web.Request, response: web.StreamResponse) -> None:
+    """The reset_after_error fault: send the answer, then close the connection without a
+    ``Connection: close`` header (the answer keeps promising keep-alive).
+
+    The answer is corked (Linux ``TCP_CORK``) until the close, so it reaches the client with
+    the FIN: a pooling client (httpx) then always sees the close before reusing the
+    connection, while a client that does not look (the keep-alive probe) loses its next
+    request. Without the cork, which of the two a pooling client sees is a race.
+    """
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and hasattr(socket, "TCP_CORK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    if not response.prepared:
+        await response.prepare(request)
+        await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # flushes what was written, then closes
+
+
+def _html_routing_error(request: web.Request, status: int, faults: frozenset[str]) -> bool:
+    """Whether a fault answers this routing error (404/405) with an HTML page, not JSON."""
+    if status == 404:
+        return (
+            "html_404" in faults
+            or ("html_404_outside_v1" in faults and not request.path.startswith("/v1/"))
+            or ("html_404_non_post" in faults and request.method != "POST")
+        )
+    if status == 405:
+        return "html_405" in faults or ("html_405_non_get" in faults and request.method != "GET")
+    return False
 
 
 async def _log_stream(request: web.Request) -> web.StreamResponse:
@@ -277,7 +316,7 @@ async def _forward_unchecked(request: web.Request, state: RelayState, raw: bytes
         async with request.app[_SESSION].post(
             base + path, data=raw, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
         ) as answer:
-            await answer.read()
+            await discard_capped(answer, state.settings.upstream_max_bytes)
 
 
 def _upstream_body(
@@ -470,7 +509,7 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
     def count_usage() -> tuple[int, int]:
         if outcome.usage is not None:
             return outcome.usage
-        return prompt_tokens, count_text("".join(outcome.text_parts), route_model)
+        return prompt_tokens, count_text(outcome.completion_text(), route_model)
 
     call = UpstreamCall(
         request=request,
@@ -489,6 +528,8 @@ async def _relay(request: web.Request, endpoint: str) -> web.StreamResponse:
         outcome=outcome,
         count_usage=count_usage,
         answer_model=_answer_model(model, route_model, faults),
+        deadline_s=settings.upstream_deadline_s,
+        max_bytes=settings.upstream_max_bytes,
     )
     state.in_flight += 1
     response: web.StreamResponse | None = None
@@ -645,6 +686,8 @@ async def _models(request: web.Request) -> web.StreamResponse:
         names = [*state.models_for(auth[0], allow_list=False), _UNSERVED_MODEL]
     else:
         names = state.models_for(auth[0])
+    if "list_model_patterns" in state.settings.faults:
+        names = [*names, _MODEL_PATTERN]
     return json_response({"object": "list", "data": [_model_entry(n) for n in names]})
 
 

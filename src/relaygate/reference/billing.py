@@ -103,17 +103,25 @@ def quota_for(
         raise ValueError(f"token counts must not be negative: {prompt=}, {completion=}")
     if prompt + completion == 0:
         return 0
-    exact = (
-        parse_ratio(group_ratio)
-        * parse_ratio(model_ratio)
-        * (prompt + completion * parse_ratio(completion_ratio))
+    group, model, completion_r = (
+        parse_ratio(group_ratio),
+        parse_ratio(model_ratio),
+        parse_ratio(completion_ratio),
     )
-    if exact == 0:
+    # group × model × (prompt + completion × completion_ratio) as one fraction of integers:
+    # exact, and a tenth of the cost of Fraction arithmetic (it runs before every forward).
+    numerator = (
+        group.numerator
+        * model.numerator
+        * (prompt * completion_r.denominator + completion * completion_r.numerator)
+    )
+    denominator = group.denominator * model.denominator * completion_r.denominator
+    if numerator == 0:
         return 0
     if rounding == "ceil":
-        quota = math.ceil(exact)
+        quota = -(-numerator // denominator)
     elif rounding == "half_even":
-        quota = round(exact)
+        quota = round(Fraction(numerator, denominator))
     else:
         raise ValueError(f"rounding must be 'ceil' or 'half_even', got {rounding!r}")
     return max(quota, 1)

@@ -8,9 +8,19 @@ from pathlib import Path
 
 from relaygate.keys import masked_repr
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "RateLimit", "RelayConfig"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_UPSTREAM_DEADLINE_S",
+    "DEFAULT_UPSTREAM_MAX_BYTES",
+    "RateLimit",
+    "RelayConfig",
+]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Total deadline of one upstream answer (connect to last byte): long streams still fit.
+DEFAULT_UPSTREAM_DEADLINE_S = 900.0
+#: Most bytes read of one upstream answer (a stream's events all together).
+DEFAULT_UPSTREAM_MAX_BYTES = 64 * 1024 * 1024
 
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
 
@@ -59,6 +69,10 @@ class RelayConfig:
     retry_times: int = 0
     #: longest silence from the upstream (connect, first byte, between stream events).
     upstream_timeout_s: float = 60.0
+    #: longest one upstream answer may take in all, connect to last byte.
+    upstream_deadline_s: float = DEFAULT_UPSTREAM_DEADLINE_S
+    #: most bytes read of one upstream answer (a stream's events all together).
+    upstream_max_bytes: int = DEFAULT_UPSTREAM_MAX_BYTES
     #: completion tokens assumed for the pre-consumption estimate when max_tokens is absent.
     default_completion_tokens: int = 500
     #: request-log entries kept in memory (oldest dropped first).

@@ -55,8 +55,30 @@ FAULTS: dict[str, str] = {
     "crash_on_bad_json": "a body that is not JSON gets a 500 instead of a 400",
     "missing_model_503": "a request without a model gets the 503 no-channel error, not a 400",
     "html_405": "a wrong method on a known path answers text/html instead of a JSON error",
+    "html_404_outside_v1": "unknown paths outside /v1 answer text/html instead of a JSON 404",
+    "html_404_non_post": "unknown paths answer text/html to every method but POST",
+    "html_405_non_get": "a wrong method other than GET on a known path answers text/html",
+    "reset_after_error": (
+        "the connection is closed right after every error answer to a request received whole, "
+        "which still promises keep-alive (no Connection: close)"
+    ),
+    "list_model_patterns": "/v1/models also lists the pattern 'gpt-4*', which no request can use",
     "passthrough_html_errors": "upstream error answers with an HTML body are relayed as HTML",
     "pass_200_error": "an upstream 200 carrying an error object is relayed as a 200, not a 502",
+    # Response objects and upstream errors as the client receives them (issue #13).
+    "extra_response_fields": (
+        "answers carry vendor fields OpenAI never sends: at the top level, in each choice, in "
+        "its message or delta, and in usage"
+    ),
+    "none_strings": (
+        "JSON nulls in answers become the string 'None' (finish_reason mid-stream, logprobs, "
+        "a tool-call message's content)"
+    ),
+    "prefix_upstream_errors": "upstream error messages reach the client prefixed 'upstream: '",
+    "limiter_429_for_upstream": (
+        "an upstream 429 is answered with the relay's own rate-limit error (its limiter's "
+        "message, type and code; the upstream's Retry-After kept)"
+    ),
     "normalize_finish_reason": "every non-null finish_reason is rewritten to 'stop'",
     "drop_finish_reason": "every finish_reason is forwarded as null, 'stop' included",
     "mask_upstream_5xx": "an upstream 5xx becomes a generic 502: its status and error are lost",

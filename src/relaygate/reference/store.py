@@ -27,7 +27,12 @@ from relaygate.reference.billing import (
     format_ratio,
     parse_ratio,
 )
-from relaygate.reference.config import RateLimit, RelayConfig
+from relaygate.reference.config import (
+    DEFAULT_UPSTREAM_DEADLINE_S,
+    DEFAULT_UPSTREAM_MAX_BYTES,
+    RateLimit,
+    RelayConfig,
+)
 from relaygate.reference.faults import UnknownFaultError, validate_faults
 from relaygate.reference.limiter import SlidingWindowLimiter
 
@@ -165,6 +170,9 @@ class Settings:
     faults: frozenset[str] = frozenset()
     max_body_bytes: int = 8 * 1024 * 1024
     default_completion_tokens: int = 500
+    #: Total deadline of one upstream answer (connect to last byte) and its byte cap.
+    upstream_deadline_s: float = DEFAULT_UPSTREAM_DEADLINE_S
+    upstream_max_bytes: int = DEFAULT_UPSTREAM_MAX_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +182,8 @@ class Settings:
             "faults": sorted(self.faults),
             "max_body_bytes": self.max_body_bytes,
             "default_completion_tokens": self.default_completion_tokens,
+            "upstream_deadline_s": self.upstream_deadline_s,
+            "upstream_max_bytes": self.upstream_max_bytes,
         }
 
 
@@ -277,6 +287,8 @@ class RelayState:
             faults=validate_faults(config.faults),
             max_body_bytes=config.max_body_bytes,
             default_completion_tokens=config.default_completion_tokens,
+            upstream_deadline_s=config.upstream_deadline_s,
+            upstream_max_bytes=config.upstream_max_bytes,
         )
         self.logs: collections.deque[LogEntry] = collections.deque(maxlen=config.log_limit)
         #: Relayed requests between admission and settlement.
@@ -517,6 +529,8 @@ class RelayState:
             "faults",
             "max_body_bytes",
             "default_completion_tokens",
+            "upstream_deadline_s",
+            "upstream_max_bytes",
         }
     )
 
@@ -530,6 +544,10 @@ class RelayState:
         timeout = data.get("upstream_timeout_s", s.upstream_timeout_s)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise FieldError("upstream_timeout_s", "must be a number > 0")
+        deadline = data.get("upstream_deadline_s", s.upstream_deadline_s)
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
+            raise FieldError("upstream_deadline_s", "must be a number > 0")
+        max_upstream = _int(data, "upstream_max_bytes", s.upstream_max_bytes, minimum=1)
         faults = s.faults
         if "faults" in data:
             names = data["faults"]
@@ -546,6 +564,7 @@ class RelayState:
         s.rate_limit, s.retry_times, s.upstream_timeout_s = rate_limit, retry_times, float(timeout)
         s.faults, s.max_body_bytes = faults, max_body
         s.default_completion_tokens = default_completion
+        s.upstream_deadline_s, s.upstream_max_bytes = float(deadline), max_upstream
         return s
 
     # --- quota: admission and settlement ---------------------------------------------------

@@ -274,6 +274,7 @@ def check_error(
                     secrets,
                     source=" (as the upstream sent it)",
                 )
+            _require_upstream_message(ex, error, exp, upstream_error, requirement, secrets)
     elif exp.body == "empty":
         require(
             not ex.body.strip(),
@@ -283,8 +284,9 @@ def check_error(
             ex.curl,
             secrets,
         )
-    if exp.deviation:
-        deviation(exp.deviation)
+    waiver = exp.waiver()
+    if waiver:
+        deviation(waiver)
     return error
 
 
@@ -305,6 +307,35 @@ def _require_error_field(
         requirement,
         f"error.{field} {want!r}{source}",
         f"error.{field} {error.get(field)!r}",
+        ex.curl,
+        secrets,
+    )
+
+
+def _require_upstream_message(
+    ex: Exchange,
+    error: Mapping[str, Any],
+    exp: ErrorExpectation,
+    upstream_error: Mapping[str, Any],
+    requirement: str,
+    secrets: tuple[str | None, ...],
+) -> None:
+    """The upstream's error.message reaches the client as the profile's ``upstream_message``
+    allows: unchanged (``exact``) or wrapped around the upstream's text (``contains``)."""
+    __tracebackhide__ = True
+    want, got = upstream_error.get("message"), error.get("message")
+    if exp.upstream_message == "replaced" or not isinstance(want, str):
+        return
+    if exp.upstream_message == "exact":
+        held, expected = got == want, f"error.message {want!r} (as the upstream sent it)"
+    else:
+        held = isinstance(got, str) and want in got
+        expected = f"error.message containing {want!r} (the upstream's, wrapped at most)"
+    require(
+        held,
+        f"{requirement} (the upstream's error message is not rewritten)",
+        expected,
+        f"error.message {got!r}",
         ex.curl,
         secrets,
     )

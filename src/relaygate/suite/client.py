@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from relaygate.bounded import Watchdog
+from relaygate.bounded import Watchdog, tls_context
 from relaygate.keys import mask_key, mask_secrets, sensitive_header
 from relaygate.sse import SSEDecoder
 from relaygate.suite.target import DEFAULT_MAX_BYTES
@@ -316,7 +316,7 @@ class RelayClient:
         self.extra_headers = dict(extra_headers or {})
         self.secrets = (key, *secrets)
         self.meter: Meter | None = None
-        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False)
+        self._http = httpx.Client(timeout=timeout_s, follow_redirects=False, verify=tls_context())
 
     def __repr__(self) -> str:
         return f"RelayClient({self.base_url!r}, key={mask_key(self.key)!r})"
@@ -507,7 +507,7 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
 
     class BoundedTransport(lib.BaseTransport):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._inner = lib.HTTPTransport()
+            self._inner = lib.HTTPTransport(verify=tls_context())
 
         def handle_request(self, request: Any) -> Any:
             watchdog = Watchdog(timeout_s)
@@ -538,7 +538,7 @@ class UpstreamJournal:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
-        self._http = httpx.Client(timeout=timeout_s)
+        self._http = httpx.Client(timeout=timeout_s, verify=tls_context())
 
     def close(self) -> None:
         self._http.close()

@@ -50,6 +50,7 @@ AREAS: dict[str, str] = {
     "sdk": "Official OpenAI SDK",
     "properties": "Generated requests (property-based)",
     "params": "Request parameters honoured (stop, n, temperature, formats, tools)",
+    "shape": 'Answer objects as OpenAI\'s (no vendor fields, null never "None")',
 }
 LEVELS = ("MUST", "SHOULD")
 
@@ -184,6 +185,9 @@ _SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "the model answers this request differently",
             "the answer came too fast",
             "the rate-limited key got no 429",
+            "the rate-limited key is still refused after an earlier case's 429",
+            "no complete error answer to judge the connection after",
+            "the follow-up answer was cut",
         ),
     ),
     (

@@ -26,15 +26,18 @@ from typing import IO, ClassVar
 from relaygate.keys import masked_repr
 
 __all__ = [
+    "DEFAULT_CONFIGURATION",
     "LOOPBACK",
     "InstallError",
     "PipRelayDriver",
+    "RelayConfiguration",
     "RelayDriver",
     "RelayPlan",
     "config_values",
     "fixture_dir",
     "loopback_plan",
     "npm_install",
+    "parse_row",
     "relays_home",
     "render_template",
     "venv_install",
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+
+#: The name of a driver's first configuration, the one its plain name (``litellm``) runs.
+DEFAULT_CONFIGURATION = "default"
 
 
 class InstallError(RuntimeError):
@@ -72,6 +78,33 @@ class RelayPlan:
     load_args: Sequence[str] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class RelayConfiguration:
+    """One deployment of a relay that its own documentation presents as a normal one.
+
+    Each configuration is a row of the matrix: ``litellm`` runs the driver's first
+    configuration, ``litellm:quickstart`` the one named ``quickstart``.
+    """
+
+    #: short lowercase words joined by ``-``; the first configuration is ``"default"``
+    name: str
+    #: one line: what is configured (``"no database, master key only"``)
+    description: str
+    #: the relay's own documentation that shows this deployment (URL and section)
+    docs: str
+    #: the shipped profile of this configuration; None: the driver's :attr:`RelayDriver.profile`
+    profile: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return dataclasses.asdict(self)
+
+
+def parse_row(row: str) -> tuple[str, str]:
+    """``"litellm"`` -> ``("litellm", "default")``; ``"litellm:quickstart"`` -> its parts."""
+    name, _, configuration = row.partition(":")
+    return name, configuration or DEFAULT_CONFIGURATION
+
+
 class RelayDriver(ABC):
     """One third-party relay. Subclasses set the class variables and implement the methods."""
 
@@ -84,6 +117,36 @@ class RelayDriver(ABC):
     #: where the relay comes from (PyPI/npm project and its docs), for reports
     homepage: ClassVar[str] = ""
     start_timeout_s: ClassVar[float] = 90.0
+    #: every configuration the matrix runs, the default first (drivers override; the single
+    #: default below stands for a driver that documents one deployment only)
+    configurations: ClassVar[tuple[RelayConfiguration, ...]] = ()
+
+    def all_configurations(self) -> tuple[RelayConfiguration, ...]:
+        """:attr:`configurations`, or the one default configuration when none are declared."""
+        if self.configurations:
+            return self.configurations
+        return (RelayConfiguration(DEFAULT_CONFIGURATION, self.description, self.homepage),)
+
+    def configuration(self, name: str = DEFAULT_CONFIGURATION) -> RelayConfiguration:
+        """The configuration called ``name``; ``KeyError`` naming the known ones otherwise."""
+        known = self.all_configurations()
+        for configuration in known:
+            if configuration.name == name:
+                return configuration
+        names = ", ".join(c.name for c in known)
+        raise KeyError(f"{self.name} has no configuration {name!r}; known: {names}")
+
+    def rows(self) -> list[str]:
+        """The matrix rows of this driver: ``name`` for the default, ``name:config`` else."""
+        return [self.row(c.name) for c in self.all_configurations()]
+
+    def row(self, configuration: str) -> str:
+        first = self.all_configurations()[0].name
+        return self.name if configuration == first else f"{self.name}:{configuration}"
+
+    def profile_of(self, configuration: str = DEFAULT_CONFIGURATION) -> str:
+        """The shipped profile a configuration is checked with."""
+        return self.configuration(configuration).profile or self.profile
 
     @abstractmethod
     def is_installed(self, install_dir: Path) -> bool:
@@ -102,10 +165,12 @@ class RelayDriver(ABC):
         port: int,
         upstream_url: str,
         upstream_key: str,
+        configuration: str = DEFAULT_CONFIGURATION,
     ) -> RelayPlan:
         """Render the relay's config into ``run_dir`` (from fixtures/relays/<name>/) and say how
         to start it on ``127.0.0.1:port`` with every channel pointing at ``upstream_url``
-        (the mock upstream's root, no ``/v1``) authenticated by ``upstream_key``."""
+        (the mock upstream's root, no ``/v1``) authenticated by ``upstream_key``, deployed as
+        ``configuration`` (one of :meth:`all_configurations`)."""
 
     def render_config(
         self, run_dir: Path, values: Mapping[str, str], templates: Mapping[str, str]

@@ -27,9 +27,11 @@ from typing import IO, Any
 from relaygate.keys import mask_secrets, masked_repr
 from relaygate.thirdparty import get_driver
 from relaygate.thirdparty.base import (
+    DEFAULT_CONFIGURATION,
     LOOPBACK,
     InstallError,
     RelayDriver,
+    parse_row,
     relays_home,
     write_private,
 )
@@ -123,6 +125,10 @@ class RunningRelay:
     log_path: Path
     # pid -> its start time when recorded (see process_start)
     started: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: the driver configuration it runs (:class:`~relaygate.thirdparty.base.RelayConfiguration`)
+    configuration: str = DEFAULT_CONFIGURATION
+    #: its matrix row: ``name``, or ``name:configuration`` for a configuration but the first
+    row: str = ""
 
     @property
     def funded_key(self) -> str:
@@ -156,11 +162,15 @@ class RunningRelay:
         values["run_dir"] = Path(values["run_dir"])
         values["log_path"] = Path(values["log_path"])
         values["load_args"] = tuple(values.get("load_args", ()))
+        values.setdefault("row", values.get("name", ""))
         return cls(**values)
 
 
-def run_dir_of(name: str, home: Path | None = None) -> Path:
-    return (home or relays_home()) / name / "run"
+def run_dir_of(row: str, home: Path | None = None) -> Path:
+    """Where a row runs: ``<home>/<relay>/run``, or ``run-<configuration>`` for a named one."""
+    name, configuration = parse_row(row)
+    folder = "run" if ":" not in row else f"run-{configuration}"
+    return (home or relays_home()) / name / folder
 
 
 def install_dir_of(name: str, home: Path | None = None) -> Path:
@@ -204,7 +214,10 @@ class RelayLauncher:
         mock_args: tuple[str, ...] = (),
         out: IO[str] | None = None,
     ) -> None:
-        self.driver = get_driver(name)
+        driver_name, self.configuration = parse_row(name)
+        self.driver = get_driver(driver_name)
+        self.driver.configuration(self.configuration)  # KeyError: no such configuration
+        self.row = self.driver.row(self.configuration)
         self.home = home or relays_home()
         self.port = port
         self.upstream_url = upstream_url.rstrip("/") if upstream_url else None
@@ -289,8 +302,8 @@ class RelayLauncher:
             return self.running
         driver = self.driver
         install_dir = ensure_installed(driver, self.home, out=self.out)
-        run_dir = run_dir_of(driver.name, self.home)
-        stop_recorded(driver.name, self.home, quiet=True)  # a stale run from before
+        run_dir = run_dir_of(self.row, self.home)
+        stop_recorded(self.row, self.home, quiet=True)  # a stale run from before
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("*.log"):
             stale.unlink()
@@ -308,11 +321,12 @@ class RelayLauncher:
                 port=port,
                 upstream_url=upstream_url,
                 upstream_key=upstream_key,
+                configuration=self.configuration,
             )
             if "FUNDED" not in plan.keys:
                 raise RelayStartError(f"driver {driver.name} configured no FUNDED key")
             log_path = run_dir / "relay.log"
-            self.out.write(f"relaygate: starting {driver.name} {driver.version} on port {port}\n")
+            self.out.write(f"relaygate: starting {self.row} {driver.version} on port {port}\n")
             self.out.flush()
             proc = self._spawn(list(plan.argv), log_path, cwd=plan.cwd, env=plan.env)
             self._wait_http(proc, plan.health_url, log_path, driver.name, driver.start_timeout_s)
@@ -320,7 +334,7 @@ class RelayLauncher:
             root = root[: -len("/v1")] if root.endswith("/v1") else root
             self.running = RunningRelay(
                 name=driver.name,
-                profile=driver.profile,
+                profile=driver.profile_of(self.configuration),
                 version=driver.version,
                 base_url=plan.base_url,
                 root_url=root,
@@ -339,6 +353,8 @@ class RelayLauncher:
                     for pid in (proc.pid, mock_pid)
                     if pid is not None and (start := process_start(pid)) is not None
                 },
+                configuration=self.configuration,
+                row=self.row,
             )
             state = json.dumps(self.running.to_json(show_keys=True), indent=2)
             write_private(run_dir / STATE_FILE, state)
@@ -377,17 +393,17 @@ class RelayLauncher:
         self.stop()
 
 
-def read_state(name: str, home: Path | None = None) -> RunningRelay | None:
-    path = run_dir_of(name, home) / STATE_FILE
+def read_state(row: str, home: Path | None = None) -> RunningRelay | None:
+    path = run_dir_of(row, home) / STATE_FILE
     try:
         return RunningRelay.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def stop_recorded(name: str, home: Path | None = None, *, quiet: bool = False) -> bool:
+def stop_recorded(row: str, home: Path | None = None, *, quiet: bool = False) -> bool:
     """Stop the relay (and its mock) recorded in ``relay.json``; False when none was running."""
-    state = read_state(name, home)
+    state = read_state(row, home)
     if state is None:
         return False
     for pid in (state.relay_pid, state.mock_pid):
@@ -399,5 +415,5 @@ def stop_recorded(name: str, home: Path | None = None, *, quiet: bool = False) -
         _stop_group(pid)
     (state.run_dir / STATE_FILE).unlink(missing_ok=True)
     if not quiet:
-        print(f"relaygate: stopped {name} (pid {state.relay_pid})", file=sys.stderr)
+        print(f"relaygate: stopped {row} (pid {state.relay_pid})", file=sys.stderr)
     return True

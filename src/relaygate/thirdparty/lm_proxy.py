@@ -1,24 +1,29 @@
 """LM-Proxy 3.3.2 (PyPI ``lm-proxy``): an OpenAI-compatible proxy with virtual keys and groups.
 
-What is configured, and why (``fixtures/relays/lm-proxy/config.toml``, rendered to
-``config.toml`` in the run dir):
+Two configurations, each rendered to ``config.toml`` in the run dir:
 
-* two OpenAI-compatible connections to the mock upstream (``{upstream}/v1`` with the mock's
-  key): ``mock`` for gpt-4o, gpt-4 and gpt-3.5-turbo, ``mock_mini`` for gpt-4o-mini. Groups
-  restrict *connections*, not models, so the second connection is what lets a key be limited to
-  gpt-4o-mini. Routing lists the exact model names, with no catch-all (a catch-all would remap
-  unknown names);
-* three key groups with one virtual key each: ``FUNDED`` (all connections),
-  ``MODEL_RESTRICTED`` (``mock_mini`` only) and ``RATE_LIMITED`` (all connections, plus LM-Proxy's
-  own ``RateLimiter`` at :data:`RATE_LIMIT` per key). The built-in limiter applies to every key,
-  so a small hook (``relaygate_lm_proxy_hooks.GroupRateLimiter``, a subclass of it registered
-  through the documented ``[[before]]`` handler list) applies it to that group only.
+``default`` (``fixtures/relays/lm-proxy/config.toml``): exact model names in ``[routing]``, the
+form README "Models List Endpoint" asks for ("all supported models must be explicitly defined in
+the routing configuration"), with no catch-all (a catch-all would remap unknown names).
+``wildcard`` (``fixtures/relays/lm-proxy/wildcard.toml``): the pattern routes of README "Quick
+Start" and "Dynamic Model Routing": ``"gpt*" = "mock.*"`` and the fallback
+``"*" = "mock.gpt-3.5-turbo"``.
 
-LM-Proxy has no quota, expiry or disabled keys, so only those three states exist. The server is
-started as ``python -m lm_proxy --config config.toml --env ""`` in the run dir (the hook is
-importable from there); it binds the config's ``host``, set to ``127.0.0.1`` (the default is
-``0.0.0.0``). ``--env ""`` and ``USE_DOT_ENV=false`` keep LM-Proxy and its LLM client library
-(microcore) from loading any ``.env`` file.
+Both have two OpenAI-compatible connections to the mock upstream (``{upstream}/v1`` with the
+mock's key): ``mock`` and ``mock_mini`` (gpt-4o-mini). Groups restrict *connections*, not models
+(README "User Groups Configuration"), so the second connection is what lets a key be limited to
+gpt-4o-mini: ``FUNDED`` (group ``default``, all connections) and ``MODEL_RESTRICTED`` (group
+``mini_only``, ``mock_mini`` only).
+
+No ``RATE_LIMITED`` key: LM-Proxy's documented ``RateLimiter`` (README "Rate Limiter") applies one
+limit to every key (``per = "api_key"`` gives each key its own window of the same size), so one
+key cannot be limited while the funded key stays unlimited without a handler of our own, which
+LM-Proxy does not ship. LM-Proxy has no quota, expiry or disabled keys either.
+
+The server is started as ``python -m lm_proxy --config config.toml --env ""`` in the run dir; it
+binds the config's ``host``, set to ``127.0.0.1`` (the default is ``0.0.0.0``). ``--env ""`` and
+``USE_DOT_ENV=false`` keep LM-Proxy and its LLM client library (microcore) from loading any
+``.env`` file.
 """
 
 from __future__ import annotations
@@ -27,27 +32,26 @@ from pathlib import Path
 from typing import ClassVar
 
 from relaygate.thirdparty.base import (
+    DEFAULT_CONFIGURATION,
     PipRelayDriver,
+    RelayConfiguration,
     RelayPlan,
     config_values,
     loopback_plan,
     venv_python,
 )
 
-__all__ = ["KEYS", "RATE_LIMIT", "LMProxyDriver"]
+__all__ = ["KEYS", "LMProxyDriver"]
 
 #: Virtual keys per relaygate key state (LM-Proxy accepts any string; these look like OpenAI's).
 KEYS: dict[str, str] = {
     "FUNDED": "sk-lmproxy-relaygate-funded-00000000000000000000",
     "MODEL_RESTRICTED": "sk-lmproxy-relaygate-mini-only-000000000000000",
-    "RATE_LIMITED": "sk-lmproxy-relaygate-rate-limited-000000000000",
 }
-#: The RATE_LIMITED key's limit, in relaygate's ``N/Ws`` notation.
-RATE_LIMIT = "2/1s"
-_RATE_LIMIT_REQUESTS, _RATE_LIMIT_WINDOW_S = "2", "1"
 
 _CONFIG = "config.toml"
-_HOOK = "relaygate_lm_proxy_hooks.py"
+_TEMPLATES = {"default": "config.toml", "wildcard": "wildcard.toml"}
+_README = "package:lm-proxy/lm_proxy-3.3.2.dist-info/METADATA"
 
 
 class LMProxyDriver(PipRelayDriver):
@@ -60,10 +64,34 @@ class LMProxyDriver(PipRelayDriver):
     profile: ClassVar[str] = "lm-proxy"
     description: ClassVar[str] = (
         "LM-Proxy: OpenAI-compatible proxy (FastAPI + microcore) with virtual keys, "
-        "groups restricted to connections and a per-key rate limiter"
+        "groups restricted to connections and routing by model-name pattern"
     )
     homepage: ClassVar[str] = "https://pypi.org/project/lm-proxy/"
     start_timeout_s: ClassVar[float] = 60.0
+    configurations: ClassVar[tuple[RelayConfiguration, ...]] = (
+        RelayConfiguration(
+            name="default",
+            description=(
+                "exact model names in [routing], no catch-all; groups: all connections, "
+                "gpt-4o-mini's connection only"
+            ),
+            docs=(
+                f"{_README} § Models List Endpoint, § User Groups Configuration "
+                "(https://github.com/Nayjest/lm-proxy#models-list-endpoint)"
+            ),
+        ),
+        RelayConfiguration(
+            name="wildcard",
+            description=(
+                'pattern routes "gpt-4o-mini", "gpt*" and the fallback "*" = gpt-3.5-turbo; '
+                "same groups"
+            ),
+            docs=(
+                f"{_README} § Quick Start, § Dynamic Model Routing "
+                "(https://github.com/Nayjest/lm-proxy#dynamic-model-routing)"
+            ),
+        ),
+    )
 
     def prepare(
         self,
@@ -73,16 +101,11 @@ class LMProxyDriver(PipRelayDriver):
         port: int,
         upstream_url: str,
         upstream_key: str,
+        configuration: str = DEFAULT_CONFIGURATION,
     ) -> RelayPlan:
-        values = config_values(
-            upstream_url,
-            upstream_key,
-            KEYS,
-            PORT=str(port),
-            RATE_LIMIT_REQUESTS=_RATE_LIMIT_REQUESTS,
-            RATE_LIMIT_WINDOW_S=_RATE_LIMIT_WINDOW_S,
-        )
-        config, _ = self.render_config(run_dir, values, {_CONFIG: _CONFIG, _HOOK: _HOOK})
+        self.configuration(configuration)  # an unknown name fails here, before anything is written
+        values = config_values(upstream_url, upstream_key, KEYS, PORT=str(port))
+        [config] = self.render_config(run_dir, values, {_TEMPLATES[configuration]: _CONFIG})
         argv = [
             str(venv_python(install_dir)),
             "-m",
@@ -99,8 +122,5 @@ class LMProxyDriver(PipRelayDriver):
             # No health route, and /v1/models needs a key: FastAPI's schema answers once it is up.
             health_path="/openapi.json",
             keys=KEYS,
-            env={"USE_DOT_ENV": "false", "PYTHONPATH": str(run_dir)},
-            # For the 429 prober (RateLimitUser): its own key and that key's limit. The funded
-            # key, which the streaming users load, has no limit.
-            load_args=("--rl-key", KEYS["RATE_LIMITED"], "--rate-limit", RATE_LIMIT),
+            env={"USE_DOT_ENV": "false"},
         )

@@ -1,8 +1,12 @@
-"""The conformance matrix: rows = cases, columns = relays (``reports/relays/matrix.md|html``).
+"""The conformance matrix: rows = cases, columns = relay configurations
+(``reports/relays/matrix.md|html``).
 
-Reads ``<report dir>/<relay>/conformance.json`` (and ``load-summary.json``, ``run.json``) for
-each relay run and joins them. A relay whose suite did not run at all gets a column of
-``not run`` with the reason from ``run.json`` — never an empty, green-looking column.
+Reads ``<report dir>/<row>/conformance.json`` (and ``load-summary.json``, ``run.json``) for each
+run (``litellm``, ``litellm:quickstart``, …) and joins them. Per column it shows the version, the
+exact configuration run (its description and the documentation that shows it), the findings
+(failed MUST and SHOULD cases), the deviations with the documentation they cite and the skips
+with their reasons. A configuration whose suite did not run at all gets a column of ``not run``
+with the reason from ``run.json`` — never an empty, green-looking column.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ class MatrixColumn:
     counts: Mapping[str, int]
     load: Mapping[str, Any] | None
     run: Mapping[str, Any]
+
+    @property
+    def configuration(self) -> str:
+        """What was deployed, and the documentation that shows it ("" for the reference)."""
+        conf = self.run.get("configuration")
+        if not isinstance(conf, dict):
+            return ""
+        return f"{conf.get('description', '')} (docs: {conf.get('docs', '')})"
+
+    def findings(self, level: str) -> list[Mapping[str, Any]]:
+        """The failed cases of one level (``MUST`` or ``SHOULD``)."""
+        return [
+            c
+            for c in self.cases.values()
+            if c.get("outcome") == "failed" and c.get("level", "MUST") == level
+        ]
 
     @property
     def error(self) -> str | None:
@@ -135,18 +155,27 @@ def render_markdown(columns: Sequence[MatrixColumn]) -> str:
         "`dev` = a deviation the profile documents (from the relay's own docs); "
         "`skip` = the case could not verify its rule (reason below)."
     )
-    out += ["", "| relay | version | profile | passed | failed | deviation | skipped | load |"]
-    out.append("|---|---|---|---|---|---|---|---|")
+    out.append(
+        "A row per documented configuration: `litellm` is the relay's default configuration, "
+        "`litellm:quickstart` another deployment its documentation shows (`relaygate relay list`)."
+    )
+    out += [
+        "",
+        "| relay | version | profile | passed | failed MUST | failed SHOULD | deviation | "
+        "skipped | load |",
+    ]
+    out.append("|---|---|---|---|---|---|---|---|---|")
     for col in columns:
         c = col.counts
         if col.error:
             out.append(
-                f"| {col.name} | {col.version} | {col.profile} | – | – | – | – | "
+                f"| {col.name} | {col.version} | {col.profile} | – | – | – | – | – | "
                 f"not run: {_first_line(col.error)} |"
             )
             continue
         out.append(
-            f"| {col.name} | {col.version} | {col.profile} | {c['passed']} | {c['failed']} | "
+            f"| {col.name} | {col.version} | {col.profile} | {c['passed']} | "
+            f"{len(col.findings('MUST'))} | {len(col.findings('SHOULD'))} | "
             f"{c['deviation']} | {c['skipped']} | {_load_line(col.load)} |"
         )
     out += ["", "## Cases", ""]
@@ -160,24 +189,32 @@ def render_markdown(columns: Sequence[MatrixColumn]) -> str:
         out.append(f"| `{cid}` | " + " | ".join(cells) + " |")
     for col in columns:
         out += ["", f"## {col.name} {col.version}", ""]
+        if col.configuration:
+            out += [f"Configuration: {col.configuration}; profile `{col.profile}`.", ""]
         if col.error:
             out += [f"Not run: {col.error}", ""]
             continue
-        for outcome, heading in (
-            ("failed", "Failures"),
-            ("deviation", "Documented deviations"),
-            ("skipped", "Skipped"),
-        ):
-            picked = [c for c in col.cases.values() if c.get("outcome") == outcome]
+        sections = (
+            ("Findings: failed MUST cases", col.findings("MUST"), 160),
+            ("Findings: failed SHOULD cases", col.findings("SHOULD"), 160),
+            # A deviation's reason ends with the documentation it cites: never cut it.
+            ("Documented deviations", _with_outcome(col, "deviation"), 600),
+            ("Skipped", _with_outcome(col, "skipped"), 160),
+        )
+        for heading, picked, limit in sections:
             if not picked:
                 continue
             out += [f"### {heading} ({len(picked)})", ""]
             for case in picked:
-                reason = _first_line(str(case.get("reason") or case.get("details") or ""))
+                reason = _first_line(str(case.get("reason") or case.get("details") or ""), limit)
                 out.append(f"- `{case['id']}` — {case.get('title', '')}: {reason}")
             out.append("")
         out.append(f"Load: {_load_line(col.load)}")
     return "\n".join(out) + "\n"
+
+
+def _with_outcome(col: MatrixColumn, outcome: str) -> list[Mapping[str, Any]]:
+    return [c for c in col.cases.values() if c.get("outcome") == outcome]
 
 
 def render_html(columns: Sequence[MatrixColumn]) -> str:
@@ -199,7 +236,8 @@ def render_html(columns: Sequence[MatrixColumn]) -> str:
             )
         )
         summary.append(
-            f'<tr><th><a href="{esc(col.name)}/index.html">{esc(col.name)}</a></th>'
+            f'<tr><th><a href="{esc(col.name)}/index.html">{esc(col.name)}</a>'
+            f"<br><small>{esc(col.configuration)}</small></th>"
             f"<td>{esc(col.version)}</td>"
             f"<td><code>{esc(col.profile)}</code></td>{status}"
             f"<td>{esc(_load_line(col.load))}</td></tr>"
