@@ -299,6 +299,7 @@ GEVENT_DEADLINE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.serial  # judges timing (arrival gaps / a 0.4 s window): last and alone
 def test_gevent_cooperative_reader_total_deadline_and_kill() -> None:
     head = HEAD
     role = chunked([stream_frames()[0]])[:-5]

@@ -595,12 +595,24 @@ def test_a_long_answer_reaches_max_tokens_4096(mock: MockThread, stream: bool) -
     assert usage["completion_tokens"] == count_text(text) == 4096
 
 
-def test_a_short_answer_stays_cheap() -> None:
+def test_a_short_answer_stays_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long answer cut by a small max_tokens is generated only as far as the cut (a
+    sentence past it), not to its 4200 tokens and then cut: work is counted, not timed."""
+    made: list[int] = []
+    original = mock_model.natural_pieces
+
+    def counting(seed: bytes, long: bool, limit: int | None = None) -> list[str]:
+        pieces = original(seed, long, limit)
+        made.append(len(pieces))
+        return pieces
+
+    monkeypatch.setattr(mock_model, "natural_pieces", counting)
     body = ask("Answer at length.", max_tokens=16, temperature=1)  # not cached
-    started = time.perf_counter()
-    for _ in range(20):
-        mock_model.reply(body, "gpt-4o", 16)
-    assert (time.perf_counter() - started) / 20 < 0.005
+    assert mock_model.reply(body, "gpt-4o", 16).choices[0].completion_tokens == 16
+    assert made and max(made) < 16 + 80, made  # the cut plus at most a sentence or two
+    made.clear()
+    mock_model.reply(ask("Answer at length.", temperature=1), "gpt-4o", None)
+    assert made and max(made) >= 4200  # the same path, uncut, makes the long answer
 
 
 def test_json_object_needs_the_word_json_in_the_messages(mock: MockThread) -> None:

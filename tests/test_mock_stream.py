@@ -178,7 +178,10 @@ def test_framing_split(mock: MockThread) -> None:
     first, second = split.chunks[0], split.chunks[1]
     assert first.startswith(b"data: {") and not first.endswith(b"\n\n")
     assert abs(len(first) - len(second)) <= 1 and (first + second).endswith(b"}\n\n")
-    assert split.chunk_ns[1] - split.chunk_ns[0] >= 10_000_000  # halves 15 ms apart
+    # halves 15 ms apart: the second cannot arrive before the gap has passed since the request
+    # left (a lower bound from the send stamp; a gap between two reads shrinks when the reader
+    # is descheduled).
+    assert split.chunk_ns[1] - split.sent_ns >= 15_000_000
     assert [orjson.loads(e) for e in iter_sse(split.body) if e != "[DONE]"]
 
 
@@ -232,6 +235,7 @@ def _stamp_errors(mock: MockThread) -> list[str]:
     return [f"{r - s} ns" for s, r in zip(stamps, received, strict=True) if not 0 <= r - s < 5e6]
 
 
+@pytest.mark.serial  # judges emit -> receive within 5 ms: last and alone (conftest.py)
 def test_stamp_field(mock: MockThread) -> None:
     attempts = [_stamp_errors(mock) for _ in range(3)]
     assert any(not errors for errors in attempts), attempts
@@ -243,8 +247,12 @@ def test_stamp_content(mock: MockThread) -> None:
     assert len(contents) == 3
     stamps = [int(text) for text in contents]
     assert all(text.startswith(" ") for text in contents)
-    assert stamps == sorted(stamps) and stamps[-1] <= time.monotonic_ns()
-    assert 15_000_000 <= stamps[2] - stamps[0] < 25_000_000
+    assert stamps == sorted(stamps) and stamps[2] - stamps[0] >= 15_000_000  # 2 gaps of 10 ms
+    # Each stamp is an emission time: after the request left, before its chunk arrived
+    # (role chunk first, then one chunk per content event; one clock on one machine). Bounded
+    # by the observed arrivals, not by a fixed margin a loaded box can exceed.
+    received = response.chunk_ns[1:4]
+    assert all(response.sent_ns <= s <= r for s, r in zip(stamps, received, strict=True))
 
 
 def test_client_disconnect_mid_stream(mock: MockThread, caplog: pytest.LogCaptureFixture) -> None:

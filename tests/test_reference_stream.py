@@ -125,6 +125,7 @@ async def test_upstream_disconnect_is_reported_never_faked(finish: bool) -> None
         assert await_entry.quota <= quota_for(await_entry.prompt_tokens, 3, 1, "2.5", 4)
 
 
+@pytest.mark.serial  # judges timing (arrival gaps / a 0.4 s window): last and alone
 @async_test
 async def test_events_are_forwarded_as_they_arrive() -> None:
     async with relay_env() as env:
