@@ -8,6 +8,8 @@ one by one, except where sharing matters:
 - the conformance suite's cases stay together on one worker: one embedded stack, one session;
 - tests that use a module-scoped fixture (an expensive demo run, a stack, a whole matrix) stay
   with the other tests of their module, so the fixture is built once;
+- the tests marked ``long(seconds)`` (a matrix, a live run: minutes of mostly waiting) start
+  first, longest first, so that none of them begins late and becomes the run's tail;
 - the tests marked ``serial`` (they judge timing: load runs, latency self-checks, pacing) run
   last, on one worker, alone: :class:`SerialLastScheduling` starts them only after every other
   worker has finished and left. So nothing else needs to be kept apart: the two detection
@@ -30,6 +32,8 @@ _CONFORMANCE = Path(__file__).parent / "conformance"
 _SHARED_SCOPES = {"module", "package", "class"}
 #: The group of the tests marked ``serial``.
 SERIAL = "serial"
+#: The mark of a test with a long wall time, and its seconds on this machine (a hint).
+LONG = "long"
 #: ``workerinput`` key: where a worker writes the groups of the tests it collected.
 _GROUPS_INPUT = "relaygate_groups_file"
 _GROUPS_DIR = pytest.StashKey[Path]()
@@ -40,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "serial: judges timing (a load run, a latency self-check, pacing); under xdist it runs "
         "last and alone, after every other test",
+    )
+    config.addinivalue_line(
+        "markers",
+        "long(seconds): waits long (a matrix, a live run; seconds: its wall time here, a hint); "
+        "under xdist its group starts first, longest first",
     )
 
 
@@ -90,8 +99,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not target:
         return
     groups = {item.nodeid: group for item in items if (group := _group(item)) is not None}
+    weights: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker(LONG)
+        if mark is not None and _group(item) != SERIAL:
+            group = groups.get(item.nodeid, item.nodeid)
+            seconds = float(mark.args[0]) if mark.args else 60.0
+            weights[group] = max(weights.get(group, 0.0), seconds)
     partial = f"{target}.partial"
-    Path(partial).write_text(json.dumps(groups), encoding="utf-8")
+    Path(partial).write_text(json.dumps({"groups": groups, "long": weights}), encoding="utf-8")
     os.replace(partial, target)  # whole or absent: the controller never reads half a file
 
 
@@ -116,24 +132,53 @@ def _serial_last_scheduling() -> type:
             super().__init__(config, log)
             self.keeper: Any = None
             self._groups: dict[str, str] | None = None
+            self._long: dict[str, float] = {}
+            self._ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:
                 # Called first once every worker has collected, so each has written its file.
                 folder = self.config.stash.get(_GROUPS_DIR, None)
                 files = sorted(folder.glob("*.json")) if folder is not None else []
-                self._groups = json.loads(files[0].read_text("utf-8")) if files else {}
+                written = json.loads(files[0].read_text("utf-8")) if files else {}
+                self._groups = dict(written.get("groups", {}))
+                self._long = {k: float(v) for k, v in written.get("long", {}).items()}
             return self._groups.get(nodeid, nodeid)
+
+        def _long_first(self) -> None:
+            """Once: the long groups to the front of the queue, longest first (the rest keep
+            xdist's order), so the run does not end waiting on a long group begun late."""
+            if self._ordered:
+                return
+            self._ordered = True
+            present = [g for g in self._long if g in self.workqueue]
+            for group in sorted(present, key=lambda g: self._long[g]):
+                self.workqueue.move_to_end(group, last=False)
 
         def _only_serial_left(self) -> bool:
             return list(self.workqueue) == [SERIAL]
 
+        def _runs_long(self, node: Any) -> bool:
+            """True while ``node`` has a test of a long group still to finish."""
+            work = self.assigned_work.get(node, {})
+            return any(g in self._long and not all(t.values()) for g, t in work.items())
+
         def _assign_work_unit(self, node: Any) -> None:
+            self._long_first()
             if SERIAL in self.workqueue and not self._only_serial_left():
                 self.workqueue.move_to_end(SERIAL)
             if self._only_serial_left():
                 self._serial_phase(node)
                 return
+            if self._runs_long(node):
+                # A worker runs a test only once it knows the next one: behind a long test
+                # goes the smallest unit (xdist keeps those last), not the next long group.
+                follower = next(
+                    (g for g in reversed(self.workqueue) if g != SERIAL and g not in self._long),
+                    None,
+                )
+                if follower is not None:
+                    self.workqueue.move_to_end(follower, last=False)
             super()._assign_work_unit(node)
 
         def _reschedule(self, node: Any) -> None:
@@ -142,6 +187,8 @@ def _serial_last_scheduling() -> type:
             if self._only_serial_left():
                 self._serial_phase(node)
                 return
+            if self._runs_long(node) and self._pending_of(self.assigned_work[node]) >= 2:
+                return  # nothing more queues behind a long test than it needs to run
             super()._reschedule(node)
 
         def _serial_phase(self, node: Any) -> None:

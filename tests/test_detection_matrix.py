@@ -46,6 +46,7 @@ pytestmark = [
     # A backstop only (each session has its own bound): on four xdist workers the matrix shares
     # two cores with the rest of the tests.
     pytest.mark.timeout(2400),
+    pytest.mark.long(210),  # under xdist: started first (conftest.py)
 ]
 
 

@@ -63,6 +63,9 @@ KINDS = list(ALLOWED_TO_PASS)
 PREFLIGHT_STOPS = {"refuse-401", "hold"}
 assert set(KINDS) - {"static"} == set(HANDLERS)
 
+#: Under xdist the module's group starts first (conftest.py).
+pytestmark = pytest.mark.long(145)
+
 
 def _run_suite(
     url: str, upstream_url: str, report_dir: Path, relay_timeout_s: int, backstop_s: int

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from live_stack import LiveStack
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.long(50)]  # long: started first
 
 QUOTA_CASES = "conformance/test_quota.py"
 

@@ -147,6 +147,7 @@ def _live_matrix(tmp: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.timeout(1000)
+@pytest.mark.long(45)  # under xdist: started first (conftest.py)
 def test_live_paths_pass_and_fail_on_their_fault(tmp_path: Path) -> None:
     results = _live_matrix(tmp_path)
     live_cases = {case for cases in LIVE_DETECTION.values() for case in cases}
@@ -169,6 +170,7 @@ def _live_streaming_run(url: str, key: str, tmp: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.long(30)  # under xdist: started first (conftest.py)
 def test_live_streaming_cases_accept_legal_sse(tmp_path: Path) -> None:
     """Legal SSE variants (comments, fields, CR/CRLF, no space, split writes) fail no MUST live
     streaming case, and the buffering rule still sees a streamed answer through them."""

@@ -64,6 +64,7 @@ pytestmark = [
         os.environ.get("RELAYGATE_SKIP_MATRIX") == "1", reason="RELAYGATE_SKIP_MATRIX=1"
     ),
     pytest.mark.timeout(2400),  # a backstop, as in test_detection_matrix.py
+    pytest.mark.long(225),  # under xdist: started first (conftest.py)
 ]
 
 

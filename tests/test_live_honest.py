@@ -62,6 +62,7 @@ def _behaviour_directives(journal: list[dict[str, Any]]) -> dict[str, int]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.long(125)  # under xdist: started first (conftest.py)
 def test_live_suite_fails_nothing_when_the_upstream_obeys_no_directive(tmp_path: Path) -> None:
     with LiveStack(ignore_directives=True) as stack:
         code, doc, output = stack.run(["conformance"], report_dir=tmp_path)

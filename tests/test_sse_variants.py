@@ -28,6 +28,9 @@ from relaygate.stack import EmbeddedStack
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Under xdist the module's group starts first (conftest.py).
+pytestmark = pytest.mark.long(30)
+
 
 def _lines(event: SSEEvent) -> list[str]:
     return [f"data: {line}" for line in event.data.split("\n")]

@@ -68,6 +68,23 @@ def test_serial(n):
     record(f"serial{n}", started)
 """
 
+_LONG = """
+import time, pytest
+from record import record
+
+@pytest.mark.long(10)
+def test_longer():
+    started = time.time()
+    time.sleep(1.2)
+    record("long10", started)
+
+@pytest.mark.long(5)
+def test_long():
+    started = time.time()
+    time.sleep(0.8)
+    record("long5", started)
+"""
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
@@ -75,7 +92,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object
     shutil.copy(ROOT / "conftest.py", project / "conftest.py")
     (project / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
     (project / "record.py").write_text(_RECORD)
-    for name, body in (("plain", _PLAIN), ("shared", _SHARED), ("serial", _SERIAL)):
+    for name, body in (
+        ("plain", _PLAIN),
+        ("shared", _SHARED),
+        ("serial", _SERIAL),
+        ("zlong", _LONG),
+    ):
         (project / f"test_{name}.py").write_text(body)
     out = project / "out"
     out.mkdir()
@@ -92,7 +114,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object
 
 
 def test_every_test_ran_on_a_worker(runs: dict[str, dict[str, object]]) -> None:
-    assert len(runs) == 13
+    assert len(runs) == 15
     assert all(str(r["worker"]).startswith("gw") for r in runs.values())
 
 
@@ -111,3 +133,14 @@ def test_serial_tests_run_last_alone_on_one_worker(runs: dict[str, dict[str, obj
     assert first_serial >= last_other
     # The plain tests were spread over the workers (the scheduling is still parallel).
     assert len({runs[f"plain{n}"]["worker"] for n in range(6)}) >= 2
+
+
+def test_long_tests_start_first_each_on_its_own_worker(
+    runs: dict[str, dict[str, object]],
+) -> None:
+    """Collected last, the two ``long`` tests still start before any plain test has ended,
+    on two workers: neither waits behind the other or behind a unit queued before it."""
+    long = [runs["long10"], runs["long5"]]
+    assert len({r["worker"] for r in long}) == 2
+    plain_ends = [float(r["end"]) for n, r in runs.items() if n.startswith("plain")]  # type: ignore[arg-type]
+    assert all(float(r["start"]) < min(plain_ends) for r in long)  # type: ignore[arg-type]
