@@ -30,10 +30,12 @@ pytestmark = [
         reason="relaygate.stack (the embedded mock upstream + reference relay) is not "
         "importable yet",
     ),
-    # Judges timing (percentiles, the prober's accuracy): under xdist it runs last and alone
-    # (conftest.py).
-    pytest.mark.serial,
 ]
+
+#: The runs that judge timing (percentiles, the prober's accuracy, a relay's throughput) or
+#: run a master with workers: under xdist last and alone (conftest.py). The others judge
+#: outcomes, exit codes and what is written, which a loaded machine does not change.
+serial = pytest.mark.serial
 
 
 def run_locust(
@@ -93,6 +95,7 @@ def test_unknown_slo_metric_exits_2_before_anything_runs(tmp_path: Path) -> None
 MOCK = ("--mock-ttft-ms", "150", "--mock-itl-ms", "20", "--mock-output-tokens", "20")
 
 
+@serial
 def test_directed_timings_are_measured_through_the_relay(tmp_path: Path) -> None:
     rc, out, summary = run_locust(
         tmp_path,
@@ -158,6 +161,7 @@ def test_buffering_relay_fails_the_ttft_slo(tmp_path: Path) -> None:
     assert summary["slo"][0]["passed"] is False
 
 
+@serial
 def test_master_and_two_workers_merge_histograms(tmp_path: Path) -> None:
     rc, out, summary = run_locust(
         tmp_path,
@@ -184,6 +188,7 @@ def test_master_and_two_workers_merge_histograms(tmp_path: Path) -> None:
     assert (tmp_path / "stats_relaygate_metrics.csv").exists()
 
 
+@serial
 def test_prober_finds_the_configured_limit_and_retry_after(tmp_path: Path) -> None:
     rc, out, summary = run_locust(
         tmp_path,
@@ -219,6 +224,7 @@ def test_prober_finds_the_configured_limit_and_retry_after(tmp_path: Path) -> No
     assert summary["duration_s"] < 30  # the run ended when the prober was done
 
 
+@serial
 def test_relay_ignoring_its_limit_fails_the_accuracy_slo(tmp_path: Path) -> None:
     rc, out, summary = run_locust(
         tmp_path,
@@ -243,6 +249,7 @@ def test_relay_ignoring_its_limit_fails_the_accuracy_slo(tmp_path: Path) -> None
     assert summary["rate_limit"]["steps"][0]["accepted_rps"] > 25
 
 
+@serial
 def test_prober_in_a_worker_reports_to_the_master_and_ends_the_run(tmp_path: Path) -> None:
     """Master + 2 workers: the one prober runs in a worker, its analysis reaches the master's
     summary, and its "done" message ends the run long before -t."""
@@ -460,7 +467,8 @@ def test_no_key_or_header_value_reaches_any_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mode", "options", "outcome"),
     [
-        pytest.param("stuck", ("--request-timeout", "1"), "request_timeout"),
+        # judges timing: each stuck stream's 1 s timeout must fire within the 1 s stop timeout
+        pytest.param("stuck", ("--request-timeout", "1"), "request_timeout", marks=serial),
         pytest.param("long", ("--max-response-bytes", "20000"), "oversize"),
         pytest.param("long", ("--max-tokens", "5"), "overrun"),
     ],

@@ -24,8 +24,8 @@ from relaygate.load.webui import TAB_KEY, metric_rows
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST = Path(sys.executable).with_name("locust")
 
-#: Judges timing (percentiles of paced streams): under xdist it runs last and alone (conftest.py).
-pytestmark = pytest.mark.serial
+#: The runs whose tab shows directed TTFTs judge timing: under xdist last and alone (conftest.py).
+serial = pytest.mark.serial
 
 
 def test_metric_rows_has_only_ms_histograms_with_fine_values() -> None:
@@ -77,6 +77,7 @@ def _stop(proc: subprocess.Popen[bytes], wait_s: float) -> None:
         proc.wait()
 
 
+@serial
 def test_web_ui_tab_shows_our_histograms(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
@@ -168,6 +169,7 @@ def test_web_ui_binds_loopback_by_default_and_shows_no_key(tmp_path: Path) -> No
     assert key not in output
 
 
+@serial
 def test_web_ui_offers_our_options_but_no_secret_and_types_what_it_sends(tmp_path: Path) -> None:
     """Issue #11 item 2: our options were in an argument group the web UI ignored. Now the
     start form offers every non-secret one (never a key), and what the form sends back as text
