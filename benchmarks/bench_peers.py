@@ -52,7 +52,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from relaygate.bounded import bounded_client
 from relaygate.directives import directive
-from relaygate.keys import mask_secrets
+from relaygate.keys import mask_key, mask_secrets
 from relaygate.load.histogram import Histogram
 from relaygate.stack import EmbeddedStack
 
@@ -671,6 +671,21 @@ def run_peer(
 
 
 # -- main ----------------------------------------------------------------------------------
+def scrub_secret(folder: Path, secret: str) -> int:
+    """Mask ``secret`` in every file under ``folder`` (the peers' configs and logs carry the
+    mock's key); the number of files changed. Kept outputs never hold a usable key."""
+    needle, masked = secret.encode(), mask_key(secret).encode()
+    changed = 0
+    for path in folder.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        if needle in data:
+            path.write_bytes(data.replace(needle, masked))
+            changed += 1
+    return changed
+
+
 def error_row(lead: dict[str, Any], exc: BaseException, key: str) -> dict[str, Any]:
     """A "not available" row; a tool's last words may echo its config, so the key is masked."""
     return {**lead, "error": f"not available: {one_line(mask_secrets(str(exc), key))}"}
@@ -730,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds each pip step of a peer's install may take (then 'not available')",
     )
     parser.add_argument("--json", default=None, help="write rows and context to this file")
-    parser.add_argument("--keep", action="store_true", help="keep every tool's output files")
+    parser.add_argument("--keep", action="store_true", help="keep every tool's output files (the mock's key masked in them)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in (args.levels or ("20" if args.quick else "50,200")).split(",")]
     seconds = float(args.seconds or (8 if args.quick else 10))
@@ -792,6 +807,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         row = error_row(lead, exc, info.upstream_key)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+        if args.keep:
+            scrubbed = scrub_secret(root, info.upstream_key)
+            print(f"the mock's key masked in {scrubbed} kept file(s)", flush=True)
     add_ratios(rows)
     result |= {
         "load1_end": load1(),

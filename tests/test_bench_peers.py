@@ -199,3 +199,15 @@ def test_a_tool_that_echoes_the_key_gets_it_masked_in_its_row(bench: ModuleType)
     row = bench.error_row(lead, exc, key)
     assert key not in row["error"] and "0123456789abcdef0123" not in row["error"]
     assert row["error"].startswith("not available: no summary; tool said:")
+
+
+def test_kept_outputs_hold_no_usable_key(bench: ModuleType, tmp_path: Path) -> None:
+    """``--keep`` leaves the peers' configs and logs behind: the mock's key in them is masked."""
+    key = "sk-relaygate-upstream-0123456789abcdef"
+    (tmp_path / "default-50-aiperf").mkdir()
+    config = tmp_path / "default-50-aiperf" / "config.yaml"
+    config.write_text(f"api_key: {key}\nurl: http://127.0.0.1:1\n")
+    (tmp_path / "inputs.jsonl").write_text('{"text": "no key here"}\n')
+    assert bench.scrub_secret(tmp_path, key) == 1
+    assert key not in config.read_text() and "api_key: sk-rel" in config.read_text()
+    assert bench.scrub_secret(tmp_path, key) == 0

@@ -378,7 +378,9 @@ def test_stats_endpoint(mock: MockThread) -> None:
     assert stats["streams"]["started"] == 1 and stats["streams"]["finished"] == 1
     assert stats["write_lateness_ms"]["count"] == 3
     assert stats["gap_error_ms"]["count"] == 2
-    assert set(stats["gap_error_ms"]) == {"count", "mean", "min", "p50", "p90", "p99", "max"}
+    assert set(stats["gap_error_ms"]) == {
+        "count", "mean", "min", "p50", "p90", "p99", "max", "under_range", "over_range"
+    }  # fmt: skip
 
 
 def test_health_for_benchmark_peers(mock: MockThread) -> None:

@@ -51,10 +51,29 @@ def test_histogram_percentiles() -> None:
     assert summary["p50"] == pytest.approx(0.05, abs=0.011)
     assert summary["p99"] == pytest.approx(0.099, abs=0.011)
     assert summary["max"] == 0.1 and summary["min"] == 0.001
-    histogram.record_ns(-80_000_000)  # clamped into the first bucket, exact min kept
-    assert histogram.summary()["min"] == -80.0
+    histogram.record_ns(-80_000_000)  # below the range: counted apart, exact min kept
+    assert histogram.summary()["min"] == -80.0 and histogram.summary()["under_range"] == 1
     histogram.reset()
     assert histogram.count == 0
+
+
+def test_lateness_beyond_the_range_is_never_understated() -> None:
+    """The mock's write lateness is kept up to 100 ms: a p99 among later writes is the exact
+    max (an upper bound), not the range's edge, and ``over_range`` says how many there were;
+    a merge across mock workers keeps both."""
+    histogram = Histogram(0.0, 100.0)
+    for _ in range(95):
+        histogram.record_ns(2_000_000)
+    for late_ms in (150, 180, 240, 300, 420):
+        histogram.record_ns(late_ms * 1_000_000)
+    summary = histogram.summary()
+    assert summary["p50"] == pytest.approx(2.01, abs=0.011)
+    assert summary["p99"] == 420.0 and summary["max"] == 420.0
+    assert summary["over_range"] == 5 and summary["under_range"] == 0
+    merged = Histogram(0.0, 100.0)
+    merged.absorb(histogram.export())
+    merged.absorb(histogram.export())
+    assert merged.summary()["over_range"] == 10 and merged.summary()["p99"] == 420.0
 
 
 def test_journal_query_and_ring() -> None:

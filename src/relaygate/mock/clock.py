@@ -165,8 +165,11 @@ class CoarseClock:
 class Histogram:
     """Fixed-size histogram of values in ms with 10 us buckets over ``[low_ms, high_ms)``.
 
-    Values outside the range are clamped into the end buckets; exact min/max/mean are kept.
-    Recording is O(1) with no allocation; percentiles are computed on read.
+    Values outside the range are counted apart (``under_range``, ``over_range``) and exact
+    min/max/mean are kept; a percentile that falls among the values above the range is the
+    exact max (an upper bound, so lateness past the range is never understated), one among
+    those below it the exact min. Recording is O(1) with no allocation; percentiles are
+    computed on read.
     """
 
     BUCKET_US = 10
@@ -182,6 +185,8 @@ class Histogram:
         for i in range(self._size):
             self._counts[i] = 0
         self.count = 0
+        self._under = 0
+        self._over = 0
         self._sum_ns = 0
         self._min_ns = 0
         self._max_ns = 0
@@ -190,10 +195,11 @@ class Histogram:
         """Add one value given in ns."""
         index = (value_ns // 1000 - self._low_us) // self.BUCKET_US
         if index < 0:
-            index = 0
+            self._under += 1
         elif index >= self._size:
-            index = self._size - 1
-        self._counts[index] += 1
+            self._over += 1
+        else:
+            self._counts[index] += 1
         if self.count == 0 or value_ns < self._min_ns:
             self._min_ns = value_ns
         if self.count == 0 or value_ns > self._max_ns:
@@ -206,6 +212,8 @@ class Histogram:
         return {
             "buckets": [[i, n] for i, n in enumerate(self._counts) if n],
             "count": self.count,
+            "under": self._under,
+            "over": self._over,
             "sum_ns": self._sum_ns,
             "min_ns": self._min_ns,
             "max_ns": self._max_ns,
@@ -222,6 +230,8 @@ class Histogram:
         if self.count == 0 or raw["max_ns"] > self._max_ns:
             self._max_ns = raw["max_ns"]
         self.count += raw["count"]
+        self._under += raw.get("under", 0)
+        self._over += raw.get("over", 0)
         self._sum_ns += raw["sum_ns"]
 
     def percentile_ms(self, fraction: float) -> float:
@@ -229,7 +239,9 @@ class Histogram:
         if self.count == 0:
             return 0.0
         rank = max(1, math.ceil(fraction * self.count))
-        seen = 0
+        if rank <= self._under:
+            return self._min_ns / 1e6
+        seen = self._under
         for index, count in enumerate(self._counts):
             seen += count
             if seen >= rank:
@@ -238,7 +250,8 @@ class Histogram:
         return self._max_ns / 1e6
 
     def summary(self) -> dict[str, Any]:
-        """``{"count", "mean", "min", "p50", "p90", "p99", "max"}`` in ms."""
+        """``{"count", "mean", "min", "p50", "p90", "p99", "max"}`` in ms, and the counts of
+        values beyond the range (``under_range``, ``over_range``)."""
         if self.count == 0:
             return {
                 "count": 0,
@@ -248,6 +261,8 @@ class Histogram:
                 "p90": None,
                 "p99": None,
                 "max": None,
+                "under_range": 0,
+                "over_range": 0,
             }
         return {
             "count": self.count,
@@ -257,6 +272,8 @@ class Histogram:
             "p90": round(self.percentile_ms(0.90), 4),
             "p99": round(self.percentile_ms(0.99), 4),
             "max": round(self._max_ns / 1e6, 4),
+            "under_range": self._under,
+            "over_range": self._over,
         }
 
 
