@@ -745,7 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds each pip step of a peer's install may take (then 'not available')",
     )
     parser.add_argument("--json", default=None, help="write rows and context to this file")
-    parser.add_argument("--keep", action="store_true", help="keep every tool's output files (the mock's key masked in them)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep every tool's output files (the mock's key masked in them)",
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in (args.levels or ("20" if args.quick else "50,200")).split(",")]
     seconds = float(args.seconds or (8 if args.quick else 10))
