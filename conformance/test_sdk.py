@@ -21,9 +21,10 @@ openai = pytest.importorskip(
 
 
 @pytest.fixture
-def sdk(relay, profile):
+def sdk(relay, profile, client):
     """``sdk(key)``: an OpenAI SDK client for the relay, with the profile's and the run's extra
-    headers (a relay that routes by header, e.g. Portkey, needs them on every request)."""
+    headers (a relay that routes by header, e.g. Portkey, needs them on every request). Its
+    requests go through the suite client's meter (live mode: counted, priced, budgeted)."""
     headers = {**profile.http.extra_headers, **relay.extra_headers}
 
     made = []
@@ -36,7 +37,7 @@ def sdk(relay, profile):
                 max_retries=0,
                 timeout=relay.timeout_s,
                 # a total deadline and a byte cap (the SDK's timeout is per read)
-                http_client=sdk_http_client(relay.timeout_s, relay.max_bytes),
+                http_client=sdk_http_client(relay.timeout_s, relay.max_bytes, meter=client.meter),
                 default_headers=headers,
             )
         )

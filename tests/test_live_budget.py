@@ -53,6 +53,18 @@ def test_live_run_counts_and_prices_its_spend(stack, tmp_path):
     assert "relaygate live cost" in output
 
 
+def test_the_sdk_cases_are_counted_and_priced_too(stack, tmp_path):
+    """The SDK cases send through the official SDK's own client: their requests go through
+    the meter as well, so the spend is still exactly what the relay charged."""
+    stack.restore()
+    before = _used_quota(stack)
+    code, doc, output = stack.run(["conformance/test_sdk.py"], report_dir=tmp_path)
+    assert code == 0, output[-3000:]
+    cost = doc["live_cost"]
+    assert cost["requests"] > 0 and cost["quota"] > 0, cost
+    assert cost["quota"] == _used_quota(stack) - before
+
+
 def test_live_budget_stops_the_run_cleanly_at_the_cap(stack, tmp_path):
     stack.restore()
     before = _used_quota(stack)

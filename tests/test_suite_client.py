@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -294,3 +295,69 @@ def test_the_journal_reads_are_bounded_too(stand_in: str) -> None:
         assert time.monotonic() - started < 2.0
     finally:
         journal.close()
+
+
+class _RecordingMeter:
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.before_calls: list[tuple[str, str, bytes | None]] = []
+        self.after_calls: list[tuple[str, str, Any]] = []
+
+    def before(self, method: str, path: str, content: bytes | None) -> None:
+        self.before_calls.append((method, path, content))
+        if self.hold:
+            pytest.skip("budget spent (test)")
+
+    def after(self, method: str, path: str, content: bytes | None, exchange: Any) -> None:
+        self.after_calls.append((method, path, exchange))
+
+
+def test_the_sdk_client_goes_through_the_meter() -> None:
+    """The SDK cases' requests are metered like the suite client's (the live budget and its
+    spend count them): a plain answer as an Exchange, a stream as a StreamExchange with its
+    events, and a request the meter holds back is never sent."""
+    openai = pytest.importorskip("openai")
+    from mock_helpers import MockThread
+
+    from relaygate.suite.budget import answer_text
+    from relaygate.suite.client import StreamExchange
+
+    meter = _RecordingMeter()
+    with MockThread() as mock:
+        sdk = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{mock.port}/v1",
+            api_key="sk-relaygate-upstream",
+            max_retries=0,
+            http_client=sdk_http_client(5.0, meter=meter),
+        )
+        try:
+            answer = sdk.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "[[relaygate chunks=3]]"}]
+            )
+            parts = [
+                c.choices[0].delta.content or ""
+                for c in sdk.chat.completions.create(
+                    model="gpt-4o",
+                    messages=[{"role": "user", "content": "[[relaygate chunks=4]]"}],
+                    stream=True,
+                )
+                if c.choices
+            ]
+            journal = httpx.get(f"http://127.0.0.1:{mock.port}/_relaygate/journal", timeout=5)
+            sent_before = len(journal.json()["data"])
+            meter.hold = True
+            with pytest.raises(pytest.skip.Exception):
+                sdk.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "held back"}]
+                )
+            journal = httpx.get(f"http://127.0.0.1:{mock.port}/_relaygate/journal", timeout=5)
+            assert len(journal.json()["data"]) == sent_before  # nothing reached the upstream
+        finally:
+            sdk.close()
+    assert [(m, p) for m, p, _ in meter.before_calls] == [("POST", "/v1/chat/completions")] * 3
+    assert b'"model":"gpt-4o"' in (meter.before_calls[0][2] or b"").replace(b" ", b"")
+    plain, streamed = (exchange for _, _, exchange in meter.after_calls)
+    assert plain.status == 200 and not isinstance(plain, StreamExchange)
+    assert answer_text(plain) == answer.choices[0].message.content
+    assert isinstance(streamed, StreamExchange) and streamed.done_count == 1
+    assert answer_text(streamed) == "".join(parts)

@@ -464,7 +464,65 @@ class RelayClient:
         return exchange
 
 
-def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+class _SDKExchange:
+    """What one SDK request sent and got, handed to the client's :class:`Meter` once its
+    answer is closed: the SDK's requests count against the live budget like the suite's own."""
+
+    def __init__(self, meter: Meter, request: Any, content: bytes | None) -> None:
+        self._meter = meter
+        self._method = str(request.method)
+        self._url = str(request.url)
+        self._path = str(request.url.path)
+        self._content = content
+        self._started = time.perf_counter()
+        self.sent_ns = time.monotonic_ns()
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[tuple[int, bytes]] = []
+        self.cut_reason: str | None = None
+        self._reported = False
+
+    def before(self) -> None:
+        self._meter.before(self._method, self._path, self._content)
+
+    def report(self) -> None:
+        """Once: the answer as an :class:`Exchange` (a :class:`StreamExchange` for SSE)."""
+        if self._reported:
+            return
+        self._reported = True
+        raw = b"".join(chunk for _, chunk in self.chunks)
+        headers = httpx.Headers(self.headers)
+        try:  # the body as the SDK read it (content-encoding undone)
+            body = httpx.Response(self.status, headers=self.headers, content=raw).content
+        except httpx.HTTPError:
+            body = raw
+        common: dict[str, Any] = {
+            "method": self._method,
+            "url": self._url,
+            "status": 0 if self.cut_reason else self.status,
+            "headers": headers,
+            "body": body,
+            "elapsed_s": time.perf_counter() - self._started,
+            "curl": "",
+            "cut_reason": self.cut_reason,
+            "sent_status": self.status or None,
+        }
+        exchange: Exchange
+        if "text/event-stream" in headers.get("content-type", ""):
+            decoder = SSEDecoder()
+            now = time.monotonic_ns()
+            events = [StreamEvent(e.data, now) for e in [*decoder.feed(body), *decoder.flush()]]
+            exchange = StreamExchange(
+                **common, events=events, sent_ns=self.sent_ns, raw_chunks=self.chunks
+            )
+        else:
+            exchange = Exchange(**common)
+        self._meter.after(self._method, self._path, self._content, exchange)
+
+
+def sdk_http_client(
+    timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES, *, meter: Meter | None = None
+) -> Any:
     """An HTTP client for the official OpenAI SDK (``OpenAI(http_client=...)``) with the
     suite's total deadline and byte cap per request: the SDK's own ``timeout`` is httpx's,
     per operation, so a stream that drips forever would never end.
@@ -472,6 +530,8 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
     Built on the httpx the installed SDK uses (``openai.DefaultHttpxClient``'s). A request
     past the deadline raises that library's ``ReadTimeout``, an answer past the cap its
     ``ReadError``, each with the reason; the SDK reports them as its timeout/connection errors.
+    With ``meter`` (the suite client's, in live mode) every request is metered as the suite's
+    own are: ``before`` may hold it back (the budget), ``after`` counts and prices its answer.
     """
     import openai
 
@@ -479,37 +539,56 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
     lib: Any = sys.modules[client_cls.__mro__[1].__module__.partition(".")[0]]
 
     class BoundedStream(lib.SyncByteStream):  # type: ignore[misc]
-        def __init__(self, inner: Any, watchdog: Watchdog) -> None:
+        def __init__(self, inner: Any, watchdog: Watchdog, seen: _SDKExchange | None) -> None:
             self._inner = inner
             self._watchdog = watchdog
+            self._seen = seen
 
         def __iter__(self) -> Iterator[bytes]:
             received = 0
+            seen = self._seen
             try:
                 for chunk in self._inner:
                     received += len(chunk)
                     if received > max_bytes:
+                        if seen is not None:
+                            seen.cut_reason = byte_cap_reason(max_bytes)
                         raise lib.ReadError(byte_cap_reason(max_bytes))
                     if self._watchdog.expired():
+                        if seen is not None:
+                            seen.cut_reason = deadline_reason(timeout_s)
                         raise lib.ReadTimeout(deadline_reason(timeout_s))
+                    if seen is not None:
+                        seen.chunks.append((time.monotonic_ns(), chunk))
                     yield chunk
             except Exception as exc:
                 # The watchdog ends a read by shutting the socket down: whatever the layers
                 # below make of that (httpcore's own RemoteProtocolError included), past the
                 # deadline it is the deadline.
                 if self._watchdog.expired() and not isinstance(exc, lib.ReadTimeout):
+                    if seen is not None:
+                        seen.cut_reason = deadline_reason(timeout_s)
                     raise lib.ReadTimeout(deadline_reason(timeout_s)) from exc
                 raise
+            finally:
+                if seen is not None:
+                    seen.report()  # read to the end, cut, or left: metered as it stands
 
         def close(self) -> None:
             self._watchdog.finish()  # before the connection can go back to the pool
             self._inner.close()
+            if self._seen is not None:
+                self._seen.report()
 
     class BoundedTransport(lib.BaseTransport):  # type: ignore[misc]
         def __init__(self) -> None:
             self._inner = lib.HTTPTransport(verify=tls_context())
 
         def handle_request(self, request: Any) -> Any:
+            seen = None
+            if meter is not None:
+                seen = _SDKExchange(meter, request, request.read() or None)
+                seen.before()  # may hold the request back (pytest.skip): nothing is sent
             watchdog = Watchdog(timeout_s)
             try:
                 response = self._inner.handle_request(request)
@@ -520,7 +599,10 @@ def sdk_http_client(timeout_s: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Any
                 watchdog.finish()
                 raise
             watchdog.watch(response)
-            response.stream = BoundedStream(response.stream, watchdog)
+            if seen is not None:
+                seen.status = response.status_code
+                seen.headers = list(response.headers.raw)
+            response.stream = BoundedStream(response.stream, watchdog, seen)
             return response
 
         def close(self) -> None:
