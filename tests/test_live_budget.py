@@ -65,6 +65,55 @@ def test_the_sdk_cases_are_counted_and_priced_too(stack, tmp_path):
     assert cost["quota"] == _used_quota(stack) - before
 
 
+def test_a_key_of_another_group_is_judged_and_metered_at_its_ratio(stack, tmp_path):
+    """A customer's key whose user is in a priced group (``vip`` at ratio 2 here): with
+    ``--relay-key-group vip`` the formula holds and the live spend is what the relay charged;
+    judged as ``default`` the same correct relay would fail quota.formula (a false failure)."""
+    from relaygate.profiles import load_profile
+    from relaygate.provision.reference import ReferenceProvisioner
+
+    stack.restore()
+    info = stack.info
+    assert info is not None
+    prov = ReferenceProvisioner(info.relay_url, info.admin_token)
+    try:
+        prov.put_ratios({"group_ratio": {"vip": "2"}})
+        models = list(load_profile("faq").billing.model_ratio)
+        prov.add_channel({"name": "vip", "base_url": info.upstream_url, "key": info.upstream_key,
+                          "models": models, "groups": ["vip"]})  # fmt: skip
+        key = prov.funded_key(group="vip")
+        profile = tmp_path / "vip.toml"
+        profile.write_text(
+            'extends = "faq"\nname = "faq-vip2"\n\n[billing.group_ratio]\nvip = "2"\n'
+        )
+        stack.keys["RELAYGATE_RELAY_KEY"] = key.key
+        formula = [QUOTA_CASES, "-k", "test_formula and not group", "--relay-profile", str(profile)]
+        code, doc, output = stack.run(
+            [*formula, "--relay-key-group", "vip"], report_dir=tmp_path / "vip"
+        )
+        assert code == 0, output[-3000:]
+        assert doc is not None and {c["outcome"] for c in doc["cases"]} == {"passed"}, [
+            (c["outcome"], c.get("detail") or c.get("reason") or c.get("message")) for c in doc["cases"]
+        ]
+        assert doc["live_cost"]["quota"] == prov.balance(key).used_quota
+        code, doc, output = stack.run(formula, report_dir=tmp_path / "default")
+        assert code == 1 and doc is not None
+        assert {c["outcome"] for c in doc["cases"]} == {"failed"}, output[-3000:]
+    finally:
+        stack.keys.pop("RELAYGATE_RELAY_KEY", None)
+        prov.put_ratios({"group_ratio": {"vip": "1"}})
+        prov.close()
+
+
+def test_an_unpriced_group_is_one_line_before_any_case(stack, tmp_path):
+    code, _, output = stack.run(
+        [QUOTA_CASES, "--relay-key-group", "gold"], report_dir=tmp_path, timeout_s=120
+    )
+    assert code == 4, output[-3000:]
+    lines = [line for line in output.splitlines() if "--relay-key-group 'gold'" in line]
+    assert len(lines) == 1 and "its groups: default, svip, vip" in lines[0], output[-2000:]
+
+
 def test_live_budget_stops_the_run_cleanly_at_the_cap(stack, tmp_path):
     stack.restore()
     before = _used_quota(stack)

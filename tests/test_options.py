@@ -34,6 +34,8 @@ CONTRACT: frozenset[tuple[str, str, str, str | None, str | None, Any]] = frozens
      "relay_admin_token", None),
     ("pytest", "--relay-profile", "relay_profile", "RELAYGATE_RELAY_PROFILE", "relay_profile",
      "faq"),
+    ("pytest", "--relay-key-group", "relay_key_group", "RELAYGATE_RELAY_KEY_GROUP",
+     "relay_key_group", "default"),
     ("pytest", "--upstream-url", "upstream_url", "RELAYGATE_UPSTREAM_URL", "upstream_url", None),
     ("pytest", "--report-dir", "report_dir", "RELAYGATE_REPORT_DIR", "report_dir", "reports"),
     ("pytest", "--relay-timeout", "relay_timeout", "RELAYGATE_RELAY_TIMEOUT", "relay_timeout",

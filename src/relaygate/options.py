@@ -136,6 +136,12 @@ OPTIONS: tuple[Option, ...] = (
         default="faq", surfaces=PYTEST | DEMO, ini="relay_profile",
     ),
     Option(
+        "--relay-key-group", "RELAYGATE_RELAY_KEY_GROUP",
+        "the group --relay-key's user belongs to (one-api/new-api groups price by it): billing "
+        "checks and the live audit's spend use its ratio from the profile (default: default)",
+        default="default", ini="relay_key_group",
+    ),
+    Option(
         "--upstream-url", "RELAYGATE_UPSTREAM_URL",
         "URL of the upstream the relay's channels point at: the relaygate mock upstream enables "
         "the ground-truth cases (absent with --relay-url: live mode); RelayOverheadUser calls it "

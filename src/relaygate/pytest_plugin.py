@@ -113,7 +113,7 @@ def _make_meter(config: pytest.Config, relay: RelayTarget, profile: Profile) -> 
 
         rules = check_profile("faq").billing
     cap = None if budget is None else parse_budget(budget, rules.quota_per_usd)
-    meter = LiveMeter(rules, cap_quota=cap)
+    meter = LiveMeter(rules, cap_quota=cap, group=key_group(config, profile))
     config.stash[_METER] = meter
     return meter
 
@@ -647,14 +647,36 @@ def funded_key(relay: RelayTarget) -> str:
     return relay.key
 
 
+def key_group(config: pytest.Config, profile: Profile) -> str:
+    """``--relay-key-group``: the group of the given keys' user, whose ratio prices them. A
+    group the profile does not price stops the session with one line."""
+    group = option_value(config, "--relay-key-group") or "default"
+    rules = profile.billing
+    if rules.applicable and group not in rules.group_ratio:
+        known = ", ".join(sorted(rules.group_ratio)) or "none"
+        _stop_session(
+            f"--relay-key-group {group!r}: the profile {profile.name!r} prices no such group "
+            f"(its groups: {known}); add its ratio to the profile's [billing.group_ratio]"
+        )
+    return group
+
+
 @pytest.fixture(scope="session")
-def _provisioner(relay: RelayTarget, profile: Profile) -> Iterator[Provisioner]:
+def _provisioner(
+    request: pytest.FixtureRequest, relay: RelayTarget, profile: Profile
+) -> Iterator[Provisioner]:
     from relaygate.provision import KeyState, make_provisioner
 
-    # Without an admin API the funded key is --relay-key (RELAYGATE_KEY_<STATE> for the rest).
+    # Without an admin API the funded key is --relay-key (RELAYGATE_KEY_<STATE> for the rest),
+    # in the group --relay-key-group names.
     static: dict[str | KeyState, str] | None = {KeyState.FUNDED: relay.key} if relay.key else None
     prov = make_provisioner(
-        profile, relay.base_url, relay.admin_token, static_keys=static, timeout_s=relay.timeout_s
+        profile,
+        relay.base_url,
+        relay.admin_token,
+        static_keys=static,
+        timeout_s=relay.timeout_s,
+        static_group=key_group(request.config, profile),
     )
     try:
         yield prov

@@ -51,19 +51,20 @@ def make_provisioner(
     admin_token: str | None = None,
     static_keys: Mapping[str | KeyState, str] | None = None,
     timeout_s: float = 10.0,
+    static_group: str = "default",
 ) -> Provisioner:
     """The provisioner for ``profile``'s relay at ``relay_url``.
 
     Without an admin token only static keys exist (``static_keys`` such as
-    ``{"funded": "sk-…"}``, then ``RELAYGATE_KEY_<STATE>``). Imports are local so that choosing
-    one adapter never imports the others.
+    ``{"funded": "sk-…"}``, then ``RELAYGATE_KEY_<STATE>``), all of one user's group
+    ``static_group``. Imports are local so that choosing one adapter never imports the others.
     """
     adapter = profile.admin.adapter
     settings = profile.admin.settings
     if not admin_token or adapter == "static":
         from relaygate.provision.static import StaticProvisioner
 
-        return StaticProvisioner(static_keys)
+        return StaticProvisioner(static_keys, group=static_group)
     if adapter == "reference":
         from relaygate.provision.reference import ReferenceProvisioner
 

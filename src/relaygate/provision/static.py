@@ -67,14 +67,20 @@ class StaticProvisioner:
         return frozenset(self._keys)
 
     def funded_key(
-        self, *, quota: int | None = None, models: list[str] | None = None, group: str = "default"
+        self,
+        *,
+        quota: int | None = None,
+        models: list[str] | None = None,
+        group: str | None = None,
     ) -> ProvisionedKey:
+        """The funded key; ``group`` None: whatever group the keys are in (``--relay-key-group``),
+        a named group: only that one."""
         if quota is not None or models is not None:
             raise ProvisioningUnavailable(
                 "static keys have fixed quota and models; a case that needs a particular quota "
                 "or allow-list needs an admin API (pass --relay-admin-token)"
             )
-        return self.key_with(KeyState.FUNDED, group=group)
+        return self.key_with(KeyState.FUNDED, group=group or self._group)
 
     def key_with(self, state: KeyState, **kw: Any) -> ProvisionedKey:
         key = self._keys.get(state)
