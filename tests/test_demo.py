@@ -125,6 +125,7 @@ def test_demo_rejects_bad_input_without_running(tmp_path: Path) -> None:
         ("--relay-profile", "nonexistent"),
         ("--rate-limit", "lots"),
         ("--run-timeout", "0"),
+        ("--relay-key-group", "gold"),  # a group the profile does not price
     ):
         proc = _demo(out, *args)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -87,6 +87,8 @@ CONTRACT: frozenset[tuple[str, str, str, str | None, str | None, Any]] = frozens
      None),
     # Was None (meaning faq: the demo read it as `relay_profile or "faq"`); now faq, as on pytest.
     ("demo", "--relay-profile", "relay_profile", "RELAYGATE_RELAY_PROFILE", None, "faq"),
+    ("demo", "--relay-key-group", "relay_key_group", "RELAYGATE_RELAY_KEY_GROUP", None,
+     "default"),
     ("demo", "--upstream-url", "upstream_url", "RELAYGATE_UPSTREAM_URL", None, None),
     ("demo", "--rate-limit", "rate_limit", "RELAYGATE_RATE_LIMIT", None, None),
     ("demo", "--rl-key", "rl_key", "RELAYGATE_RL_KEY", None, None),

@@ -139,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         "--relay-key-group", "RELAYGATE_RELAY_KEY_GROUP",
         "the group --relay-key's user belongs to (one-api/new-api groups price by it): billing "
         "checks and the live audit's spend use its ratio from the profile (default: default)",
-        default="default", ini="relay_key_group",
+        default="default", surfaces=PYTEST | DEMO, ini="relay_key_group",
     ),
     Option(
         "--upstream-url", "RELAYGATE_UPSTREAM_URL",

@@ -192,6 +192,18 @@ def check_profile(name_or_path: str) -> Profile:
         raise PreflightError(f"--relay-profile: {first}") from None
 
 
+def check_key_group(profile: Profile, group: str) -> None:
+    """``--relay-key-group``: a group ``profile`` prices (a profile without prices takes any);
+    else a :class:`PreflightError` naming the groups it has."""
+    rules = profile.billing
+    if rules.applicable and group not in rules.group_ratio:
+        known = ", ".join(sorted(rules.group_ratio)) or "none"
+        raise PreflightError(
+            f"--relay-key-group {group!r}: the profile {profile.name!r} prices no such group "
+            f"(its groups: {known}); add its ratio to the profile's [billing.group_ratio]"
+        )
+
+
 def check_target(
     url: str,
     key: str | None,

@@ -650,14 +650,13 @@ def funded_key(relay: RelayTarget) -> str:
 def key_group(config: pytest.Config, profile: Profile) -> str:
     """``--relay-key-group``: the group of the given keys' user, whose ratio prices them. A
     group the profile does not price stops the session with one line."""
+    from relaygate.preflight import PreflightError, check_key_group
+
     group = option_value(config, "--relay-key-group") or "default"
-    rules = profile.billing
-    if rules.applicable and group not in rules.group_ratio:
-        known = ", ".join(sorted(rules.group_ratio)) or "none"
-        _stop_session(
-            f"--relay-key-group {group!r}: the profile {profile.name!r} prices no such group "
-            f"(its groups: {known}); add its ratio to the profile's [billing.group_ratio]"
-        )
+    try:
+        check_key_group(profile, group)
+    except PreflightError as exc:
+        _stop_session(str(exc))
     return group
 
 

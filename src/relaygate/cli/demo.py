@@ -244,6 +244,7 @@ class _Target:
     rl_key: str | None
     fairness_keys: tuple[str, ...] = ()
     embedded: bool = False
+    key_group: str | None = None
 
     def __repr__(self) -> str:
         return f"_Target(url={self.url!r}, embedded={self.embedded})"
@@ -257,6 +258,7 @@ def _child_env(target: _Target) -> dict[str, str]:
         "RELAYGATE_RELAY_KEY": target.key,
         "RELAYGATE_RELAY_ADMIN_TOKEN": target.admin_token,
         "RELAYGATE_RELAY_PROFILE": target.profile,
+        "RELAYGATE_RELAY_KEY_GROUP": target.key_group,
         "RELAYGATE_UPSTREAM_URL": target.upstream_url,
         "RELAYGATE_RL_KEY": target.rl_key,
         "RELAYGATE_FAIRNESS_KEYS": ",".join(target.fairness_keys),
@@ -391,7 +393,7 @@ def _validate(args: argparse.Namespace, slos: Sequence[str]) -> str | None:
     from relaygate.gate import check_allow_skips
     from relaygate.load.prober import parse_rate_limit
     from relaygate.load.slo import parse_rule
-    from relaygate.preflight import PreflightError, check_profile
+    from relaygate.preflight import PreflightError, check_key_group, check_profile
 
     if args.relay_key and not args.relay_url:
         return "--relay-key needs --relay-url"
@@ -412,7 +414,7 @@ def _validate(args: argparse.Namespace, slos: Sequence[str]) -> str | None:
         except ValueError as exc:
             return f"--rate-limit: {exc}"
     try:
-        check_profile(args.relay_profile or "faq")
+        check_key_group(check_profile(args.relay_profile or "faq"), args.relay_key_group)
     except PreflightError as exc:
         return str(exc)
     report_dir = Path(args.report_dir)
@@ -441,6 +443,7 @@ def _given_target(args: argparse.Namespace) -> _Target:
         profile=args.relay_profile,
         rate_limit=args.rate_limit,
         rl_key=args.rl_key,
+        key_group=args.relay_key_group,
     )
 
 
