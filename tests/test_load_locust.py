@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,6 +139,52 @@ def test_directed_timings_are_measured_through_the_relay(tmp_path: Path) -> None
         "rate_limit",
         "slo",
     }
+
+
+@serial
+def test_ctrl_c_on_a_multi_process_master_stops_every_process_and_keeps_the_summary(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole process group) in a ``--processes 2`` run: the
+    master, its workers and the embedded stack all end within seconds, and the summary of what
+    ran is written, the workers' final reports merged into it."""
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+
+    cmd = [str(LOCUST), "-f", str(ROOT / "loadtests"), "--headless", "--no-plots",
+           "--report-dir", str(tmp_path / "reports"), *processes(2), *MOCK,
+           "-u", "4", "-r", "4", "-t", "60s"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "RELAYGATE_"))}
+    with (tmp_path / "out.log").open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        family: list[Any] = []
+        while time.monotonic() < deadline and len(family) < 4:  # 2 workers + mock + relay
+            time.sleep(0.5)
+            family = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(3)  # traffic flows
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        proc.wait(timeout=30)
+        took = time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    output = (tmp_path / "out.log").read_text()
+    assert took < 15, output[-3000:]
+    _, alive = psutil.wait_procs(family, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+    assert len(family) >= 4, output[-3000:]
+    summary = json.loads((tmp_path / "reports" / "load-summary.json").read_text())
+    requests = summary["requests"]
+    assert requests["total"] > 0 and requests["total"] == requests["ok"] + requests["incomplete"]
+    assert summary["duration_s"] < 30  # the run ended at the interrupt, not at -t 60s
+    assert "Traceback" not in output, output[-3000:]
 
 
 def test_buffering_relay_fails_the_ttft_slo(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import gevent
 import orjson
 from locust import User, events
 from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
 from relaygate.directives import directive
 from relaygate.keys import mask_secrets
@@ -57,6 +58,16 @@ class RelaygateUser(User):
     """Base of the relaygate users: a :class:`TimingClient` and helpers. Not run itself."""
 
     abstract = True
+
+    def stop(self, force: bool = False) -> bool:
+        """Locust's ``User.stop``, with a second graceful stop of a user already stopping a
+        no-op. A terminal's Ctrl-C in a ``--processes`` run reaches the workers twice (the
+        signal itself and the master's quit); stock Locust then raised "Tried to stop User in
+        an unexpected state: stopping. This should never happen." in a worker."""
+        if not force and self._state == LOCUST_STATE_STOPPING:
+            return False
+        stopped: bool = super().stop(force)
+        return stopped
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
