@@ -649,6 +649,11 @@ SKIP_REASONS = [
     ),
     ("no complete error answer to judge the connection after: HTTP 200", "inconclusive"),
     ("the follow-up answer was cut: HTTP 200, 5 bytes (byte cap)", "inconclusive"),
+    (
+        "none of the listed ids ['gpt-3.5-turbo-instruct'] is a chat model (by name, or by the "
+        "upstream's own refusal): no listed id to try with a chat request",
+        "inconclusive",
+    ),
     # other: the set-up keeps the probe from the relay
     (
         "the relay is reached through an HTTP proxy (HTTPS_PROXY/HTTP_PROXY): the keep-alive "

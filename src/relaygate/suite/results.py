@@ -188,6 +188,7 @@ _SKIP_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "the rate-limited key is still refused after an earlier case's 429",
             "no complete error answer to judge the connection after",
             "the follow-up answer was cut",
+            "none of the listed ids",
         ),
     ),
     (
