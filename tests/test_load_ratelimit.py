@@ -120,7 +120,30 @@ def exact_probes() -> dict[str, dict[str, Any]]:
         thread.start()
     for thread in threads:
         thread.join(120)
+    # All at once, the probers and limiters share one interpreter: a stall of it can move a
+    # request across a window edge (CI once saw a fixed-first step at accuracy 0.64). A kind
+    # judged other than exact gets one more probe, alone; a prober that misjudges an exact
+    # limiter misjudges it alone too.
+    for kind in KINDS:
+        if kind not in results or not _judged_exact(kind, results[kind]):
+            run(kind)
     return results
+
+
+def _judged_exact(kind: str, out: dict[str, Any]) -> bool:
+    limit, window_s = SHAPES[kind]
+    try:
+        found, verdict = out["discovered"], out["retry_after"]
+        return bool(
+            (found["limit"], found["window_s"]) == (limit, window_s)
+            and out["accuracy"] >= 0.95
+            and verdict["correct"] is True
+            and verdict["too_short"] is False
+            and verdict["over_advertised"] is False
+            and 0 <= verdict["error_s"] < 1.0 + 0.05
+        )
+    except (KeyError, TypeError):  # a part missing: not judged exact (the test says which)
+        return False
 
 
 @pytest.mark.parametrize("kind", KINDS)
