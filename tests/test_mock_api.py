@@ -252,6 +252,7 @@ def test_directed_error_200_and_stream(mock: MockThread) -> None:
     assert error_of(streamed)["type"] == "server_error"
 
 
+@pytest.mark.serial  # judges timing (an upper bound): under xdist last and alone (conftest.py)
 def test_delay_and_non_stream_latency(mock: MockThread) -> None:
     started = time.monotonic()
     post(mock, chat("[[relaygate error=429 delay_ms=120]]"))
