@@ -16,26 +16,13 @@ import pytest
 
 from relaygate.directives import directive
 from relaygate.suite.checks import is_chat_completion
+from relaygate.suite.client import FORCE_WEATHER_TOOL as FORCE_TOOL
+from relaygate.suite.client import WEATHER_TOOLS as TOOLS
 from relaygate.suite.client import chat_body
 from relaygate.suite.failures import require
 from relaygate.suite.live import answer_text, finish_reasons, live_body, repeat
 
 SPEC = "OpenAI API reference: chat/create request body"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
-FORCE_TOOL = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def _json_object(text):

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from relaygate.directives import directive
+from relaygate.suite.client import FORCE_WEATHER_TOOL as FORCE_TOOL
+from relaygate.suite.client import WEATHER_TOOLS as TOOLS
 from relaygate.suite.client import StreamExchange, chat_body
 from relaygate.suite.failures import require
 from relaygate.suite.ledger import live_chat
@@ -75,21 +77,6 @@ NULLABLE: Mapping[str, tuple[str, ...]] = {
     "delta": ("tool_calls", "function_call", "role"),
 }
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
-FORCE_TOOL = {"type": "function", "function": {"name": "get_weather"}}
 
 #: instance -> (streamed, asks for a tool call)
 KINDS = {"chat": (False, False), "stream": (True, False), "tool-call": (False, True)}

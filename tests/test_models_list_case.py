@@ -5,19 +5,16 @@ refusal of an id it lists still fails, and a list with no chat model gives no ve
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from test_model_case_messages import _cases  # conformance/test_models.py, loaded by path
 
 from relaygate.suite.client import Exchange
 from relaygate.suite.failures import CaseFailure
-
-CASES = Path(__file__).resolve().parent.parent / "conformance" / "test_models.py"
 
 NOT_CHAT = {
     "message": "This is not a chat model and thus not supported in the v1/chat/completions "
@@ -38,14 +35,6 @@ UNKNOWN = {
     "param": "model",
     "code": "model_not_found",
 }
-
-
-def _cases() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("relaygate_models_list_cases", CASES)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _exchange(status: int, body: dict[str, Any]) -> Exchange:

@@ -29,6 +29,8 @@ from relaygate.suite.target import DEFAULT_MAX_BYTES
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT_S",
+    "FORCE_WEATHER_TOOL",
+    "WEATHER_TOOLS",
     "Exchange",
     "Meter",
     "RelayClient",
@@ -63,6 +65,24 @@ def chat_body(
     """A minimal chat completions body; ``directive`` is appended to the user message."""
     content = f"{text} {directive}" if directive else text
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+#: The one tool the cases offer (``tools``), and ``tool_choice`` forcing a call of it.
+WEATHER_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+FORCE_WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def header_pairs(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
